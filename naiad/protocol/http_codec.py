@@ -1,0 +1,240 @@
+"""KServe v2 HTTP/REST inference bodies: JSON plus the binary tensor extension.
+
+``decode_infer_request`` turns a request body into a core InferenceRequest;
+``encode_infer_response`` turns a core InferenceResponse into body parts.
+Parameters that belong to the protocol (binary_data*, shared_memory_*,
+classification, the sequence and schedule-policy keys) are consumed here;
+everything else is passed through to the model as request parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import orjson
+
+from naiad.core.errors import InvalidArgument
+from naiad.core.types import (
+    SEQUENCE_END,
+    SEQUENCE_START,
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    Tensor,
+)
+from naiad.protocol import datatypes, tensor_codec
+
+# request-level parameters the protocol itself interprets
+_RESERVED_REQUEST_PARAMS = frozenset(
+    {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
+     "binary_data_output", "headers"}
+)
+
+# Resolves a shared-memory input: (region, offset, byte_size, datatype, shape, name) -> array.
+ShmReader = Callable[[str, int, int, str, tuple, str], np.ndarray]
+
+
+def _params(obj: dict, where: str) -> dict:
+    p = obj.get("parameters")
+    if p is None:
+        return {}
+    if not isinstance(p, dict):
+        raise InvalidArgument(f"'parameters' of {where} must be a JSON object")
+    return p
+
+
+def decode_infer_request(
+    body,
+    header_length: int | None,
+    model_name: str,
+    model_version: int,
+    shm_reader: ShmReader | None = None,
+) -> tuple[InferenceRequest, bool]:
+    """Parse an infer request body (``body`` is bytes or bytearray).
+
+    Returns the request and whether outputs not named in the request default to
+    binary (the ``binary_data_output`` request parameter).
+    """
+    total = len(body)
+    if header_length is None:
+        json_part = body
+        binary_start = total
+    else:
+        if header_length < 0 or header_length > total:
+            raise InvalidArgument(
+                f"Inference-Header-Content-Length {header_length} is outside the body "
+                f"({total} bytes)"
+            )
+        json_part = memoryview(body)[:header_length]
+        binary_start = header_length
+    try:
+        obj = orjson.loads(json_part)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidArgument("the request JSON must be an object")
+
+    req_id = obj.get("id", "")
+    if not isinstance(req_id, str):
+        raise InvalidArgument("request 'id' must be a string")
+    params = _params(obj, "the request")
+
+    raw_inputs = obj.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise InvalidArgument("request must contain an 'inputs' array")
+    inputs: dict[str, Tensor] = {}
+    offset = binary_start
+    mv = None
+    for item in raw_inputs:
+        if not isinstance(item, dict):
+            raise InvalidArgument("each element of 'inputs' must be a JSON object")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise InvalidArgument("each input must have a string 'name'")
+        datatype = item.get("datatype")
+        if not isinstance(datatype, str) or not datatypes.is_valid_wire(datatype):
+            raise InvalidArgument(f"invalid datatype for input {name}")
+        shape = tensor_codec.check_shape(item.get("shape"), name)
+        iparams = _params(item, f"input '{name}'")
+        if name in inputs:
+            raise InvalidArgument(f"input '{name}' appears more than once in the request")
+        if "shared_memory_region" in iparams:
+            if shm_reader is None:
+                raise InvalidArgument("shared memory inputs are not supported by this endpoint")
+            region = iparams["shared_memory_region"]
+            byte_size = iparams.get("shared_memory_byte_size")
+            shm_offset = iparams.get("shared_memory_offset", 0)
+            if not isinstance(region, str) or type(byte_size) is not int or \
+                    type(shm_offset) is not int:
+                raise InvalidArgument(
+                    f"input '{name}': shared_memory_region must be a string and "
+                    "shared_memory_byte_size/offset integers")
+            arr = shm_reader(region, shm_offset, byte_size, datatype, shape, name)
+        elif "binary_data_size" in iparams:
+            size = iparams["binary_data_size"]
+            if type(size) is not int or size < 0:
+                raise InvalidArgument(f"binary_data_size of input '{name}' must be a "
+                                      "non-negative integer")
+            if offset + size > total:
+                raise InvalidArgument(
+                    f"unexpected size for input '{name}', expecting {size} additional bytes for "
+                    f"model '{model_name}'"
+                )
+            if mv is None:
+                mv = memoryview(body)
+            arr = tensor_codec.decode_raw(mv[offset:offset + size], datatype, shape, name)
+            offset += size
+        elif "data" in item:
+            arr = tensor_codec.decode_json_data(item["data"], datatype, shape, name)
+        else:
+            raise InvalidArgument(f"input '{name}' must have 'data', binary data or a shared "
+                                  "memory region")
+        inputs[name] = Tensor(name, datatype, arr)
+    if offset != total:
+        raise InvalidArgument(f"unexpected additional input data for model '{model_name}'")
+
+    binary_default = params.get("binary_data_output", False) is True
+    requested: dict[str, RequestedOutput] | None = None
+    raw_outputs = obj.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise InvalidArgument("'outputs' must be an array")
+        requested = {}
+        for item in raw_outputs:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise InvalidArgument("each requested output must be an object with a 'name'")
+            oparams = dict(_params(item, f"output '{item['name']}'"))
+            cls = oparams.pop("classification", 0)
+            if type(cls) is not int or cls < 0:
+                raise InvalidArgument(f"classification of output '{item['name']}' must be a "
+                                      "non-negative integer")
+            if "binary_data" not in oparams:
+                oparams["binary_data"] = binary_default
+            requested[item["name"]] = RequestedOutput(item["name"], oparams, cls)
+        if not requested:
+            requested = None
+
+    request = InferenceRequest(
+        model_name, inputs, model_version=model_version, id=req_id, requested_outputs=requested
+    )
+    if params:
+        apply_request_parameters(request, params)
+    return request, binary_default
+
+
+def apply_request_parameters(request: InferenceRequest, params: dict[str, Any]) -> None:
+    """Consume the sequence and schedule-policy keys; pass the rest through."""
+    passthrough = {}
+    for key, value in params.items():
+        if key == "sequence_id":
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise InvalidArgument("sequence_id must be an unsigned integer or a string")
+            if isinstance(value, int) and value < 0:
+                raise InvalidArgument("sequence_id must be an unsigned integer or a string")
+            request.correlation_id = value
+        elif key == "sequence_start":
+            if not isinstance(value, bool):
+                raise InvalidArgument("sequence_start must be a boolean")
+            if value:
+                request.flags |= SEQUENCE_START
+        elif key == "sequence_end":
+            if not isinstance(value, bool):
+                raise InvalidArgument("sequence_end must be a boolean")
+            if value:
+                request.flags |= SEQUENCE_END
+        elif key == "priority":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgument("priority must be a non-negative integer")
+            request.priority = value
+        elif key == "timeout":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgument("timeout must be a non-negative integer (microseconds)")
+            request.timeout_us = value
+        elif key in ("binary_data_output", "headers"):
+            continue
+        else:
+            if not isinstance(value, (bool, int, float, str)):
+                raise InvalidArgument(
+                    f"parameter '{key}' must be a boolean, number or string")
+            passthrough[key] = value
+    request.parameters = passthrough
+
+
+def encode_infer_response(
+    response: InferenceResponse,
+    request: InferenceRequest,
+    binary_default: bool = False,
+    shm_writer: Callable[[Tensor, dict], dict] | None = None,
+) -> tuple[list, int | None]:
+    """Body parts and the JSON header length (None when the body is all JSON)."""
+    requested = request.requested_outputs
+    outs = []
+    binaries = []
+    for t in response.outputs:
+        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        ro = requested.get(t.name) if requested else None
+        oparams = ro.parameters if ro is not None else None
+        if oparams and "shared_memory_region" in oparams:
+            if shm_writer is None:
+                raise InvalidArgument("shared memory outputs are not supported by this endpoint")
+            entry["parameters"] = shm_writer(t, oparams)
+        elif (oparams.get("binary_data") is True) if oparams else binary_default:
+            raw = tensor_codec.raw_bytes(t.datatype, t.data)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            binaries.append(raw)
+        else:
+            entry["data"] = tensor_codec.json_data(t.datatype, t.data)
+        outs.append(entry)
+    head: dict[str, Any] = {}
+    if response.id:
+        head["id"] = response.id
+    head["model_name"] = response.model_name
+    head["model_version"] = str(response.model_version)
+    if response.parameters:
+        head["parameters"] = response.parameters
+    head["outputs"] = outs
+    header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not binaries:
+        return [header], None
+    return [header, *binaries], len(header)
