@@ -1,0 +1,1 @@
+"""The python backend (Triton's model.py API, in-process)."""

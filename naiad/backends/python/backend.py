@@ -1,0 +1,257 @@
+"""The python backend: Triton ``model.py`` files, run in-process.
+
+Each instance of a model is one ``TritonPythonModel`` object; its
+``execute`` runs on the instance's worker thread and receives
+``pb_utils.InferenceRequest`` objects that wrap the core's requests without
+copying. No process boundary, no shared-memory copies: this is where a Python
+server beats Triton's stub-process design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import itertools
+import json
+import logging
+import os
+import sys
+import time
+
+from google.protobuf import json_format
+
+from naiad.backends.base import Backend, BackendInstance, BackendModel, InstanceSpec, ModelLoadContext
+from naiad.backends.python import pb_utils
+from naiad.core import types as core
+from naiad.core.errors import ErrorKind, InvalidArgument, NaiadError
+from naiad.protocol import model_config_pb2 as mc
+
+log = logging.getLogger("naiad.backends.python")
+
+# Models import the API under Triton's name.
+sys.modules.setdefault("triton_python_backend_utils", pb_utils)
+
+_module_ids = itertools.count()
+
+
+def _import_model_file(path: str, label: str):
+    """Import a model.py as a uniquely named module (several models, one process)."""
+    if not os.path.isfile(path):
+        raise InvalidArgument(f"python model file '{path}' not found")
+    folder = os.path.dirname(os.path.abspath(path))
+    name = f"_naiad_model_{next(_module_ids)}_{label}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise InvalidArgument(f"unable to import python model file '{path}'")
+    module = importlib.util.module_from_spec(spec)
+    # Helper modules beside model.py import the way they do under Triton.
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except NaiadError:
+        raise
+    except Exception as exc:
+        log.exception("importing '%s' failed", path)
+        raise InvalidArgument(
+            f"failed to import python model file '{path}': {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        try:
+            sys.path.remove(folder)
+        except ValueError:
+            pass
+    if folder not in sys.path:
+        sys.path.append(folder)
+    cls = getattr(module, "TritonPythonModel", None)
+    if cls is None:
+        raise InvalidArgument(f"python model file '{path}' does not define class TritonPythonModel")
+    return module, cls
+
+
+def _model_error(instance_name: str, exc: BaseException) -> NaiadError:
+    if isinstance(exc, NaiadError):
+        return exc
+    if isinstance(exc, pb_utils.TritonModelException):
+        kind = pb_utils.TritonError._KINDS.get(exc.code(), ErrorKind.INTERNAL)
+        return NaiadError(exc.message(), kind)
+    return NaiadError(
+        f"Failed to process the request(s) for model instance '{instance_name}', message: "
+        f"{type(exc).__name__}: {exc}"
+    )
+
+
+class PythonBackend(Backend):
+    name = "python"
+    default_model_filename = "model.py"
+    accepts_mixed_shapes = True
+
+    def auto_complete_config(self, config: mc.ModelConfig, model_dir: str,
+                             version_dir: str | None, backend_config: dict[str, str]) -> None:
+        if version_dir is None:
+            return
+        fname = config.default_model_filename or self.default_model_filename
+        path = os.path.join(version_dir, fname)
+        if not os.path.isfile(path):
+            return
+        _, cls = _import_model_file(path, f"{config.name}_autocomplete")
+        hook = getattr(cls, "auto_complete_config", None)
+        if hook is None:
+            return
+        from naiad.repository.config import config_to_dict
+
+        wrapper = pb_utils.ModelConfig(config_to_dict(config))
+        try:
+            result = hook(wrapper)
+        except Exception as exc:
+            raise InvalidArgument(
+                f"auto_complete_config of model '{config.name}' failed: {exc}") from None
+        completed = (result if result is not None else wrapper).as_dict()
+        new = mc.ModelConfig()
+        try:
+            json_format.ParseDict(completed, new)
+        except json_format.ParseError as exc:
+            raise InvalidArgument(
+                f"auto_complete_config of model '{config.name}' returned an invalid "
+                f"configuration: {exc}") from None
+        config.CopyFrom(new)
+
+    def load(self, ctx: ModelLoadContext) -> "PythonModel":
+        params = ctx.config.parameters
+        if "EXECUTION_ENV_PATH" in params:
+            log.warning(
+                "model '%s': EXECUTION_ENV_PATH is ignored; naiad runs python models in the "
+                "server's own environment", ctx.name)
+        return PythonModel(ctx)
+
+
+class PythonModel(BackendModel):
+    """One version of a python model; also the delivery path its senders use."""
+
+    def __init__(self, ctx: ModelLoadContext):
+        self.ctx = ctx
+        self.name = ctx.name
+        self.module, self.cls = _import_model_file(ctx.model_file, f"{ctx.name}_v{ctx.version}")
+        self.decoupled = bool(ctx.config.model_transaction_policy.decoupled)
+        self.output_names = [o.name for o in ctx.config.output]
+        from naiad.repository.config import config_to_dict
+
+        self.config_json = json.dumps(config_to_dict(ctx.config))
+        self.model = None  # the core Model, set by the repository manager
+
+    def create_instance(self, spec: InstanceSpec) -> "PythonInstance":
+        return PythonInstance(self, spec)
+
+    # -- used by pb_utils (response senders) -------------------------------------
+
+    def convert_response(self, request: core.InferenceRequest,
+                         response: pb_utils.InferenceResponse) -> core.InferenceResponse:
+        if not isinstance(response, pb_utils.InferenceResponse):
+            raise pb_utils.TritonModelException(
+                f"expected a pb_utils.InferenceResponse, got {type(response).__name__}")
+        return response._to_core()
+
+    def deliver(self, request: core.InferenceRequest, response: core.InferenceResponse | None,
+                final: bool) -> None:
+        model = self.model
+        if model is not None:
+            model.deliver(request, response, final)
+        else:  # pragma: no cover - only when used outside a server
+            request.respond(response, final)
+
+
+class PythonInstance(BackendInstance):
+    def __init__(self, model: PythonModel, spec: InstanceSpec):
+        self.model = model
+        self.spec = spec
+        self.name = spec.name
+        ctx = model.ctx
+        self.obj = model.cls()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        kind = "GPU" if spec.kind == "KIND_GPU" else ("MODEL" if spec.kind == "KIND_MODEL" else "CPU")
+        args = {
+            "model_config": model.config_json,
+            "model_instance_kind": kind,
+            "model_instance_name": spec.name,
+            "model_instance_device_id": str(spec.device_id),
+            "model_repository": ctx.model_dir,
+            "model_version": str(ctx.version),
+            "model_name": ctx.name,
+        }
+        pb_utils._context.server = ctx.server
+        init = getattr(self.obj, "initialize", None)
+        if init is not None:
+            try:
+                result = init(args)
+                if inspect.isawaitable(result):
+                    self._run_coroutine(result)
+            except NaiadError:
+                raise
+            except Exception as exc:
+                log.exception("initialize of model '%s' failed", ctx.name)
+                raise InvalidArgument(
+                    f"failed to initialize model instance '{spec.name}': "
+                    f"{type(exc).__name__}: {exc}") from None
+        self._execute = self.obj.execute
+        self._is_async = inspect.iscoroutinefunction(self._execute)
+
+    def _run_coroutine(self, coro):
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+    def execute(self, requests: list[core.InferenceRequest]):
+        model = self.model
+        pb_utils._context.server = model.ctx.server
+        wrap = pb_utils.InferenceRequest._wrap
+        wrapped = [wrap(r, model) for r in requests]
+        t_in = time.monotonic_ns()
+        for r in requests:
+            r.compute_input_end_ns = t_in
+        try:
+            result = self._execute(wrapped)
+            if self._is_async or inspect.isawaitable(result):
+                result = self._run_coroutine(result)
+        except BaseException as exc:  # noqa: BLE001
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            log.error("model instance '%s' execute failed: %s: %s", self.name,
+                      type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            raise _model_error(self.name, exc) from None
+        t_out = time.monotonic_ns()
+        for r in requests:
+            r.compute_output_start_ns = t_out
+        if model.decoupled:
+            if result is not None:
+                log.warning("decoupled model '%s' returned responses from execute(); they are "
+                            "ignored (use the response sender)", model.name)
+            return None
+        if not isinstance(result, (list, tuple)):
+            raise NaiadError(
+                f"Failed to process the request(s) for model instance '{self.name}', message: "
+                f"execute() must return a list of pb_utils.InferenceResponse, got "
+                f"{type(result).__name__}")
+        out: list[core.InferenceResponse | None] = []
+        for resp in result:
+            if resp is None:
+                out.append(None)
+                continue
+            try:
+                out.append(model.convert_response(None, resp))
+            except Exception as exc:
+                out.append(core.InferenceResponse(error=_model_error(self.name, exc)))
+        return out
+
+    def finalize(self) -> None:
+        fin = getattr(self.obj, "finalize", None)
+        if fin is not None:
+            try:
+                result = fin()
+                if inspect.isawaitable(result):
+                    self._run_coroutine(result)
+            except Exception:
+                log.exception("finalize of model instance '%s' failed", self.name)
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+

@@ -1,0 +1,671 @@
+"""naiad's ``triton_python_backend_utils``: the API Triton python models import.
+
+Models do ``import triton_python_backend_utils as pb_utils``; the python
+backend makes that name resolve to this module. Unlike Triton, nothing here
+crosses a process boundary: tensors are the core's numpy arrays, requests
+wrap the core's request objects, and responses go straight back to the core.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import threading
+from typing import Any
+
+import numpy as np
+
+from naiad.core import errors as _errors
+from naiad.core import types as _core
+from naiad.protocol import datatypes as _dt
+
+# -- constants (Triton's values) -----------------------------------------------
+
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
+TRITONSERVER_REQUEST_RELEASE_ALL = 1
+TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
+
+TRITON_STRING_TO_NUMPY = {
+    "TYPE_BOOL": bool,
+    "TYPE_UINT8": np.uint8,
+    "TYPE_UINT16": np.uint16,
+    "TYPE_UINT32": np.uint32,
+    "TYPE_UINT64": np.uint64,
+    "TYPE_INT8": np.int8,
+    "TYPE_INT16": np.int16,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+    "TYPE_FP16": np.float16,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+    "TYPE_STRING": np.object_,
+}
+
+# TRITONSERVER_DataType numbers, as numpy_to_triton_type returns them
+_TRITON_TYPE_NUMBERS = {
+    "BOOL": 1, "UINT8": 2, "UINT16": 3, "UINT32": 4, "UINT64": 5, "INT8": 6, "INT16": 7,
+    "INT32": 8, "INT64": 9, "FP16": 10, "FP32": 11, "FP64": 12, "BYTES": 13, "BF16": 14,
+}
+_NUMBER_TO_WIRE = {v: k for k, v in _TRITON_TYPE_NUMBERS.items()}
+
+
+def triton_string_to_numpy(triton_type_string: str):
+    return TRITON_STRING_TO_NUMPY[triton_type_string]
+
+
+def triton_to_numpy_type(data_type: int):
+    wire = _NUMBER_TO_WIRE.get(data_type)
+    if wire is None or wire == "BF16":
+        return None
+    return np.bool_ if wire == "BOOL" else _dt.numpy_dtype(wire).type
+
+
+def numpy_to_triton_type(data_type) -> int | None:
+    try:
+        wire = _dt.wire_from_numpy(np.dtype(data_type))
+    except TypeError:
+        return None
+    return _TRITON_TYPE_NUMBERS.get(wire) if wire else None
+
+
+def serialize_byte_tensor(input_tensor: np.ndarray):
+    """Length-prefixed elements of a BYTES tensor, as a 1-D uint8 array."""
+    if input_tensor.size == 0:
+        return np.empty([0], dtype=np.uint8)
+    if input_tensor.dtype != np.object_ and input_tensor.dtype.type != np.bytes_:
+        raise TritonModelException("cannot serialize bytes tensor: invalid datatype")
+    parts = []
+    for item in input_tensor.reshape(-1, order="C"):
+        if isinstance(item, (bytes, np.bytes_)):
+            s = bytes(item)
+        else:
+            s = str(item).encode("utf-8")
+        parts.append(struct.pack("<I", len(s)))
+        parts.append(s)
+    return np.frombuffer(b"".join(parts), dtype=np.uint8)
+
+
+def deserialize_bytes_tensor(encoded_tensor) -> np.ndarray:
+    """The inverse of serialize_byte_tensor: a 1-D object array of bytes."""
+    buf = bytes(encoded_tensor)
+    items = []
+    offset = 0
+    while offset < len(buf):
+        (length,) = struct.unpack_from("<I", buf, offset)
+        offset += 4
+        items.append(buf[offset:offset + length])
+        offset += length
+    arr = np.empty(len(items), dtype=np.object_)
+    arr[:] = items
+    return arr
+
+
+# -- errors ----------------------------------------------------------------------
+
+
+class TritonError:
+    """An error a model returns in a response (or BLS reports back)."""
+
+    UNKNOWN = 0
+    INTERNAL = 1
+    NOT_FOUND = 2
+    INVALID_ARG = 3
+    UNAVAILABLE = 4
+    UNSUPPORTED = 5
+    ALREADY_EXISTS = 6
+    CANCELLED = 7
+
+    _KINDS = {
+        UNKNOWN: _errors.ErrorKind.UNKNOWN,
+        INTERNAL: _errors.ErrorKind.INTERNAL,
+        NOT_FOUND: _errors.ErrorKind.NOT_FOUND,
+        INVALID_ARG: _errors.ErrorKind.INVALID_ARG,
+        UNAVAILABLE: _errors.ErrorKind.UNAVAILABLE,
+        UNSUPPORTED: _errors.ErrorKind.UNSUPPORTED,
+        ALREADY_EXISTS: _errors.ErrorKind.ALREADY_EXISTS,
+        CANCELLED: _errors.ErrorKind.CANCELLED,
+    }
+    _CODES = {v: k for k, v in _KINDS.items()}
+
+    def __init__(self, msg: str, code: int = INTERNAL):
+        self._msg = msg
+        self._code = code
+
+    def message(self) -> str:
+        return self._msg
+
+    def code(self) -> int:
+        return self._code
+
+    def __str__(self) -> str:
+        return self._msg
+
+    def __repr__(self) -> str:
+        return f"TritonError({self._msg!r}, code={self._code})"
+
+    def _to_core(self) -> _errors.NaiadError:
+        kind = self._KINDS.get(self._code, _errors.ErrorKind.INTERNAL)
+        return _errors.NaiadError(self._msg, kind)
+
+    @classmethod
+    def _from_core(cls, err: _errors.NaiadError) -> "TritonError":
+        return cls(err.message, cls._CODES.get(err.kind, cls.INTERNAL))
+
+
+class TritonModelException(Exception):
+    """Raised by the API (and by models) to fail a request or a load."""
+
+    def __init__(self, msg: str = "", code: int = TritonError.INTERNAL):
+        super().__init__(msg)
+        self._msg = msg
+        self._code = code
+
+    def message(self) -> str:
+        return self._msg
+
+    def code(self) -> int:
+        return self._code
+
+    def __str__(self) -> str:
+        return self._msg
+
+
+# -- tensors ------------------------------------------------------------------------
+
+
+class Tensor:
+    """A named tensor holding a numpy array (``pb_utils.Tensor``)."""
+
+    __slots__ = ("_name", "_array", "_wire")
+
+    def __init__(self, name: str, numpy_array: Any, triton_dtype: int | None = None):
+        arr = numpy_array if isinstance(numpy_array, np.ndarray) else np.asarray(numpy_array)
+        kind = arr.dtype.kind
+        if kind == "U":
+            # Triton refuses np.str_; encoding to UTF-8 BYTES is what callers mean.
+            obj = np.empty(arr.shape, dtype=np.object_)
+            obj.reshape(-1)[:] = [s.encode("utf-8") for s in arr.reshape(-1)]
+            arr = obj
+        elif kind == "S":
+            obj = np.empty(arr.shape, dtype=np.object_)
+            obj.reshape(-1)[:] = [bytes(s) for s in arr.reshape(-1)]
+            arr = obj
+        elif kind == "V":
+            raise TritonModelException(
+                "Tensor dtype used for numpy_array is not supported by the python backend; "
+                "use np.object_ for strings and bytes"
+            )
+        if triton_dtype is not None:
+            wire = _NUMBER_TO_WIRE.get(triton_dtype)
+            if wire is None:
+                raise TritonModelException(f"unknown triton dtype {triton_dtype}")
+            if wire != "BYTES":
+                want = _dt.numpy_dtype(wire)
+                if arr.dtype != want:
+                    arr = arr.view(want)
+        else:
+            wire = _dt.wire_from_numpy(arr.dtype)
+            if not wire:
+                raise TritonModelException(
+                    f"tensor '{name}': numpy dtype {arr.dtype} has no Triton datatype"
+                )
+        self._name = name
+        self._array = arr
+        self._wire = wire
+
+    @classmethod
+    def _wrap(cls, name: str, wire: str, arr: np.ndarray) -> "Tensor":
+        t = cls.__new__(cls)
+        t._name = name
+        t._array = arr
+        t._wire = wire
+        return t
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        if self._wire == "BF16":
+            raise TritonModelException(
+                f"tensor '{self._name}' is BF16, which numpy cannot hold; use to_dlpack()"
+            )
+        return self._array
+
+    def shape(self) -> list[int]:
+        return list(self._array.shape)
+
+    def triton_dtype(self) -> int:
+        return _TRITON_TYPE_NUMBERS[self._wire]
+
+    def data_type(self) -> str:
+        return _dt.wire_to_config(self._wire)
+
+    def is_cpu(self) -> bool:
+        return True
+
+    def to_dlpack(self):
+        if self._wire == "BYTES":
+            raise TritonModelException("BYTES tensors cannot be exported through DLPack")
+        arr = self._array
+        if self._wire == "BF16":
+            try:
+                import torch
+            except ImportError as exc:  # pragma: no cover - depends on the environment
+                raise TritonModelException("BF16 tensors need torch for to_dlpack()") from exc
+            return torch.from_numpy(np.ascontiguousarray(arr)).view(torch.bfloat16).__dlpack__()
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        return arr.__dlpack__()
+
+    @staticmethod
+    def from_dlpack(name: str, capsule) -> "Tensor":
+        # Objects with __dlpack__ (torch, jax, cupy on CPU) or raw capsules.
+        if hasattr(capsule, "__dlpack__"):
+            try:
+                import torch
+
+                if isinstance(capsule, torch.Tensor) and capsule.dtype == torch.bfloat16:
+                    bits = capsule.detach().cpu().contiguous().view(torch.int16).numpy()
+                    return Tensor._wrap(name, "BF16", bits.view(np.uint16))
+            except ImportError:
+                pass
+            arr = np.from_dlpack(capsule)
+        else:
+            arr = np.from_dlpack(_CapsuleHolder(capsule))
+        return Tensor(name, arr)
+
+    def __repr__(self) -> str:
+        return f"Tensor({self._name!r}, {self._wire}, shape={list(self._array.shape)})"
+
+
+class _CapsuleHolder:
+    """Lets np.from_dlpack accept a bare PyCapsule."""
+
+    def __init__(self, capsule):
+        self._capsule = capsule
+
+    def __dlpack__(self, stream=None, **kwargs):
+        return self._capsule
+
+    def __dlpack_device__(self):
+        return (1, 0)  # kDLCPU
+
+
+# -- responses ---------------------------------------------------------------------------
+
+
+class InferenceResponse:
+    """What ``execute`` returns for each request (``pb_utils.InferenceResponse``)."""
+
+    __slots__ = ("_output_tensors", "_error", "_parameters")
+
+    def __init__(self, output_tensors: list | None = None, error: TritonError | None = None,
+                 parameters: Any = None):
+        if output_tensors is None:
+            output_tensors = []
+        if not isinstance(output_tensors, list):
+            raise TritonModelException('"output_tensors" must be a list.')
+        self._output_tensors = output_tensors
+        self._error = error
+        if isinstance(parameters, str):
+            parameters = json.loads(parameters) if parameters else {}
+        self._parameters = parameters or {}
+
+    def output_tensors(self) -> list:
+        return self._output_tensors
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+    def parameters(self) -> str:
+        return json.dumps(self._parameters)
+
+    def _to_core(self) -> _core.InferenceResponse:
+        err = self._error
+        if err is not None:
+            if isinstance(err, TritonError):
+                core_err = err._to_core()
+            else:
+                core_err = _errors.NaiadError(str(err))
+            return _core.InferenceResponse(error=core_err)
+        outs = []
+        for t in self._output_tensors:
+            if not isinstance(t, Tensor):
+                raise TritonModelException(
+                    f"output tensors must be pb_utils.Tensor objects, got {type(t).__name__}")
+            outs.append(_core.Tensor(t._name, t._wire, t._array))
+        return _core.InferenceResponse(outs, parameters=self._parameters or None)
+
+    @classmethod
+    def _from_core(cls, resp: _core.InferenceResponse) -> "InferenceResponse":
+        if resp.error is not None:
+            return cls([], TritonError._from_core(resp.error))
+        tensors = [Tensor._wrap(t.name, t.datatype, t.data) for t in resp.outputs]
+        return cls(tensors, None, resp.parameters)
+
+
+def get_input_tensor_by_name(inference_request, name: str):
+    for t in inference_request.inputs():
+        if t._name == name:
+            return t
+    return None
+
+
+def get_output_tensor_by_name(inference_response, name: str):
+    for t in inference_response.output_tensors():
+        if t.name() == name:
+            return t
+    return None
+
+
+def get_input_config_by_name(model_config: dict, name: str):
+    for io in model_config.get("input", []):
+        if io["name"] == name:
+            return io
+    return None
+
+
+def get_output_config_by_name(model_config: dict, name: str):
+    for io in model_config.get("output", []):
+        if io["name"] == name:
+            return io
+    return None
+
+
+def using_decoupled_model_transaction_policy(model_config: dict) -> bool:
+    return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
+
+
+# -- requests -----------------------------------------------------------------------------
+
+
+class InferenceResponseSender:
+    """Sends a decoupled model's responses (``request.get_response_sender()``)."""
+
+    __slots__ = ("_request", "_closed", "_runner")
+
+    def __init__(self, request: _core.InferenceRequest, runner: Any):
+        self._request = request
+        self._runner = runner
+        self._closed = False
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if self._closed:
+            raise TritonModelException(
+                "Unable to send response. Response sender has been closed.")
+        final = bool(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        if response is None and not final:
+            raise TritonModelException(
+                "response must be set unless the final flag is sent")
+        core = None if response is None else self._runner.convert_response(self._request,
+                                                                             response)
+        if final:
+            self._closed = True
+        self._runner.deliver(self._request, core, final)
+
+    def is_cancelled(self) -> bool:
+        return self._request.cancelled
+
+
+class InferenceRequest:
+    """A request as a python model sees it, or (constructed by the model) a BLS request."""
+
+    def __init__(
+        self,
+        model_name: str = "",
+        inputs: list | None = None,
+        requested_output_names: list | None = None,
+        model_version: int = -1,
+        correlation_id: int | str = 0,
+        request_id: str = "",
+        flags: int = 0,
+        timeout: int = 0,
+        preferred_memory: Any = None,
+        parameters: Any = None,
+        trace: Any = None,
+    ):
+        self._core: _core.InferenceRequest | None = None
+        self._runner = None
+        self._model_name = model_name
+        self._inputs = list(inputs or [])
+        self._requested_output_names = list(requested_output_names or [])
+        self._model_version = model_version
+        self._correlation_id = correlation_id
+        self._request_id = request_id
+        self._flags = flags
+        self._timeout = timeout
+        self._preferred_memory = preferred_memory
+        if isinstance(parameters, str):
+            parameters = json.loads(parameters) if parameters else {}
+        self._parameters = dict(parameters or {})
+        self._sender: InferenceResponseSender | None = None
+
+    @classmethod
+    def _wrap(cls, core: _core.InferenceRequest, runner: Any) -> "InferenceRequest":
+        """Wrap an incoming core request without copying anything."""
+        self = cls.__new__(cls)
+        self._core = core
+        self._runner = runner
+        self._inputs = None
+        self._sender = None
+        return self
+
+    # accessors ----------------------------------------------------------------
+    def inputs(self) -> list:
+        if self._inputs is None:
+            self._inputs = [Tensor._wrap(t.name, t.datatype, t.data)
+                            for t in self._core.inputs.values()]
+        return self._inputs
+
+    def requested_output_names(self) -> list[str]:
+        core = self._core
+        if core is None:
+            return list(self._requested_output_names)
+        if core.requested_outputs:
+            return list(core.requested_outputs)
+        return list(self._runner.output_names)
+
+    def request_id(self) -> str:
+        return self._core.id if self._core is not None else self._request_id
+
+    def correlation_id(self):
+        return self._core.correlation_id if self._core is not None else self._correlation_id
+
+    def flags(self) -> int:
+        return self._core.flags if self._core is not None else self._flags
+
+    def timeout(self) -> int:
+        return self._core.timeout_us if self._core is not None else self._timeout
+
+    def model_name(self) -> str:
+        return self._core.model_name if self._core is not None else self._model_name
+
+    def model_version(self) -> int:
+        return self._core.model_version if self._core is not None else self._model_version
+
+    def parameters(self) -> str:
+        params = self._core.parameters if self._core is not None else self._parameters
+        return json.dumps(params)
+
+    def is_cancelled(self) -> bool:
+        return self._core is not None and self._core.cancelled
+
+    def get_response_sender(self) -> InferenceResponseSender:
+        if self._core is None:
+            raise TritonModelException("only requests a model received have a response sender")
+        if not self._runner.decoupled:
+            raise TritonModelException(
+                "get_response_sender() is only available for models with a decoupled "
+                "transaction policy")
+        if self._sender is None:
+            self._sender = InferenceResponseSender(self._core, self._runner)
+        return self._sender
+
+    def set_release_flags(self, flags: int) -> None:
+        if self._core is None:
+            raise TritonModelException("only requests a model received can be released")
+        self._core.parameters.setdefault("_release_flags", flags)
+
+    # BLS --------------------------------------------------------------------------
+    def exec(self, decoupled: bool = False):
+        from naiad.backends.python import bls
+
+        return bls.execute(self, decoupled)
+
+    async def async_exec(self, decoupled: bool = False):
+        from naiad.backends.python import bls
+
+        return await bls.async_execute(self, decoupled)
+
+
+# -- auto-complete --------------------------------------------------------------------------
+
+
+class ModelConfig:
+    """The configuration a model's ``auto_complete_config`` may complete."""
+
+    def __init__(self, model_config: str | dict):
+        self._model_config = (json.loads(model_config) if isinstance(model_config, str)
+                              else model_config)
+        self._model_config.setdefault("input", [])
+        self._model_config.setdefault("output", [])
+        self._model_config.setdefault("max_batch_size", 0)
+
+    def as_dict(self) -> dict:
+        return self._model_config
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        current = int(self._model_config.get("max_batch_size", 0))
+        if current > max_batch_size:
+            raise ValueError(
+                f"configuration specified max_batch_size {current}, but in auto-complete-config "
+                f"function for model '{self._model_config.get('name')}' specified "
+                f"max_batch_size {max_batch_size}")
+        self._model_config["max_batch_size"] = max_batch_size
+
+    def set_dynamic_batching(self) -> None:
+        for other in ("sequence_batching", "ensemble_scheduling"):
+            if other in self._model_config:
+                raise ValueError(
+                    f"Configuration specified scheduling_choice as '{other}', but "
+                    f"auto-complete-config function for model '{self._model_config.get('name')}' "
+                    "tries to set scheduling_choice as 'dynamic_batching'")
+        self._model_config.setdefault("dynamic_batching", {})
+
+    def _add_io(self, kind: str, io: dict, allowed: tuple[str, ...]) -> None:
+        model = self._model_config.get("name")
+        for key in io:
+            if key not in allowed:
+                raise ValueError(
+                    f"{kind} '{io.get('name')}' in auto-complete-config function for model "
+                    f"'{model}' contains property other than {', '.join(repr(a) for a in allowed)}.")
+        for key in ("name", "data_type", "dims"):
+            if key not in io:
+                raise ValueError(
+                    f"{kind} in auto-complete-config function for model '{model}' is missing "
+                    f"'{key}' property.")
+        for current in self._model_config[kind]:
+            if current["name"] != io["name"]:
+                continue
+            cur_dt = current.get("data_type", "TYPE_INVALID")
+            if cur_dt != "TYPE_INVALID" and cur_dt != io["data_type"]:
+                raise ValueError(
+                    f"unable to load model '{model}', configuration expects datatype {cur_dt} "
+                    f"for {kind} '{io['name']}', model provides {io['data_type']}")
+            cur_dims = [int(d) for d in current.get("dims", [])]
+            if cur_dims and cur_dims != [int(d) for d in io["dims"]]:
+                raise ValueError(
+                    f"model '{model}', tensor '{io['name']}': the model expects dims "
+                    f"{list(io['dims'])} but the model configuration specifies dims {cur_dims}")
+            current["data_type"] = io["data_type"]
+            current["dims"] = list(io["dims"])
+            if "optional" in io:
+                current["optional"] = io["optional"]
+            return
+        self._model_config[kind].append(dict(io))
+
+    def add_input(self, input: dict) -> None:  # noqa: A002 - Triton's parameter name
+        self._add_io("input", input, ("name", "data_type", "dims", "optional"))
+
+    def add_output(self, output: dict) -> None:
+        self._add_io("output", output, ("name", "data_type", "dims"))
+
+    def set_model_transaction_policy(self, transaction_policy_dict: dict) -> None:
+        for key in transaction_policy_dict:
+            if key != "decoupled":
+                raise ValueError(
+                    f"model transaction property in auto-complete-config function for model "
+                    f"'{self._model_config.get('name')}' contains property other than "
+                    "'decoupled'.")
+        policy = self._model_config.setdefault("model_transaction_policy", {})
+        if "decoupled" in policy and "decoupled" in transaction_policy_dict and \
+                policy["decoupled"] != transaction_policy_dict["decoupled"]:
+            raise ValueError(
+                f"trying to change decoupled property in auto-complete-config for model "
+                f"'{self._model_config.get('name')}', which is already set to "
+                f"'{policy['decoupled']}'.")
+        policy.update(transaction_policy_dict)
+
+
+# -- logging --------------------------------------------------------------------------------
+
+_model_log = logging.getLogger("naiad.python_model")
+
+
+class LogLevel:
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+    VERBOSE = 3
+
+
+class Logger:
+    """``pb_utils.Logger``: writes through the server's logging."""
+
+    _LEVELS = {LogLevel.INFO: logging.INFO, LogLevel.WARNING: logging.WARNING,
+               LogLevel.ERROR: logging.ERROR, LogLevel.VERBOSE: logging.DEBUG}
+
+    @staticmethod
+    def log(message: str, level: int = LogLevel.INFO) -> None:
+        _model_log.log(Logger._LEVELS.get(level, logging.INFO), "%s", message)
+
+    @staticmethod
+    def log_info(message: str) -> None:
+        _model_log.info("%s", message)
+
+    @staticmethod
+    def log_warn(message: str) -> None:
+        _model_log.warning("%s", message)
+
+    @staticmethod
+    def log_error(message: str) -> None:
+        _model_log.error("%s", message)
+
+    @staticmethod
+    def log_verbose(message: str) -> None:
+        _model_log.debug("%s", message)
+
+
+# -- server access (BLS helpers) ---------------------------------------------------------------
+
+_context = threading.local()
+_default_server: list = [None]
+
+
+def _current_server():
+    server = getattr(_context, "server", None)
+    return server if server is not None else _default_server[0]
+
+
+def is_model_ready(model_name: str, model_version: str = "") -> bool:
+    server = _current_server()
+    if server is None:
+        return False
+    version = int(model_version) if str(model_version).strip() else -1
+    return server.model_ready(model_name, version)

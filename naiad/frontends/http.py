@@ -1,0 +1,507 @@
+"""The HTTP/REST frontend: KServe v2 with Triton's extensions, as a raw ASGI app.
+
+Served by uvicorn (httptools, uvloop). Routing is a split of the path and a
+few comparisons: no framework sits on the per-request path, because at high
+request rates the ASGI layer alone costs half the budget (DESIGN.md). This
+module only translates between HTTP and the core (``naiad.server.Server``);
+it holds no model logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import zlib
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from naiad.core.errors import (
+    InvalidArgument,
+    NaiadError,
+    NotFound,
+    Unsupported,
+    as_naiad_error,
+)
+from naiad.frontends.status import http_status
+from naiad.protocol import http_codec
+
+log = logging.getLogger("naiad.http")
+
+JSON = (b"content-type", b"application/json")
+OCTET = (b"content-type", b"application/octet-stream")
+TEXT = (b"content-type", b"text/plain")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ClientGone(Exception):
+    """The client disconnected before the request body arrived."""
+
+
+def _parse_version(text: str) -> int:
+    if not text.isdigit():
+        raise HttpError(404, "Not Found")
+    return int(text)
+
+
+def _header(headers: list, name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+class HttpApp:
+    """The ASGI application."""
+
+    def __init__(self, server: Any, max_input_size: int = 64 * 1024 * 1024):
+        self.server = server
+        self.max_input_size = max_input_size
+
+    # -- ASGI entry --------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "lifespan.startup":
+                        await send({"type": "lifespan.startup.complete"})
+                    elif msg["type"] == "lifespan.shutdown":
+                        await send({"type": "lifespan.shutdown.complete"})
+                        return
+            return
+        path = scope["path"]
+        method = scope["method"]
+        parts = path.split("/")
+        try:
+            if len(parts) >= 5 and parts[1] == "v2" and parts[2] == "models":
+                await self._model_route(parts, method, scope, receive, send)
+            else:
+                await self._other_route(parts, method, scope, receive, send)
+        except HttpError as exc:
+            await self._send_json(send, exc.status, {"error": exc.message})
+        except NaiadError as exc:
+            await self._send_json(send, http_status(exc.kind), {"error": exc.message})
+        except ClientGone:
+            return
+        except Exception as exc:  # never a traceback on the wire
+            log.exception("unhandled error serving %s %s", method, path)
+            err = as_naiad_error(exc)
+            await self._send_json(send, 500, {"error": err.message})
+
+    # -- routing ------------------------------------------------------------------------
+
+    async def _model_route(self, parts, method, scope, receive, send) -> None:
+        # /v2/models/{name}[/versions/{v}]/{action...}
+        name = parts[3]
+        rest = parts[4:]
+        version = -1
+        if rest and rest[0] == "versions":
+            if len(rest) < 2:
+                raise HttpError(404, "Not Found")
+            version = _parse_version(rest[1])
+            rest = rest[2:]
+        action = rest[0] if rest else ""
+        if action == "infer" and len(rest) == 1:
+            if method != "POST":
+                raise HttpError(405, "Method Not Allowed")
+            await self.infer(name, version, scope, receive, send)
+            return
+        if action == "" and not rest:
+            self._require(method, "GET")
+            await self._send_json(send, 200, self.server.model_metadata(name, version))
+        elif action == "ready" and len(rest) == 1:
+            self._require(method, "GET")
+            ok = self.server.model_ready(name, version)
+            await self._send_empty(send, 200 if ok else 400)
+        elif action == "config" and len(rest) == 1:
+            self._require(method, "GET")
+            await self._send_json(send, 200, self.server.model_config_dict(name, version))
+        elif action == "stats" and len(rest) == 1:
+            self._require(method, "GET")
+            await self._send_json(send, 200, self.server.model_statistics(name, version))
+        elif action in ("generate", "generate_stream") and len(rest) == 1:
+            self._require(method, "POST")
+            handler = getattr(self.server, "generate_http", None)
+            if handler is None:
+                raise Unsupported("the generate extension is not available")
+            body = await self._read_body(scope, receive)
+            await handler(name, version, body, action == "generate_stream", send)
+        elif action == "trace" and rest[1:] == ["setting"]:
+            await self._trace_setting(name, method, scope, receive, send)
+        else:
+            raise HttpError(404, "Not Found")
+
+    async def _other_route(self, parts, method, scope, receive, send) -> None:
+        n = len(parts)
+        if n < 2 or parts[1] != "v2":
+            raise HttpError(404, "Not Found")
+        if n == 2 or (n == 3 and parts[2] == ""):
+            self._require(method, "GET")
+            await self._send_json(send, 200, self.server.metadata())
+            return
+        section = parts[2]
+        rest = parts[3:]
+        server = self.server
+        if section == "health" and len(rest) == 1:
+            self._require(method, "GET")
+            if rest[0] == "live":
+                await self._send_empty(send, 200 if server.live() else 400)
+                return
+            if rest[0] == "ready":
+                await self._send_empty(send, 200 if server.ready() else 400)
+                return
+        elif section == "models":
+            if rest == ["stats"]:
+                self._require(method, "GET")
+                await self._send_json(send, 200, server.model_statistics())
+                return
+            if len(rest) == 1 and rest[0]:
+                # /v2/models/{name}
+                self._require(method, "GET")
+                await self._send_json(send, 200, server.model_metadata(rest[0], -1))
+                return
+        elif section == "repository":
+            await self._repository(rest, method, scope, receive, send)
+            return
+        elif section in ("systemsharedmemory", "cudasharedmemory"):
+            await self._shared_memory(section, rest, method, scope, receive, send)
+            return
+        elif section == "trace" and rest == ["setting"]:
+            await self._trace_setting("", method, scope, receive, send)
+            return
+        elif section == "logging" and not rest:
+            await self._logging(method, scope, receive, send)
+            return
+        raise HttpError(404, "Not Found")
+
+    @staticmethod
+    def _require(method: str, want: str) -> None:
+        if method != want:
+            raise HttpError(405, "Method Not Allowed")
+
+    # -- inference ---------------------------------------------------------------------------
+
+    async def infer(self, name: str, version: int, scope, receive, send) -> None:
+        headers = scope["headers"]
+        header_len = None
+        accept = None
+        for k, v in headers:
+            if k == b"inference-header-content-length":
+                try:
+                    header_len = int(v)
+                except ValueError:
+                    raise InvalidArgument(
+                        "Inference-Header-Content-Length must be an integer") from None
+            elif k == b"accept-encoding":
+                accept = v
+        body = await self._read_body(scope, receive)
+        server = self.server
+        shm = server.shared_memory
+        request, binary_default = http_codec.decode_infer_request(
+            body, header_len, name, version,
+            shm.read_input if shm is not None else None,
+        )
+        response = await server.infer(request)
+        parts, json_len = http_codec.encode_infer_response(
+            response, request, binary_default,
+            shm.write_output if shm is not None else None,
+        )
+        out_headers = [OCTET if json_len is not None else JSON]
+        if json_len is not None:
+            out_headers.append((b"inference-header-content-length", str(json_len).encode()))
+        body_out = parts[0] if len(parts) == 1 else b"".join(parts)
+        if accept is not None:
+            body_out = self._compress(body_out, accept, out_headers)
+        out_headers.append((b"content-length", str(len(body_out)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": out_headers})
+        await send({"type": "http.response.body", "body": body_out})
+
+    # -- bodies ----------------------------------------------------------------------------------
+
+    async def _read_body(self, scope, receive) -> bytearray:
+        """The whole request body, decompressed, as a writable buffer (bounded)."""
+        limit = self.max_input_size
+        headers = scope["headers"]
+        length_hdr = _header(headers, b"content-length")
+        encoding = _header(headers, b"content-encoding")
+        declared = None
+        if length_hdr is not None:
+            try:
+                declared = int(length_hdr)
+            except ValueError:
+                raise InvalidArgument("invalid Content-Length") from None
+            if declared > limit:
+                raise HttpError(
+                    413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        if declared is not None and encoding is None:
+            buf = bytearray(declared)
+            view = memoryview(buf)
+            pos = 0
+            more = True
+            while more:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    raise ClientGone()
+                chunk = msg.get("body", b"")
+                end = pos + len(chunk)
+                if end > declared:
+                    raise InvalidArgument("request body is longer than its Content-Length")
+                view[pos:end] = chunk
+                pos = end
+                more = msg.get("more_body", False)
+            if pos != declared:
+                raise InvalidArgument("request body is shorter than its Content-Length")
+            return buf
+        buf = bytearray()
+        more = True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientGone()
+            buf += msg.get("body", b"")
+            if len(buf) > limit:
+                raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+            more = msg.get("more_body", False)
+        if encoding is not None:
+            buf = self._decompress(buf, encoding, limit)
+        return buf
+
+    @staticmethod
+    def _decompress(data: bytearray, encoding: bytes, limit: int) -> bytearray:
+        enc = encoding.strip().lower()
+        if enc in (b"identity", b""):
+            return data
+        if enc == b"gzip":
+            wbits = 31
+        elif enc == b"deflate":
+            # zlib-wrapped per RFC; raw deflate is tried if the header is missing
+            wbits = 15 if len(data) >= 2 and (data[0] * 256 + data[1]) % 31 == 0 else -15
+        else:
+            raise HttpError(415, f"unsupported Content-Encoding '{encoding.decode('latin-1')}'")
+        d = zlib.decompressobj(wbits)
+        try:
+            out = d.decompress(bytes(data), limit + 1)
+        except zlib.error as exc:
+            raise InvalidArgument(f"failed to decompress the request body: {exc}") from None
+        if len(out) > limit or d.unconsumed_tail:
+            raise HttpError(413, f"decompressed request body exceeds the limit of {limit} bytes")
+        if not d.eof:
+            raise InvalidArgument("failed to decompress the request body: truncated stream")
+        return bytearray(out)
+
+    @staticmethod
+    def _compress(body: bytes, accept: bytes, headers: list) -> bytes:
+        accept = accept.lower()
+        if b"gzip" in accept:
+            c = zlib.compressobj(6, zlib.DEFLATED, 31)
+            headers.append((b"content-encoding", b"gzip"))
+        elif b"deflate" in accept:
+            c = zlib.compressobj(6, zlib.DEFLATED, 15)
+            headers.append((b"content-encoding", b"deflate"))
+        else:
+            return body
+        return c.compress(body) + c.flush()
+
+    async def _json_body(self, scope, receive) -> dict:
+        body = await self._read_body(scope, receive)
+        if not body.strip():
+            return {}
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
+        if not isinstance(obj, dict):
+            raise InvalidArgument("the request body must be a JSON object")
+        return obj
+
+    # -- responses ---------------------------------------------------------------------------
+
+    @staticmethod
+    async def _send_json(send, status: int, obj: Any) -> None:
+        body = orjson.dumps(obj)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [JSON, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def _send_empty(send, status: int) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [TEXT, (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    # -- repository extension ----------------------------------------------------------------
+
+    async def _repository(self, rest, method, scope, receive, send) -> None:
+        server = self.server
+        if rest == ["index"]:
+            self._require(method, "POST")
+            body = await self._json_body(scope, receive)
+            ready = body.get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidArgument("'ready' must be a boolean")
+            await self._send_json(send, 200, server.repository_index(ready))
+            return
+        if len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload"):
+            self._require(method, "POST")
+            body = await self._json_body(scope, receive)
+            params = body.get("parameters", {})
+            if not isinstance(params, dict):
+                raise InvalidArgument("'parameters' must be a JSON object")
+            name = rest[1]
+            if rest[2] == "load":
+                await server.load_model_from_parameters(name, params)
+            else:
+                dependents = params.get("unload_dependents", False)
+                if not isinstance(dependents, bool):
+                    raise InvalidArgument("'unload_dependents' must be a boolean")
+                await server.unload_model(name, dependents)
+            await self._send_empty(send, 200)
+            return
+        raise HttpError(404, "Not Found")
+
+    # -- shared memory extension ------------------------------------------------------------------
+
+    async def _shared_memory(self, section, rest, method, scope, receive, send) -> None:
+        cuda = section == "cudasharedmemory"
+        region = ""
+        if len(rest) >= 2 and rest[0] == "region":
+            region = rest[1]
+            rest = rest[2:]
+        if len(rest) != 1 or rest[0] not in ("status", "register", "unregister"):
+            raise HttpError(404, "Not Found")
+        action = rest[0]
+        shm = self.server.shared_memory
+        if action == "status":
+            self._require(method, "GET")
+        else:
+            self._require(method, "POST")
+        if cuda:
+            if action == "status":
+                # no GPU: no CUDA regions can exist
+                if region:
+                    raise NotFound(f"Unable to find cuda shared memory region: '{region}'")
+                await self._send_json(send, 200, [])
+                return
+            raise Unsupported(
+                "CUDA shared memory is not supported: this server has no GPU support")
+        if shm is None:
+            raise Unsupported("system shared memory is not supported yet")
+        if action == "status":
+            await self._send_json(send, 200, shm.status(region))
+        elif action == "register":
+            body = await self._json_body(scope, receive)
+            shm.register_from_json(region, body)
+            await self._send_empty(send, 200)
+        else:
+            shm.unregister(region)
+            await self._send_empty(send, 200)
+
+    # -- trace and logging extensions -----------------------------------------------------------
+
+    async def _trace_setting(self, model: str, method, scope, receive, send) -> None:
+        tracer = self.server.tracer
+        if tracer is None:
+            raise Unsupported("the trace extension is not available")
+        if method == "GET":
+            await self._send_json(send, 200, tracer.get_settings(model))
+        elif method == "POST":
+            body = await self._json_body(scope, receive)
+            await self._send_json(send, 200, tracer.update_settings(model, body))
+        else:
+            raise HttpError(405, "Method Not Allowed")
+
+    async def _logging(self, method, scope, receive, send) -> None:
+        settings = getattr(self.server, "log_settings", None)
+        if settings is None:
+            raise Unsupported("the logging extension is not available")
+        if method == "GET":
+            await self._send_json(send, 200, settings.get())
+        elif method == "POST":
+            body = await self._json_body(scope, receive)
+            await self._send_json(send, 200, settings.update(body))
+        else:
+            raise HttpError(405, "Method Not Allowed")
+
+
+def bind_socket(address: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """Bind a listening TCP socket; raises OSError with a clear message if busy."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"unable to bind {address}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class HttpFrontend:
+    """Runs the ASGI app under uvicorn on a socket we bind ourselves."""
+
+    name = "HTTPService"
+
+    def __init__(self, server: Any, address: str, port: int, reuse_port: bool = False,
+                 max_input_size: int = 64 * 1024 * 1024,
+                 app: Callable[..., Awaitable[None]] | None = None):
+        self.server = server
+        self.address = address
+        self.port = port
+        self.reuse_port = reuse_port
+        self.app = app or HttpApp(server, max_input_size)
+        self._uv = None
+        self._sock: socket.socket | None = None
+
+    async def start(self) -> None:
+        import uvicorn
+
+        self._sock = bind_socket(self.address, self.port, self.reuse_port)
+        self.port = self._sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            http="httptools",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            timeout_graceful_shutdown=5,
+        )
+        config.load()
+        uv = uvicorn.Server(config)
+        uv.lifespan = config.lifespan_class(config)
+        await uv.startup(sockets=[self._sock])
+        self._uv = uv
+
+    async def stop(self) -> None:
+        uv = self._uv
+        if uv is None:
+            return
+        self._uv = None
+        try:
+            await uv.shutdown(sockets=[self._sock] if self._sock else None)
+        except Exception:
+            log.exception("HTTP shutdown failed")
+
+
+def default_loop_policy() -> None:
+    """Use uvloop when it is installed (it is a core dependency on Linux/macOS)."""
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover
+        pass

@@ -1,0 +1,158 @@
+"""Server logging in Triton's formats, with settings that change at run time.
+
+``default``:  ``I1121 22:57:11.877876 3156 naiad.server] message``
+``ISO8601``:  ``2026-11-21T22:57:11Z I 3156 naiad.server] message``
+
+The severities follow tritonserver's switches: --log-info, --log-warning,
+--log-error turn each on or off, --log-verbose N turns on verbose (DEBUG)
+messages. ``LogSettings`` is what the logging extension (GET/POST
+/v2/logging, gRPC LogSettings) reads and changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+
+_LETTER = {logging.DEBUG: "V", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E",
+           logging.CRITICAL: "E"}
+
+
+class TritonFormatter(logging.Formatter):
+    def __init__(self, fmt: str = "default"):
+        super().__init__()
+        self.style_name = fmt
+
+    def format(self, record: logging.LogRecord) -> str:
+        letter = _LETTER.get(record.levelno, "I")
+        if letter == "V" or record.levelno < logging.DEBUG:
+            letter = "I"  # Triton prints verbose messages with the I prefix
+        msg = record.getMessage()
+        if record.exc_info and record.levelno >= logging.WARNING:
+            msg = msg + "\n" + self.formatException(record.exc_info)
+        if self.style_name.upper() == "ISO8601":
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+            return f"{stamp} {letter} {record.process} {record.name}] {msg}"
+        lt = time.localtime(record.created)
+        micros = int((record.created % 1) * 1_000_000)
+        stamp = time.strftime("%m%d %H:%M:%S", lt)
+        return f"{letter}{stamp}.{micros:06d} {record.process} {record.name}] {msg}"
+
+
+class _SeverityFilter(logging.Filter):
+    def __init__(self, settings: "LogSettings"):
+        super().__init__()
+        self.settings = settings
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        s = self.settings
+        if record.levelno >= logging.ERROR:
+            return s.log_error
+        if record.levelno >= logging.WARNING:
+            return s.log_warning
+        if record.levelno >= logging.INFO:
+            return s.log_info
+        return s.log_verbose_level > 0
+
+
+class LogSettings:
+    """The live logging configuration of one server process."""
+
+    def __init__(self, log_file: str = "", log_info: bool = True, log_warning: bool = True,
+                 log_error: bool = True, log_verbose_level: int = 0, log_format: str = "default"):
+        self._lock = threading.Lock()
+        self.log_file = log_file
+        self.log_info = log_info
+        self.log_warning = log_warning
+        self.log_error = log_error
+        self.log_verbose_level = log_verbose_level
+        self.log_format = log_format
+        self._handler: logging.Handler | None = None
+        self._filter = _SeverityFilter(self)
+
+    def install(self) -> None:
+        """Route the ``naiad`` loggers to stderr (or the log file) in Triton's format."""
+        with self._lock:
+            self._install_handler()
+
+    def _install_handler(self) -> None:
+        root = logging.getLogger("naiad")
+        if self._handler is not None:
+            root.removeHandler(self._handler)
+            try:
+                self._handler.close()
+            except Exception:
+                pass
+        if self.log_file:
+            handler: logging.Handler = logging.FileHandler(self.log_file, encoding="utf-8")
+        else:
+            handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(TritonFormatter(self.log_format))
+        handler.addFilter(self._filter)
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG if self.log_verbose_level > 0 else logging.INFO)
+        root.propagate = False
+        self._handler = handler
+
+    def get(self) -> dict:
+        return {
+            "log_file": self.log_file,
+            "log_info": self.log_info,
+            "log_warning": self.log_warning,
+            "log_error": self.log_error,
+            "log_verbose_level": self.log_verbose_level,
+            "log_format": self.log_format,
+        }
+
+    def update(self, changes: dict) -> dict:
+        """Apply a partial update (the logging extension); returns the new settings."""
+        from naiad.core.errors import InvalidArgument
+
+        with self._lock:
+            new = self.get()
+            for key, value in changes.items():
+                if key not in new:
+                    raise InvalidArgument(f"unknown log setting '{key}'")
+                if value is None:
+                    continue
+                if key in ("log_info", "log_warning", "log_error"):
+                    if not isinstance(value, bool):
+                        raise InvalidArgument(f"log setting '{key}' must be a boolean")
+                elif key == "log_verbose_level":
+                    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                        raise InvalidArgument("log_verbose_level must be a non-negative integer")
+                elif key == "log_format":
+                    if not isinstance(value, str) or value not in ("default", "ISO8601"):
+                        raise InvalidArgument("log_format must be 'default' or 'ISO8601'")
+                elif key == "log_file":
+                    if not isinstance(value, str):
+                        raise InvalidArgument("log_file must be a string")
+                    if value:
+                        folder = os.path.dirname(os.path.abspath(value))
+                        if not os.path.isdir(folder):
+                            raise InvalidArgument(f"unable to open log file '{value}'")
+                new[key] = value
+            for key, value in new.items():
+                setattr(self, key, value)
+            self._install_handler()
+            return self.get()
+
+
+def render_table(headers: list[str], rows: list[tuple]) -> str:
+    """A table in tritonserver's ASCII style."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(str(cell)))
+    sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells) -> str:
+        return "|" + "|".join(f" {str(c):<{w}} " for c, w in zip(cells, widths)) + "|"
+
+    out = [sep, line(headers), sep]
+    out += [line(r) for r in rows]
+    out.append(sep)
+    return "\n".join(out)

@@ -1,0 +1,405 @@
+"""Server: the one in-process API every frontend calls.
+
+HTTP, gRPC, the metrics endpoint, BLS calls from python models and embedding
+applications all go through this object: health, metadata, infer, repository
+control, statistics. It owns the repository manager and the frontends'
+lifecycle.
+
+Asynchronous by design (the frontends share its event loop); for plain
+synchronous code, :class:`naiad.embedded.EmbeddedServer` runs one on a
+background thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, AsyncIterator
+
+import numpy as np
+
+from naiad import __version__
+from naiad.core.errors import (
+    InvalidArgument,
+    NaiadError,
+    NotFound,
+    Unavailable,
+    Unsupported,
+)
+from naiad.core.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
+from naiad.options import MODE_EXPLICIT, MODE_NONE, MODE_POLL, ServerOptions
+from naiad.protocol import datatypes
+from naiad.repository.manager import ModelRepositoryManager
+
+log = logging.getLogger("naiad.server")
+
+# The protocol extensions this server implements; the metadata endpoint lists
+# exactly these, so each subsystem adds its name when it is wired in.
+BASE_EXTENSIONS = [
+    "classification",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+]
+
+
+def _set_future(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+class Server:
+    """A naiad server: models, their schedulers, and (optionally) network frontends."""
+
+    def __init__(self, options: ServerOptions | None = None, **kwargs: Any):
+        if options is None:
+            options = ServerOptions.from_kwargs(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either ServerOptions or keyword options, not both")
+        self.options = options
+        self.manager = ModelRepositoryManager(options, server=self)
+        self.extensions: list[str] = list(BASE_EXTENSIONS)
+        self.frontends: list[Any] = []
+        self.started = False
+        self.shutting_down = False
+        self.start_time = time.time()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # subsystems later work plugs in (shared memory, metrics, tracing, logging)
+        self.shared_memory: Any = None
+        self.metrics: Any = None
+        self.tracer: Any = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the repositories and load models as the control mode says."""
+        self._loop = asyncio.get_running_loop()
+        opts = self.options
+        if not opts.model_repositories:
+            raise InvalidArgument("at least one --model-repository is required")
+        for repo in opts.model_repositories:
+            if "://" in repo:
+                raise Unsupported(f"remote model repository '{repo}' is not supported yet")
+            if not os.path.isdir(repo):
+                raise InvalidArgument(f"failed to stat file {repo}: model repository not found")
+        mode = opts.model_control_mode
+        if mode not in (MODE_NONE, MODE_POLL, MODE_EXPLICIT):
+            raise InvalidArgument(f"unexpected value for --model-control-mode: '{mode}'")
+        if opts.load_models and mode != MODE_EXPLICIT:
+            raise InvalidArgument(
+                "--load-model can only be used with --model-control-mode=explicit")
+        if mode == MODE_EXPLICIT:
+            names = opts.load_models
+            if "*" in names:
+                await self.manager.load_all()
+            elif names:
+                await self.manager.load_all(names)
+        else:
+            await self.manager.load_all()
+        self.started = True
+
+    async def start_frontends(self) -> None:
+        """Bind and start the network endpoints the options allow.
+
+        Raises OSError (with the address) if a port is busy; frontends already
+        started are stopped again.
+        """
+        opts = self.options
+        specs: list[tuple[str, Any]] = []
+        if opts.allow_grpc:
+            try:
+                from naiad.frontends.grpc import GrpcFrontend
+            except ImportError:
+                log.warning("the gRPC endpoint is not available in this build")
+            else:
+                specs.append(("grpc", GrpcFrontend(self, opts.grpc_address, opts.grpc_port)))
+        if opts.allow_http:
+            from naiad.frontends.http import HttpFrontend
+
+            specs.append(("http", HttpFrontend(self, opts.http_address, opts.http_port,
+                                               opts.reuse_http_port, opts.http_max_input_size)))
+        if opts.allow_metrics:
+            try:
+                from naiad.frontends.metrics import MetricsFrontend
+            except ImportError:
+                log.warning("the metrics endpoint is not available in this build")
+            else:
+                specs.append(("metrics", MetricsFrontend(
+                    self, opts.effective_metrics_address, opts.metrics_port)))
+        try:
+            for _, fe in specs:
+                await fe.start()
+                self.frontends.append(fe)
+                log.info("Started %s at %s:%d", fe.name, fe.address, fe.port)
+        except BaseException:
+            for fe in reversed(self.frontends):
+                await fe.stop()
+            self.frontends.clear()
+            raise
+
+    def option_rows(self) -> list[tuple[str, str]]:
+        opts = self.options
+        rows = [
+            ("server_id", opts.server_id),
+            ("server_version", __version__),
+            ("server_extensions", " ".join(self.extensions)),
+        ]
+        rows += [(f"model_repository_path[{i}]", r) for i, r in enumerate(opts.model_repositories)]
+        rows += [
+            ("model_control_mode", f"MODE_{opts.model_control_mode.upper()}"),
+            ("strict_model_config", str(int(not opts.auto_complete_config))),
+            ("model_config_name", opts.model_config_name),
+            ("rate_limit", opts.rate_limit.upper()),
+            ("strict_readiness", str(int(opts.strict_readiness))),
+            ("exit_timeout", str(opts.exit_timeout_secs)),
+        ]
+        return rows
+
+    def load_failures(self) -> list[tuple[str, str, str]]:
+        return [row for row in self.manager.status_rows() if row[2].startswith("UNAVAILABLE")]
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop frontends, finish in-flight work, unload every model."""
+        self.shutting_down = True
+        for fe in reversed(self.frontends):
+            try:
+                await fe.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(fe).__name__)
+        self.frontends.clear()
+        wait = self.options.exit_timeout_secs if timeout is None else timeout
+        try:
+            await asyncio.wait_for(self.manager.unload_all(), timeout=wait)
+        except asyncio.TimeoutError:
+            log.warning("exit timeout of %ss reached with requests still in flight", wait)
+        self.started = False
+
+    async def __aenter__(self) -> "Server":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    # -- health and metadata ------------------------------------------------------
+
+    def live(self) -> bool:
+        return not self.shutting_down
+
+    def ready(self) -> bool:
+        if not self.started or self.shutting_down:
+            return False
+        if self.options.strict_readiness:
+            return self.manager.all_ready()
+        return True
+
+    def model_ready(self, name: str, version: int = -1) -> bool:
+        return self.manager.model_ready(name, version)
+
+    def metadata(self) -> dict:
+        return {"name": self.options.server_id, "version": __version__,
+                "extensions": list(self.extensions)}
+
+    def model_metadata(self, name: str, version: int = -1) -> dict:
+        model = self._model_for_info(name, version)
+        entry = self.manager.models[name]
+        ins, outs = model.io_metadata()
+        return {
+            "name": name,
+            "versions": [str(v) for v in sorted(entry.ready)],
+            "platform": model.platform,
+            "inputs": ins,
+            "outputs": outs,
+        }
+
+    def model_config(self, name: str, version: int = -1):
+        return self._model_for_info(name, version).config
+
+    def model_config_dict(self, name: str, version: int = -1) -> dict:
+        return self._model_for_info(name, version).config_dict()
+
+    def _model_for_info(self, name: str, version: int):
+        return self.manager.get_model(name, version)
+
+    # -- inference -------------------------------------------------------------------
+
+    def get_model(self, name: str, version: int = -1):
+        return self.manager.get_model(name, version)
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Run one request to completion; raises NaiadError if it fails."""
+        model = self.manager.get_model(request.model_name, request.model_version)
+        if model.decoupled:
+            raise InvalidArgument(
+                f"model '{model.name}' is a decoupled model: use the streaming API "
+                "(gRPC ModelStreamInfer or generate_stream) to receive its responses"
+            )
+        loop = self._loop or asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def on_response(response: InferenceResponse | None, final: bool) -> None:
+            if final:
+                loop.call_soon_threadsafe(_set_future, fut, response)
+
+        request.set_response_callback(on_response)
+        model.submit(request)
+        try:
+            response = await fut
+        except asyncio.CancelledError:
+            request.cancelled = True
+            raise
+        if response is None:
+            raise NaiadError(f"model '{model.name}' sent no response")
+        if response.error is not None:
+            raise response.error
+        return response
+
+    async def infer_stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
+        """Every response of a request (several for decoupled models), as they come.
+
+        Errors arrive as responses with ``error`` set; the iterator ends after
+        the final one.
+        """
+        model = self.manager.get_model(request.model_name, request.model_version)
+        loop = self._loop or asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def on_response(response: InferenceResponse | None, final: bool) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (response, final))
+
+        request.set_response_callback(on_response)
+        model.submit(request)
+        try:
+            while True:
+                response, final = await queue.get()
+                if response is not None:
+                    yield response
+                if final:
+                    return
+        finally:
+            if not request.responded:
+                request.cancelled = True
+
+    async def infer_numpy(
+        self,
+        model_name: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str] | None = None,
+        version: int = -1,
+        parameters: dict | None = None,
+        request_id: str = "",
+    ) -> dict[str, np.ndarray]:
+        """Convenience: numpy arrays in, numpy arrays out.
+
+        Datatypes follow the arrays' dtypes (strings and objects are BYTES).
+        """
+        request = make_request(model_name, inputs, outputs, version, parameters, request_id)
+        response = await self.infer(request)
+        return {t.name: t.data for t in response.outputs}
+
+    # -- repository -----------------------------------------------------------------
+
+    def _check_control(self, action: str) -> None:
+        if self.options.model_control_mode != MODE_EXPLICIT:
+            raise Unavailable(
+                f"explicit model {action} is not allowed if polling is enabled"
+                if self.options.model_control_mode == MODE_POLL
+                else f"explicit model {action} is not allowed if model control is disabled"
+            )
+
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        return self.manager.index(ready_only)
+
+    async def load_model(self, name: str, config: Any = None,
+                         files: dict[str, bytes] | None = None) -> None:
+        self._check_control("load")
+        await self.manager.load_model(name, config_override=config, files=files)
+
+    async def load_model_from_parameters(self, name: str, params: dict) -> None:
+        """The repository load API: ``config`` (JSON) and ``file:<path>`` parameters."""
+        self._check_control("load")
+        config = None
+        files: dict[str, bytes] = {}
+        for key, value in params.items():
+            if key == "config":
+                if not isinstance(value, str):
+                    raise InvalidArgument("the 'config' parameter must be a JSON string")
+                from naiad.repository.config import parse_config_json
+
+                config = parse_config_json(value)
+            elif key.startswith("file:"):
+                import base64
+                import binascii
+
+                if not isinstance(value, str):
+                    raise InvalidArgument(f"parameter '{key}' must be a base64 string")
+                try:
+                    files[key[len("file:"):]] = base64.b64decode(value, validate=True)
+                except (binascii.Error, ValueError):
+                    raise InvalidArgument(f"parameter '{key}' is not valid base64") from None
+        if files and config is None:
+            raise InvalidArgument("load parameters with files must also provide 'config'")
+        if files:
+            raise Unsupported("loading a model from files in the request is not supported yet")
+        await self.manager.load_model(name, config_override=config)
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        self._check_control("unload")
+        await self.manager.unload_model(name, unload_dependents)
+
+    # -- statistics ---------------------------------------------------------------------
+
+    def model_statistics(self, name: str = "", version: int = -1) -> dict:
+        stats = []
+        if not name:
+            for n in sorted(self.manager.models):
+                entry = self.manager.models[n]
+                for v in sorted(entry.ready):
+                    stats.append(entry.ready[v].stats.as_dict())
+            return {"model_stats": stats}
+        entry = self.manager.models.get(name)
+        if entry is None:
+            raise NotFound(f"requested model '{name}' is not found")
+        if version >= 0:
+            model = entry.ready.get(version)
+            if model is None:
+                raise NotFound(f"requested model '{name}' version {version} is not found")
+            return {"model_stats": [model.stats.as_dict()]}
+        if not entry.ready:
+            raise NotFound(f"requested model '{name}' is not available")
+        return {"model_stats": [entry.ready[v].stats.as_dict() for v in sorted(entry.ready)]}
+
+
+def make_request(
+    model_name: str,
+    inputs: dict[str, Any],
+    outputs: list[str] | None = None,
+    version: int = -1,
+    parameters: dict | None = None,
+    request_id: str = "",
+) -> InferenceRequest:
+    """A core request from numpy arrays (or Tensors)."""
+    tensors: dict[str, Tensor] = {}
+    for name, value in inputs.items():
+        if isinstance(value, Tensor):
+            tensors[name] = value
+            continue
+        arr = np.asarray(value)
+        dt = datatypes.wire_from_numpy(arr.dtype)
+        if not dt:
+            raise InvalidArgument(f"input '{name}' has unsupported dtype {arr.dtype}")
+        if dt == "BYTES":
+            obj = np.empty(arr.shape, dtype=np.object_)
+            flat = obj.reshape(-1)
+            for i, item in enumerate(arr.reshape(-1)):
+                flat[i] = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+            arr = obj
+        tensors[name] = Tensor(name, dt, arr)
+    requested = {n: RequestedOutput(n) for n in outputs} if outputs else None
+    return InferenceRequest(model_name, tensors, model_version=version, id=request_id,
+                            requested_outputs=requested, parameters=dict(parameters or {}))

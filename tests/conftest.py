@@ -1,0 +1,177 @@
+"""Shared test fixtures: free ports, model repositories, real server processes.
+
+Servers bind 127.0.0.1 on ports picked free by the test; each is stopped by
+its own PID (SIGTERM, then SIGKILL after a bound), so a test never touches a
+process it did not start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "model_repository"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http_status(url: str, timeout: float = 1.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+class NaiadProcess:
+    """A ``naiad`` server in a child process, on free loopback ports."""
+
+    def __init__(self, repositories, *flags: str, wait: str = "ready", env: dict | None = None,
+                 startup_timeout: float = 60.0):
+        if isinstance(repositories, (str, Path)):
+            repositories = [repositories]
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        self.metrics_port = free_port()
+        self.args = [sys.executable, "-m", "naiad"]
+        self.args += [f"--model-repository={r}" for r in repositories]
+        self.args += [
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--metrics-address=127.0.0.1",
+            *flags,
+        ]
+        self.wait = wait
+        self.env = dict(os.environ, **(env or {}))
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> "NaiadProcess":
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="naiad-test-", suffix=".log")
+        self.log_path = Path(path)
+        self._log = os.fdopen(fd, "w")
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env, cwd=str(ROOT))
+        if self.wait == "none":
+            return self
+        deadline = time.monotonic() + self.startup_timeout
+        probe = "/v2/health/ready" if self.wait == "ready" else "/v2/health/live"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"naiad exited with {self.proc.returncode}:\n{self.output()}")
+            if _http_status(self.base + probe) == 200:
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"naiad did not become {self.wait} in time:\n{self.output()}")
+
+    def output(self) -> str:
+        if self.log_path is None:
+            return ""
+        try:
+            self._log.flush()
+        except Exception:
+            pass
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        code = self.proc.returncode
+        with contextlib.suppress(Exception):
+            self._log.close()
+        return code
+
+    def __enter__(self) -> "NaiadProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if self.log_path is not None:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+
+
+def write_model(repo: Path, name: str, config: str, files: dict[str, str] | None = None,
+                versions=(1,)) -> Path:
+    """Create <repo>/<name>/config.pbtxt and version folders with the given files.
+
+    ``files`` maps a path relative to each version folder (e.g. "model.py") to
+    its text; ``config`` may be "" to omit config.pbtxt.
+    """
+    model_dir = repo / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if config:
+        (model_dir / "config.pbtxt").write_text(textwrap.dedent(config))
+    for v in versions:
+        vdir = model_dir / str(v)
+        vdir.mkdir(exist_ok=True)
+        for rel, text in (files or {}).items():
+            target = vdir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(textwrap.dedent(text))
+    return model_dir
+
+
+def copy_example(repo: Path, name: str) -> Path:
+    dest = repo / name
+    shutil.copytree(EXAMPLES / name, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def example_server():
+    """One naiad serving examples/model_repository for the whole session."""
+    with NaiadProcess(EXAMPLES) as server:
+        yield server
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    path = tmp_path / "models"
+    path.mkdir()
+    return path
