@@ -13,7 +13,8 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from naiad import __version__
 from naiad.options import ServerOptions

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +71,7 @@ class Server:
         self.shutting_down = False
         self.start_time = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         # subsystems later work plugs in (shared memory, metrics, tracing, logging)
         self.shared_memory: Any = None
         self.metrics: Any = None
@@ -79,6 +82,7 @@ class Server:
     async def start(self) -> None:
         """Check the repositories and load models as the control mode says."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         opts = self.options
         if not opts.model_repositories:
             raise InvalidArgument("at least one --model-repository is required")
@@ -241,10 +245,14 @@ class Server:
             )
         loop = self._loop or asyncio.get_running_loop()
         fut = loop.create_future()
+        loop_thread = self._loop_thread
 
         def on_response(response: InferenceResponse | None, final: bool) -> None:
             if final:
-                loop.call_soon_threadsafe(_set_future, fut, response)
+                if threading.get_ident() == loop_thread:
+                    _set_future(fut, response)  # ran inline on the loop: no wake-up needed
+                else:
+                    loop.call_soon_threadsafe(_set_future, fut, response)
 
         request.set_response_callback(on_response)
         model.submit(request)

@@ -22,10 +22,9 @@ import pytest
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
 
-from naiad.protocol import _pool
+from naiad.protocol import _pool, health_pb2, health_pb2_grpc
 from naiad.protocol import grpc_service_pb2 as ours_svc
 from naiad.protocol import grpc_service_pb2_grpc as ours_svc_grpc
-from naiad.protocol import health_pb2, health_pb2_grpc
 from naiad.protocol import model_config_pb2 as ours_mc
 
 tc_svc = pytest.importorskip("tritonclient.grpc.service_pb2")

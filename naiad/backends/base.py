@@ -63,7 +63,17 @@ class InstanceSpec:
 
 
 class BackendInstance:
-    """One execution context; ``execute`` is only ever called from one thread."""
+    """One execution context; ``execute`` is never called twice at the same time.
+
+    ``inline_capable``: execute is cheap Python that never waits on the event
+    loop, so the core may run it on the submitting thread (often the loop
+    itself) when the instance is idle, instead of handing it to the worker
+    thread. The core watches execution times and stops doing so for an
+    instance that turns slow. Backends whose execute releases the GIL for
+    long (onnxruntime, torch) leave it False.
+    """
+
+    inline_capable: bool = False
 
     def execute(self, requests: "list[InferenceRequest]") -> "list[InferenceResponse] | None":
         """Run the requests; return one response per request, in order.

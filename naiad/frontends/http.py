@@ -13,7 +13,8 @@ import asyncio
 import logging
 import socket
 import zlib
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 

@@ -9,7 +9,8 @@ everything else is passed through to the model as request parameters.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import orjson

@@ -18,7 +18,8 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from naiad.backends import registry
 from naiad.backends.base import InstanceSpec, ModelLoadContext
@@ -339,6 +340,9 @@ class ModelRepositoryManager:
                       entry.repository)
         backend_model.model = model
         instances: list[ModelInstance] = []
+        inline_param = vconfig.parameters.get("NAIAD_INLINE_EXECUTION")
+        allow_inline = not (inline_param is not None and
+                            inline_param.string_value.strip().lower() in ("off", "false", "0"))
         try:
             for gi, group in enumerate(vconfig.instance_group):
                 kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
@@ -358,7 +362,8 @@ class ModelRepositoryManager:
                         index_in_group=i,
                         gpu_fallback=fallback,
                     )
-                    instances.append(ModelInstance(model, spec, backend_model.create_instance(spec)))
+                    instances.append(ModelInstance(model, spec, backend_model.create_instance(spec),
+                                                   allow_inline))
         except BaseException:
             for inst in instances:
                 inst._finalize()

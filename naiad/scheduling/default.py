@@ -1,7 +1,10 @@
 """Triton's default scheduler: each request runs alone on the next free instance.
 
 All instances of the model pull from one queue, so a free instance takes the
-oldest request; requests of other models never wait on this queue.
+oldest request; requests of other models never wait on this queue. When the
+queue is empty and an instance is idle and cheap, the request runs on the
+submitting thread instead (see ``ModelInstance.try_run_inline``); order is
+kept because that only happens with nothing queued ahead.
 """
 
 from __future__ import annotations
@@ -21,11 +24,18 @@ class DefaultScheduler:
         self.model = model
         self.instances = instances
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._inline = [i for i in instances if i.inline_enabled]
         for inst in instances:
             inst.start(self._queue.get)
 
     def enqueue(self, request: "InferenceRequest") -> None:
-        self._queue.put([request])
+        """Queue a request (any thread; never blocks on the model)."""
+        batch = [request]
+        if self._inline and self._queue.empty():
+            for inst in self._inline:
+                if inst.try_run_inline(batch):
+                    return
+        self._queue.put(batch)
 
     def queue_size(self) -> int:
         return self._queue.qsize()

@@ -21,7 +21,13 @@ import time
 
 from google.protobuf import json_format
 
-from naiad.backends.base import Backend, BackendInstance, BackendModel, InstanceSpec, ModelLoadContext
+from naiad.backends.base import (
+    Backend,
+    BackendInstance,
+    BackendModel,
+    InstanceSpec,
+    ModelLoadContext,
+)
 from naiad.backends.python import pb_utils
 from naiad.core import types as core
 from naiad.core.errors import ErrorKind, InvalidArgument, NaiadError
@@ -194,6 +200,8 @@ class PythonInstance(BackendInstance):
                     f"{type(exc).__name__}: {exc}") from None
         self._execute = self.obj.execute
         self._is_async = inspect.iscoroutinefunction(self._execute)
+        # async execute runs on the instance's own event loop: never on the server's
+        self.inline_capable = not self._is_async
 
     def _run_coroutine(self, coro):
         if self._loop is None:
