@@ -39,6 +39,10 @@ INLINE_SLOW_NS = 2_000_000
 INLINE_BACKOFF_START_NS = 100_000_000
 INLINE_BACKOFF_MAX_NS = 300_000_000_000
 WARMUP_EXECUTIONS = 3
+# queued batches an inline run takes over first
+INLINE_DRAIN = 8
+# slow inline runs (within a short history) that stop inline execution for a while
+INLINE_SLOW_STRIKES = 2
 
 
 class ModelInstance:
@@ -53,10 +57,13 @@ class ModelInstance:
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()  # held while a batch executes, wherever it runs
         self.executions = 0
+        self.inline_runs = 0
         self.inline_enabled = bool(allow_inline and getattr(backend, "inline_capable", False))
         self._avg_ns = 0.0
         self._inline_blocked_until = 0
         self._backoff_ns = INLINE_BACKOFF_START_NS
+        self._strikes = 0
+        self._fast_runs = 0
 
     # -- where a batch runs -----------------------------------------------------
 
@@ -74,30 +81,52 @@ class ModelInstance:
             if batch is None:
                 break
             with lock:
-                self.run(batch)
+                self.run(batch, inline=False)
         self._finalize()
 
-    def try_run_inline(self, batch: "list[InferenceRequest]") -> bool:
+    def inline_allowed(self) -> bool:
+        if not self.inline_enabled or self._avg_ns > INLINE_MAX_AVG_NS:
+            return False
+        return not (self._inline_blocked_until and
+                    time.monotonic_ns() < self._inline_blocked_until)
+
+    def try_run_inline(self, batch: "list[InferenceRequest]",
+                       queued: Callable[[], "list[InferenceRequest] | None"] | None = None) -> bool:
         """Run the batch on the calling thread if the instance is idle and cheap.
+
+        ``queued`` returns batches already waiting for this instance (or None);
+        up to INLINE_DRAIN of them run first, so order is kept and a backlog the
+        worker thread started on is taken back by the submitting thread instead
+        of two threads taking turns at the GIL.
 
         Returns False (nothing done) when the batch must go through the queue.
         """
-        if not self.inline_enabled or self._avg_ns > INLINE_MAX_AVG_NS:
-            return False
-        if self._inline_blocked_until and time.monotonic_ns() < self._inline_blocked_until:
-            return False
-        if not self.lock.acquire(blocking=False):
+        if not self.inline_allowed() or not self.lock.acquire(blocking=False):
             return False
         try:
-            self.run(batch)
+            if queued is not None:
+                for _ in range(INLINE_DRAIN):
+                    earlier = queued()
+                    if earlier is None:
+                        break
+                    self.inline_runs += 1
+                    self.run(earlier, inline=True)
+            self.inline_runs += 1
+            self.run(batch, inline=True)
         finally:
             self.lock.release()
         return True
 
     # -- execution -------------------------------------------------------------------
 
-    def run(self, requests: "list[InferenceRequest]") -> None:
-        """Execute one batch and deliver its responses. Never raises."""
+    def run(self, requests: "list[InferenceRequest]", inline: bool = False) -> None:
+        """Execute one batch and deliver its responses. Never raises.
+
+        ``inline``: running on the submitting thread (the wall time then decides
+        whether inline runs may continue); on the worker thread the CPU time
+        feeds the average instead, because wall time there includes waiting for
+        the GIL.
+        """
         for r in requests:
             if r.cancelled:
                 requests = self._drop_cancelled(requests)
@@ -106,6 +135,7 @@ class ModelInstance:
                 break
         model = self.model
         start = time.monotonic_ns()
+        cpu_start = 0 if inline or not self.inline_enabled else time.thread_time_ns()
         for r in requests:
             r.compute_start_ns = start
         error: NaiadError | None = None
@@ -119,8 +149,12 @@ class ModelInstance:
             log.debug("model '%s' execute failed: %s", model.name, error)
         end = time.monotonic_ns()
         self.executions += 1
-        if self.executions > WARMUP_EXECUTIONS:  # first calls pay one-off costs (imports, caches)
-            self._observe(end - start, end)
+        if self.inline_enabled and self.executions > WARMUP_EXECUTIONS:
+            # (the first calls pay one-off costs: imports, caches)
+            if inline:
+                self._observe(end - start, end)
+            else:
+                self._observe_threaded(time.thread_time_ns() - cpu_start)
         first = requests[0]
         input_end = first.compute_input_end_ns or start
         output_start = first.compute_output_start_ns or end
@@ -146,20 +180,35 @@ class ModelInstance:
                 live.append(r)
         return live
 
+    def _observe_threaded(self, cpu_ns: int) -> None:
+        avg = self._avg_ns
+        self._avg_ns = cpu_ns if avg == 0.0 else avg * 0.9 + cpu_ns * 0.1
+
     def _observe(self, duration_ns: int, now_ns: int) -> None:
-        """Track execution time for the inline decision."""
+        """Track an inline run's wall time for the inline decision."""
         avg = self._avg_ns
         self._avg_ns = duration_ns if avg == 0.0 else avg * 0.9 + duration_ns * 0.1
-        if duration_ns > INLINE_SLOW_NS and self.inline_enabled:
-            # A slow run (the model, or only the machine preempting us) keeps batches
-            # on the worker thread for a while; repeated slow runs double the wait, a
-            # long quiet spell forgets them.
-            if now_ns - self._inline_blocked_until > INLINE_BACKOFF_MAX_NS:
-                self._backoff_ns = INLINE_BACKOFF_START_NS
-            self._inline_blocked_until = now_ns + self._backoff_ns
-            self._backoff_ns = min(self._backoff_ns * 2, INLINE_BACKOFF_MAX_NS)
+        if duration_ns <= INLINE_SLOW_NS:
+            self._fast_runs += 1
+            if self._fast_runs >= 8:  # strikes fade after a run of fast executions
+                self._fast_runs = 0
+                self._strikes = max(0, self._strikes - 1)
+            return
+        # A lone slow run may be the machine preempting us; a second one soon after
+        # means the model is slow: keep its batches on the worker thread for a while.
+        # Repeats double the wait; a long quiet spell forgets them.
+        self._strikes += 1
+        if self._strikes < INLINE_SLOW_STRIKES:
+            return
+        self._strikes = 0
+        if now_ns - self._inline_blocked_until > INLINE_BACKOFF_MAX_NS:
+            self._backoff_ns = INLINE_BACKOFF_START_NS
+        self._inline_blocked_until = now_ns + self._backoff_ns
+        self._backoff_ns = min(self._backoff_ns * 2, INLINE_BACKOFF_MAX_NS)
 
     def _finalize(self) -> None:
+        log.debug("instance '%s': %d executions, %d inline", self.name, self.executions,
+                  self.inline_runs)
         try:
             self.backend.finalize()
         except Exception:

@@ -47,9 +47,48 @@ class ClientGone(Exception):
 
 
 def _parse_version(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise HttpError(404, "Not Found")
     return int(text)
+
+
+_SUPPORTED_CODINGS = (b"gzip", b"deflate", b"identity")
+_encoding_cache: dict[bytes, bytes | None] = {}
+
+
+def _response_encoding(accept: bytes) -> bytes | None:
+    """The coding an Accept-Encoding value asks for: b"gzip", b"deflate" or None.
+
+    As Triton: the supported coding with the highest q-value, the first listed
+    on a tie; q=0 refuses a coding; "identity" winning means no compression.
+    Clients send the same few values over and over, so results are cached.
+    """
+    try:
+        return _encoding_cache[accept]
+    except KeyError:
+        pass
+    best = None
+    best_q = 0.0
+    for token in accept.split(b","):
+        name, _, params = token.partition(b";")
+        name = name.strip().lower()
+        if name not in _SUPPORTED_CODINGS:
+            continue
+        q = 1.0
+        for param in params.split(b";"):
+            key, _, value = param.partition(b"=")
+            if key.strip().lower() == b"q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > best_q:
+            best, best_q = name, q
+    if best == b"identity":
+        best = None
+    if len(_encoding_cache) < 256:
+        _encoding_cache[accept] = best
+    return best
 
 
 def _header(headers: list, name: bytes) -> bytes | None:
@@ -121,8 +160,10 @@ class HttpApp:
             await self._send_json(send, 200, self.server.model_metadata(name, version))
         elif action == "ready" and len(rest) == 1:
             self._require(method, "GET")
-            ok = self.server.model_ready(name, version)
-            await self._send_empty(send, 200 if ok else 400)
+            if self.server.model_ready(name, version):
+                await self._send_empty(send, 200)
+            else:
+                await self._send_json(send, 400, {"error": "Model version not ready"})
         elif action == "config" and len(rest) == 1:
             self._require(method, "GET")
             await self._send_json(send, 200, self.server.model_config_dict(name, version))
@@ -145,7 +186,7 @@ class HttpApp:
         n = len(parts)
         if n < 2 or parts[1] != "v2":
             raise HttpError(404, "Not Found")
-        if n == 2 or (n == 3 and parts[2] == ""):
+        if n == 2:
             self._require(method, "GET")
             await self._send_json(send, 200, self.server.metadata())
             return
@@ -221,7 +262,9 @@ class HttpApp:
             out_headers.append((b"inference-header-content-length", str(json_len).encode()))
         body_out = parts[0] if len(parts) == 1 else b"".join(parts)
         if accept is not None:
-            body_out = self._compress(body_out, accept, out_headers)
+            coding = _response_encoding(accept)
+            if coding is not None:
+                body_out = self._compress(body_out, coding, out_headers)
         out_headers.append((b"content-length", str(len(body_out)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": out_headers})
         await send({"type": "http.response.body", "body": body_out})
@@ -229,49 +272,46 @@ class HttpApp:
     # -- bodies ----------------------------------------------------------------------------------
 
     async def _read_body(self, scope, receive) -> bytearray:
-        """The whole request body, decompressed, as a writable buffer (bounded)."""
+        """The whole request body, decompressed, as a writable buffer (bounded).
+
+        Memory follows the bytes that actually arrived, never a declared
+        Content-Length: a client announcing a large body and sending little
+        must not make the server commit the announced size.
+        """
         limit = self.max_input_size
-        headers = scope["headers"]
-        length_hdr = _header(headers, b"content-length")
-        encoding = _header(headers, b"content-encoding")
         declared = None
-        if length_hdr is not None:
-            try:
-                declared = int(length_hdr)
-            except ValueError:
-                raise InvalidArgument("invalid Content-Length") from None
-            if declared > limit:
-                raise HttpError(
-                    413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-        if declared is not None and encoding is None:
-            buf = bytearray(declared)
-            view = memoryview(buf)
-            pos = 0
-            more = True
-            while more:
+        encoding = None
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                try:
+                    declared = int(v)
+                except ValueError:
+                    raise InvalidArgument("invalid Content-Length") from None
+                if declared > limit:
+                    raise HttpError(
+                        413, f"request body of {declared} bytes exceeds the limit of {limit} "
+                        "bytes")
+            elif k == b"content-encoding":
+                encoding = v
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone()
+        buf = bytearray(msg.get("body", b""))
+        if msg.get("more_body", False):
+            while True:
                 msg = await receive()
                 if msg["type"] == "http.disconnect":
                     raise ClientGone()
-                chunk = msg.get("body", b"")
-                end = pos + len(chunk)
-                if end > declared:
-                    raise InvalidArgument("request body is longer than its Content-Length")
-                view[pos:end] = chunk
-                pos = end
-                more = msg.get("more_body", False)
-            if pos != declared:
-                raise InvalidArgument("request body is shorter than its Content-Length")
-            return buf
-        buf = bytearray()
-        more = True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise ClientGone()
-            buf += msg.get("body", b"")
-            if len(buf) > limit:
-                raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
-            more = msg.get("more_body", False)
+                buf += msg.get("body", b"")
+                if len(buf) > limit:
+                    raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+                if not msg.get("more_body", False):
+                    break
+        elif len(buf) > limit:
+            raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+        if declared is not None and len(buf) != declared:
+            raise InvalidArgument(
+                f"request body has {len(buf)} bytes but its Content-Length says {declared}")
         if encoding is not None:
             buf = self._decompress(buf, encoding, limit)
         return buf
@@ -283,6 +323,13 @@ class HttpApp:
             return data
         if enc == b"gzip":
             wbits = 31
+            # O(1) first: a gzip member ends with its uncompressed size mod 2**32,
+            # so a trailer above the limit means a body above it (a lying trailer
+            # is still caught by the bounded decompression below)
+            if len(data) >= 18 and data[0] == 0x1F and data[1] == 0x8B and \
+                    int.from_bytes(data[-4:], "little") > limit:
+                raise HttpError(
+                    413, f"decompressed request body exceeds the limit of {limit} bytes")
         elif enc == b"deflate":
             # zlib-wrapped per RFC; raw deflate is tried if the header is missing
             wbits = 15 if len(data) >= 2 and (data[0] * 256 + data[1]) % 31 == 0 else -15
@@ -290,7 +337,7 @@ class HttpApp:
             raise HttpError(415, f"unsupported Content-Encoding '{encoding.decode('latin-1')}'")
         d = zlib.decompressobj(wbits)
         try:
-            out = d.decompress(bytes(data), limit + 1)
+            out = d.decompress(data, limit + 1)
         except zlib.error as exc:
             raise InvalidArgument(f"failed to decompress the request body: {exc}") from None
         if len(out) > limit or d.unconsumed_tail:
@@ -300,16 +347,12 @@ class HttpApp:
         return bytearray(out)
 
     @staticmethod
-    def _compress(body: bytes, accept: bytes, headers: list) -> bytes:
-        accept = accept.lower()
-        if b"gzip" in accept:
+    def _compress(body: bytes, coding: bytes, headers: list) -> bytes:
+        if coding == b"gzip":
             c = zlib.compressobj(6, zlib.DEFLATED, 31)
-            headers.append((b"content-encoding", b"gzip"))
-        elif b"deflate" in accept:
-            c = zlib.compressobj(6, zlib.DEFLATED, 15)
-            headers.append((b"content-encoding", b"deflate"))
         else:
-            return body
+            c = zlib.compressobj(6, zlib.DEFLATED, 15)
+        headers.append((b"content-encoding", coding))
         return c.compress(body) + c.flush()
 
     async def _json_body(self, scope, receive) -> dict:

@@ -9,6 +9,7 @@ everything else is passed through to the model as request parameters.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,11 @@ _RESERVED_REQUEST_PARAMS = frozenset(
 ShmReader = Callable[[str, int, int, str, tuple, str], np.ndarray]
 
 
+def _one_source_error(name: str) -> str:
+    return (f"input '{name}' must set only one of 'data', 'binary_data_size' in 'parameters' "
+            "and 'shared_memory_region' in 'parameters'")
+
+
 def _params(obj: dict, where: str) -> dict:
     p = obj.get("parameters")
     if p is None:
@@ -43,6 +49,23 @@ def _params(obj: dict, where: str) -> dict:
     if not isinstance(p, dict):
         raise InvalidArgument(f"'parameters' of {where} must be a JSON object")
     return p
+
+
+def _loads_nonfinite(json_part, exc: Exception) -> Any:
+    """The error path of the JSON parse: accept NaN/Infinity/-Infinity as Triton does.
+
+    Python's ``json.dumps`` writes these literals for non-finite floats (so
+    tritonclient sends them for JSON data), and Triton's parser takes them;
+    orjson refuses them. Only bodies that fail orjson and contain one of the
+    literals are parsed again, by the standard library.
+    """
+    raw = bytes(json_part)
+    if b"NaN" in raw or b"Infinity" in raw:
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            pass
+    raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
 
 
 def decode_infer_request(
@@ -72,7 +95,7 @@ def decode_infer_request(
     try:
         obj = orjson.loads(json_part)
     except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
+        obj = _loads_nonfinite(json_part, exc)
     if not isinstance(obj, dict):
         raise InvalidArgument("the request JSON must be an object")
 
@@ -101,6 +124,8 @@ def decode_infer_request(
         if name in inputs:
             raise InvalidArgument(f"input '{name}' appears more than once in the request")
         if "shared_memory_region" in iparams:
+            if "data" in item or "binary_data_size" in iparams:
+                raise InvalidArgument(_one_source_error(name))
             if shm_reader is None:
                 raise InvalidArgument("shared memory inputs are not supported by this endpoint")
             region = iparams["shared_memory_region"]
@@ -114,6 +139,8 @@ def decode_infer_request(
             arr = shm_reader(region, shm_offset, byte_size, datatype, shape, name)
         elif "binary_data_size" in iparams:
             size = iparams["binary_data_size"]
+            if "data" in item:
+                raise InvalidArgument(_one_source_error(name))
             if type(size) is not int or size < 0:
                 raise InvalidArgument(f"binary_data_size of input '{name}' must be a "
                                       "non-negative integer")
@@ -222,8 +249,10 @@ def encode_infer_response(
             entry["parameters"] = shm_writer(t, oparams)
         elif (oparams.get("binary_data") is True) if oparams else binary_default:
             raw = tensor_codec.raw_bytes(t.datatype, t.data)
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            binaries.append(raw)
+            size = len(raw)
+            entry["parameters"] = {"binary_data_size": size}
+            if size:
+                binaries.append(raw)
         else:
             entry["data"] = tensor_codec.json_data(t.datatype, t.data)
         outs.append(entry)
@@ -236,6 +265,8 @@ def encode_infer_response(
         head["parameters"] = response.parameters
     head["outputs"] = outs
     header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    # like Triton: an all-JSON body (no Inference-Header-Content-Length) when every
+    # binary output is empty
     if not binaries:
         return [header], None
     return [header, *binaries], len(header)

@@ -17,6 +17,7 @@ import struct
 from typing import Any
 
 import numpy as np
+import orjson
 
 from naiad.core.errors import InvalidArgument
 from naiad.protocol import datatypes
@@ -31,12 +32,21 @@ def element_count(shape) -> int:
     return n
 
 
+# numpy's own limits: a shape beyond them cannot be built, so it is refused as
+# a client error instead of failing later inside numpy
+MAX_DIMS = 64
+_MAX_DIM = (1 << 63) - 1
+
+
 def check_shape(shape: Any, name: str) -> tuple[int, ...]:
     """A request shape: a list of non-negative ints."""
     if not isinstance(shape, (list, tuple)):
         raise InvalidArgument(f"shape of input '{name}' must be an array of integers")
+    if len(shape) > MAX_DIMS:
+        raise InvalidArgument(
+            f"shape of input '{name}' has {len(shape)} dimensions, more than {MAX_DIMS}")
     for d in shape:
-        if type(d) is not int or d < 0:
+        if type(d) is not int or d < 0 or d > _MAX_DIM:
             raise InvalidArgument(
                 f"shape of input '{name}' must contain non-negative integers, got {list(shape)}"
             )
@@ -83,19 +93,23 @@ def decode_bytes_elements(buf, shape: tuple[int, ...], name: str) -> np.ndarray:
     items = []
     off = 0
     append = items.append
-    for _ in range(n):
+    for i in range(n):
         if off + 4 > total:
-            raise InvalidArgument(f"truncated BYTES element in input '{name}'")
+            raise InvalidArgument(
+                f"incomplete string length indicator for BYTES input '{name}': element {i} "
+                f"needs 4 bytes but only {total - off} bytes are left")
         (ln,) = _U32.unpack_from(mv, off)
         off += 4
         if off + ln > total:
-            raise InvalidArgument(f"truncated BYTES element in input '{name}'")
+            raise InvalidArgument(
+                f"incomplete string data for BYTES input '{name}': element {i} has length "
+                f"{ln} but only {total - off} bytes are left")
         append(bytes(mv[off:off + ln]))
         off += ln
     if off != total:
         raise InvalidArgument(
             f"unexpected byte size for BYTES input '{name}': {total - off} bytes left after "
-            f"{n} elements"
+            f"the {n} elements its shape {list(shape)} holds"
         )
     arr = np.empty(n, dtype=np.object_)
     arr[:] = items
@@ -154,53 +168,157 @@ def bf16_bits_to_float(bits: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _flatten(data, out: list) -> None:
-    for item in data:
-        if isinstance(item, list):
-            _flatten(item, out)
+_INT_DATATYPES = frozenset(
+    {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"})
+
+
+def _flat_strings(data: list, name: str) -> list:
+    """The strings of a (nested) BYTES ``data`` list, row-major, iteratively."""
+    out: list = []
+    append = out.append
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            t = type(item)
+            if t is str:
+                append(item)
+            elif t is list:
+                stack.append(iter(item))
+                break
+            else:
+                raise InvalidArgument(
+                    f"unable to parse 'data' of input '{name}': BYTES elements must be JSON "
+                    f"strings, got {_json_type(item)}")
         else:
-            out.append(item)
+            stack.pop()
+    return out
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an object"
+
+
+def _all_ints(data: list) -> bool:
+    """Whether every leaf of a (nested) list is a JSON integer (not a boolean)."""
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            t = type(item)
+            if t is list:
+                stack.append(iter(item))
+                break
+            if t is not int:
+                return False
+        else:
+            stack.pop()
+    return True
 
 
 def decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """A JSON ``data`` field (flat or nested, row-major) as an array of ``shape``."""
+    """A JSON ``data`` field (flat or nested, row-major) as an array of ``shape``.
+
+    The JSON types must fit the datatype, as in Triton: booleans for BOOL,
+    integers for the integer types (in range), numbers for the float types,
+    strings for BYTES. numpy infers the JSON types in C; only the rare
+    results that need a closer look (integers beyond int64) take a Python pass.
+    """
     n = element_count(shape)
-    if not isinstance(data, list):
-        data = [data]
+    if type(data) is not list:
+        raise InvalidArgument(
+            f"unable to parse 'data' of input '{name}': expected a JSON array, got "
+            f"{_json_type(data)}")
     if datatype == "BYTES":
-        flat: list = []
-        _flatten(data, flat)
+        flat = _flat_strings(data, name)
         if len(flat) != n:
             raise InvalidArgument(
                 f"unable to parse 'data' of input '{name}': {len(flat)} elements given, shape "
                 f"{list(shape)} needs {n}"
             )
         arr = np.empty(n, dtype=np.object_)
-        for i, item in enumerate(flat):
-            if isinstance(item, str):
-                arr[i] = item.encode("utf-8")
-            elif isinstance(item, (bool, int, float)):
-                arr[i] = str(item).encode("utf-8")
-            else:
-                raise InvalidArgument(
-                    f"unable to parse 'data' of input '{name}': BYTES elements must be strings"
-                )
+        try:
+            arr[:] = [s.encode("utf-8") for s in flat]
+        except UnicodeEncodeError as exc:
+            raise InvalidArgument(
+                f"unable to parse 'data' of input '{name}': invalid string: {exc}") from None
         return arr.reshape(shape)
-    target = np.float32 if datatype == "BF16" else datatypes.numpy_dtype(datatype)
     try:
-        arr = np.asarray(data, dtype=target)
-    except (ValueError, TypeError, OverflowError) as exc:
+        inferred = np.array(data)
+    except ValueError:
         raise InvalidArgument(
-            f"unable to parse 'data' of input '{name}' as {datatype}: {exc}"
-        ) from None
-    if arr.size != n:
+            f"unable to parse 'data' of input '{name}': nested arrays are ragged (every "
+            "nested array must have the same length) or nested too deep") from None
+    if inferred.size != n:
         raise InvalidArgument(
-            f"unable to parse 'data' of input '{name}': {arr.size} elements given, shape "
+            f"unable to parse 'data' of input '{name}': {inferred.size} elements given, shape "
             f"{list(shape)} needs {n}"
         )
+    if n == 0:
+        return np.empty(shape, dtype=datatypes.numpy_dtype(datatype))
+    kind = inferred.dtype.kind
+    if datatype == "BOOL":
+        if kind != "b":
+            raise InvalidArgument(
+                f"unable to parse 'data' of input '{name}': BOOL elements must be JSON "
+                "booleans")
+        return inferred.reshape(shape)
+    if datatype in _INT_DATATYPES:
+        target = datatypes.numpy_dtype(datatype)
+        if kind in "iu":
+            if inferred.dtype != target:
+                info = np.iinfo(target)
+                lo, hi = inferred.min(), inferred.max()
+                if lo < info.min or hi > info.max:
+                    bad = lo if lo < info.min else hi
+                    raise InvalidArgument(
+                        f"unable to parse 'data' of input '{name}': {bad} is out of range "
+                        f"for {datatype}")
+                inferred = inferred.astype(target)
+            return inferred.reshape(shape)
+        # floats, or integers numpy could not hold in int64 (it then picks float64
+        # or object): only all-integer data may go on, converted exactly
+        if kind not in "fO" or not _all_ints(data):
+            raise InvalidArgument(
+                f"unable to parse 'data' of input '{name}': {datatype} elements must be "
+                "JSON integers")
+        try:
+            arr = np.array(data, dtype=target)
+        except (OverflowError, ValueError):
+            raise InvalidArgument(
+                f"unable to parse 'data' of input '{name}': a value is out of range for "
+                f"{datatype}") from None
+        return arr.reshape(shape)
+    # FP16, FP32, FP64, BF16
+    if kind not in "iuf":
+        raise InvalidArgument(
+            f"unable to parse 'data' of input '{name}': {datatype} elements must be JSON "
+            "numbers")
     if datatype == "BF16":
-        arr = float_to_bf16_bits(arr)
-    return arr.reshape(shape)
+        return float_to_bf16_bits(inferred.astype(np.float32)).reshape(shape)
+    return inferred.astype(datatypes.numpy_dtype(datatype), copy=False).reshape(shape)
+
+
+def _nonfinite_json(flat: np.ndarray) -> "orjson.Fragment":
+    """A float array as a JSON list with NaN/Infinity/-Infinity, as Triton writes them.
+
+    orjson writes non-finite floats as null, which a client reads back as NaN
+    at best; Triton writes the literals (which Python's json module reads).
+    """
+    text = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)
+    pieces = text.split(b"null")
+    bad = flat[~np.isfinite(flat)]
+    out = [pieces[0]]
+    for value, piece in zip(bad.tolist(), pieces[1:]):
+        out.append(b"NaN" if value != value else (b"Infinity" if value > 0 else b"-Infinity"))
+        out.append(piece)
+    return orjson.Fragment(b"".join(out))
 
 
 def json_data(datatype: str, arr: np.ndarray):
@@ -218,4 +336,6 @@ def json_data(datatype: str, arr: np.ndarray):
     flat = arr.reshape(-1)
     if not flat.flags.c_contiguous:
         flat = np.ascontiguousarray(flat)
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return _nonfinite_json(flat)
     return flat

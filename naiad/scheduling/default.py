@@ -28,13 +28,21 @@ class DefaultScheduler:
         for inst in instances:
             inst.start(self._queue.get)
 
+    def _take_queued(self):
+        try:
+            batch = self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        if batch is None:  # a stop sentinel: leave it for a worker
+            self._queue.put(None)
+        return batch
+
     def enqueue(self, request: "InferenceRequest") -> None:
         """Queue a request (any thread; never blocks on the model)."""
         batch = [request]
-        if self._inline and self._queue.empty():
-            for inst in self._inline:
-                if inst.try_run_inline(batch):
-                    return
+        for inst in self._inline:
+            if inst.try_run_inline(batch, self._take_queued):
+                return
         self._queue.put(batch)
 
     def queue_size(self) -> int:
