@@ -2,7 +2,8 @@
 
 ``naiad --model-repository=./models`` starts the server exactly like
 ``tritonserver --model-repository=./models``. Flags take ``--flag=value`` or
-``--flag value``; booleans accept true/false, 1/0, on/off, yes/no.
+``--flag value``; booleans accept what tritonserver accepts: true/false, on/off,
+1/0, in any case.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ class CliError(Exception):
 
 def parse_bool(text: str) -> bool:
     v = str(text).strip().lower()
-    if v in ("true", "1", "on", "yes"):
+    if v in ("true", "1", "on"):
         return True
-    if v in ("false", "0", "off", "no"):
+    if v in ("false", "0", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"invalid boolean value '{text}'")
+    raise argparse.ArgumentTypeError(f"invalid value for bool option: {text}")
 
 
 def _setting(text: str) -> tuple[str, str, str]:
@@ -215,6 +216,12 @@ def options_from_args(argv: list[str]) -> ServerOptions:
                        f"'{ns.grpc_infer_response_compression_level}'")
     if not ns.model_repositories:
         raise CliError("--model-repository must be specified")
+    if ns.load_models and ns.model_control_mode != "explicit":
+        raise CliError("Use of '--load-model' requires setting '--model-control-mode=explicit' "
+                       "as well.")
+    if "*" in ns.load_models and len(ns.load_models) > 1:
+        raise CliError("Wildcard model name '*' must be the ONLY startup model if specified "
+                       "at all.")
     for port_flag in ("http_port", "grpc_port", "metrics_port"):
         port = getattr(ns, port_flag)
         if not 0 <= port <= 65535:
@@ -265,12 +272,35 @@ UNBUILT: list[tuple[Callable[[ServerOptions], bool], str]] = [
      "remote (s3/gs/as) model repositories are not supported yet"),
     (lambda o: o.allow_sagemaker, "--allow-sagemaker: the SageMaker endpoint is not served"),
     (lambda o: o.allow_vertex_ai, "--allow-vertex-ai: the Vertex AI endpoint is not served"),
+    # accepted silently these would change nothing: refused until they are built
+    (lambda o: o.model_namespacing, "--model-namespacing is not supported yet"),
+    (lambda o: bool(o.http_restricted_api), "--http-restricted-api is not supported yet"),
+    (lambda o: bool(o.grpc_restricted_protocol),
+     "--grpc-restricted-protocol is not supported yet"),
+    (lambda o: bool(o.http_header_forward_pattern),
+     "--http-header-forward-pattern is not supported yet"),
+    (lambda o: bool(o.grpc_header_forward_pattern),
+     "--grpc-header-forward-pattern is not supported yet"),
 ]
 
 
 def _fail(message: str, code: int = 1) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+# TRITONSERVER_ErrorCodeString: how tritonserver names an error's kind
+_KIND_LABEL = {
+    "UNKNOWN": "Unknown", "INTERNAL": "Internal", "NOT_FOUND": "Not found",
+    "INVALID_ARG": "Invalid argument", "UNAVAILABLE": "Unavailable",
+    "UNSUPPORTED": "Unsupported", "ALREADY_EXISTS": "Already exists", "CANCELLED": "Cancelled",
+}
+
+
+def _creating_server_error(exc: Any) -> str:
+    """``creating server: <Kind> - <message>``, tritonserver's exit line."""
+    label = _KIND_LABEL.get(exc.kind.value, "Internal")
+    return f"creating server: {label} - {exc.message}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,19 +339,22 @@ async def run(options: ServerOptions) -> int:
         await server.start()
     except NaiadError as exc:
         await server.stop(timeout=5)
-        return _fail(f"creating server: {exc.message}")
+        return _fail(_creating_server_error(exc))
     rows = server.manager.status_rows()
     log.info("\n%s\n", render_table(["Model", "Version", "Status"], rows))
-    if options.exit_on_error and server.load_failures():
-        log.error("failed to load all models")
-        await server.stop(timeout=options.exit_timeout_secs)
-        return _fail("creating server: Internal - failed to load all models")
+    # tritonserver prints the option table, then gives up if a model failed
     log.info("\n%s\n", render_table(["Option", "Value"], server.option_rows()))
+    if server.load_failures():
+        log.error("failed to load all models")
+        if options.exit_on_error:
+            await server.stop(timeout=options.exit_timeout_secs)
+            return _fail("creating server: Internal - failed to load all models")
     try:
         await server.start_frontends()
     except OSError as exc:
         await server.stop(timeout=5)
-        return _fail(str(exc))
+        # "[Errno 98] ..." is noise: the message already names the address
+        return _fail(exc.strerror if exc.errno is not None and exc.strerror else str(exc))
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

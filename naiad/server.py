@@ -26,7 +26,6 @@ from naiad import __version__
 from naiad.core.errors import (
     InvalidArgument,
     NaiadError,
-    NotFound,
     Unavailable,
     Unsupported,
 )
@@ -137,7 +136,11 @@ class Server:
                     self, opts.effective_metrics_address, opts.metrics_port)))
         try:
             for _, fe in specs:
-                await fe.start()
+                try:
+                    await fe.start()
+                except OSError as exc:  # name the service, as tritonserver does
+                    raise OSError(exc.errno, f"failed to start {fe.name}: "
+                                             f"{exc.strerror or exc}") from None
                 self.frontends.append(fe)
                 log.info("Started %s at %s:%d", fe.name, fe.address, fe.port)
         except BaseException:
@@ -370,16 +373,16 @@ class Server:
                 for v in sorted(entry.ready):
                     stats.append(entry.ready[v].stats.as_dict())
             return {"model_stats": stats}
+        # Triton answers both with INVALID_ARG (HTTP 400) and these messages
         entry = self.manager.models.get(name)
-        if entry is None:
-            raise NotFound(f"requested model '{name}' is not found")
+        if entry is None or not entry.ready:
+            raise InvalidArgument(f"requested model '{name}' is not available")
         if version >= 0:
             model = entry.ready.get(version)
             if model is None:
-                raise NotFound(f"requested model '{name}' version {version} is not found")
+                raise InvalidArgument(
+                    f"requested model version is not available for model '{name}'")
             return {"model_stats": [model.stats.as_dict()]}
-        if not entry.ready:
-            raise NotFound(f"requested model '{name}' is not available")
         return {"model_stats": [entry.ready[v].stats.as_dict() for v in sorted(entry.ready)]}
 
 

@@ -9,6 +9,7 @@ file's tokens to the field it concerns.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +20,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from naiad.backends import registry
 from naiad.core.errors import InvalidArgument, NaiadError
 from naiad.protocol import model_config_pb2 as mc
+
+log = logging.getLogger("naiad.repository")
 
 ModelConfig = mc.ModelConfig
 
@@ -44,11 +47,19 @@ class ConfigError(InvalidArgument):
 # ---------------------------------------------------------------------------
 
 
+def _is_repeated(field) -> bool:
+    flag = getattr(field, "is_repeated", None)  # protobuf >= 5.28; ``label`` is deprecated there
+    if flag is not None:
+        return flag() if callable(flag) else bool(flag)
+    return field.label == FieldDescriptor.LABEL_REPEATED
+
+
 def _field_lines(text: str) -> dict[tuple, int]:
     """Map field paths like ('input', 0, 'dims') to the 1-based line they start on.
 
     A small walk over protobuf's own text tokenizer, following the message
-    descriptors, so that validation errors can point at a line.
+    descriptors, so that validation errors can point at a line. Only run when
+    an error needs locating; best effort, never raises, always ends.
     """
     lines: dict[tuple, int] = {}
     try:
@@ -56,56 +67,52 @@ def _field_lines(text: str) -> dict[tuple, int]:
     except Exception:  # pragma: no cover - the text parsed already
         return lines
 
+    def line_now() -> int:
+        return tok._line + 1  # noqa: SLF001 - Tokenizer exposes no public line accessor
+
+    def value(field, path: tuple) -> None:
+        """One value: a message in {} or <>, or a scalar token."""
+        msg = field.message_type if field is not None and \
+            field.type == FieldDescriptor.TYPE_MESSAGE else None
+        if tok.TryConsume("{"):
+            walk(msg, path, "}")
+        elif tok.TryConsume("<"):
+            walk(msg, path, ">")
+        elif not tok.AtEnd():
+            tok.NextToken()
+
     def walk(desc, prefix: tuple, end: str | None) -> None:
         counts: dict[str, int] = {}
         while not tok.AtEnd():
             if end is not None and tok.TryConsume(end):
                 return
-            line = tok._line + 1  # noqa: SLF001 - Tokenizer exposes no public line accessor
+            line = line_now()
             try:
                 name = tok.ConsumeIdentifierOrNumber()
             except text_format.ParseError:
                 tok.NextToken()
                 continue
             field = desc.fields_by_name.get(name) if desc is not None else None
-            repeated = field is not None and field.label == FieldDescriptor.LABEL_REPEATED
-            is_msg = field is not None and field.type == FieldDescriptor.TYPE_MESSAGE
-            idx = counts.get(name, 0)
-            path = prefix + ((name, idx) if repeated else (name,))
+            repeated = field is not None and _is_repeated(field)
+            lines.setdefault(prefix + (name,), line)
             tok.TryConsume(":")
             if tok.TryConsume("["):
-                first = True
-                while not tok.TryConsume("]"):
-                    if not first:
-                        tok.TryConsume(",")
-                        if tok.TryConsume("]"):
-                            break
-                    first = False
-                    item_line = tok._line + 1  # noqa: SLF001
+                while not tok.AtEnd() and not tok.TryConsume("]"):
+                    if tok.TryConsume(","):
+                        continue
                     ipath = prefix + (name, counts.get(name, 0))
-                    lines.setdefault(ipath, item_line)
+                    lines.setdefault(ipath, line_now())
                     counts[name] = counts.get(name, 0) + 1
-                    if tok.TryConsume("{"):
-                        walk(field.message_type if is_msg else None, ipath, "}")
-                    elif tok.TryConsume("<"):
-                        walk(field.message_type if is_msg else None, ipath, ">")
-                    else:
-                        tok.NextToken()
-                lines.setdefault(prefix + (name,), line)
+                    value(field, ipath)
                 continue
+            path = prefix + ((name, counts.get(name, 0)) if repeated else (name,))
             lines.setdefault(path, line)
-            lines.setdefault(prefix + (name,), line)
-            counts[name] = idx + 1
-            if tok.TryConsume("{"):
-                walk(field.message_type if is_msg else None, path, "}")
-            elif tok.TryConsume("<"):
-                walk(field.message_type if is_msg else None, path, ">")
-            else:
-                tok.NextToken()
+            counts[name] = counts.get(name, 0) + 1
+            value(field, path)
 
     try:
         walk(ModelConfig.DESCRIPTOR, (), None)
-    except Exception:
+    except Exception:  # pragma: no cover - best effort
         pass
     return lines
 
@@ -149,14 +156,19 @@ def parse_config_text(text: str, path: str = CONFIG_FILENAME) -> ModelConfig:
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
-        line = getattr(exc, "GetLine", lambda: None)()
-        col = getattr(exc, "GetColumn", lambda: None)()
+        line = exc.GetLine() if hasattr(exc, "GetLine") else None
+        col = exc.GetColumn() if hasattr(exc, "GetColumn") else None
         msg = str(exc)
-        # protobuf prefixes "line:col : "; keep only the problem
+        # protobuf writes "<line>:<col> : <problem>"; the location goes up front instead
         if line is not None and msg.startswith(f"{line}:"):
             msg = msg.split(" : ", 1)[-1]
-        where = f", column {col}" if col else ""
-        raise ConfigError(f"failed to parse model configuration{where}: {msg}", path, line) from None
+        if line is not None:
+            # protobuf may quote the whole offending line before the problem; drop it
+            src = text.splitlines()[line - 1] if 0 < line <= len(text.splitlines()) else None
+            if src is not None and msg.startswith(f"'{src}': "):
+                msg = msg[len(src) + 4:]
+        where = f"column {col}: " if col else ""
+        raise ConfigError(f"failed to parse model configuration: {where}{msg}", path, line) from None
     return config
 
 
@@ -189,18 +201,20 @@ def read_config(model_dir: str, config_name: str = "") -> tuple[ModelConfig, str
 
 
 def available_versions(model_dir: str) -> list[int]:
-    """Numeric sub-folders of a model folder (others are ignored, as in Triton)."""
+    """Numeric sub-folders of a model folder; others are ignored with a warning, as in Triton."""
     versions = []
     try:
         entries = os.listdir(model_dir)
     except OSError:
         return versions
     for entry in entries:
-        if entry.isdigit() and os.path.isdir(os.path.join(model_dir, entry)):
-            try:
-                versions.append(int(entry))
-            except ValueError:
-                continue
+        if not os.path.isdir(os.path.join(model_dir, entry)):
+            continue
+        if entry.isascii() and entry.isdigit():
+            versions.append(int(entry))
+        elif not entry.startswith(".") and entry != "configs":
+            log.warning("ignore version directory '%s' of model '%s' which fails to convert "
+                        "to integral number", entry, os.path.basename(model_dir.rstrip(os.sep)))
     return sorted(versions)
 
 
@@ -256,8 +270,17 @@ def resolve_backend(config: ModelConfig, model_dir: str, versions: list[int]) ->
             config.platform = platform
 
 
+SEQUENCE_IDLE_DEFAULT_MICROSECONDS = 1_000_000
+
+
 def normalize(config: ModelConfig, gpu_count: int = 0) -> None:
-    """Fill the defaults Triton fills, so the config endpoint shows what runs."""
+    """Fill the defaults Triton fills, so the config endpoint shows what runs.
+
+    Triton's NormalizeModelConfig and NormalizeInstanceGroup: a default
+    version policy, preferred batch sizes, the sequence idle time, pinned
+    memory, and one instance group named after the model when none is given
+    (unnamed groups are ``<model>_<index>``).
+    """
     if not config.HasField("version_policy"):
         config.version_policy.latest.num_versions = 1
     elif config.version_policy.WhichOneof("policy_choice") == "latest":
@@ -267,7 +290,18 @@ def normalize(config: ModelConfig, gpu_count: int = 0) -> None:
         fname = registry.DEFAULT_MODEL_FILENAMES.get(config.backend)
         if fname:
             config.default_model_filename = fname
-    if config.platform != "ensemble":
+    if config.HasField("dynamic_batching"):
+        db = config.dynamic_batching
+        if not db.preferred_batch_size and config.max_batch_size > 0:
+            db.preferred_batch_size.append(config.max_batch_size)
+    if config.HasField("sequence_batching"):
+        sb = config.sequence_batching
+        if sb.max_sequence_idle_microseconds == 0:
+            sb.max_sequence_idle_microseconds = SEQUENCE_IDLE_DEFAULT_MICROSECONDS
+        if sb.HasField("oldest") and not sb.oldest.preferred_batch_size \
+                and config.max_batch_size > 0:
+            sb.oldest.preferred_batch_size.append(config.max_batch_size)
+    if config.platform != "ensemble" and not config.HasField("ensemble_scheduling"):
         opt = config.optimization
         if not opt.HasField("input_pinned_memory"):
             opt.input_pinned_memory.enable = True
@@ -275,6 +309,7 @@ def normalize(config: ModelConfig, gpu_count: int = 0) -> None:
             opt.output_pinned_memory.enable = True
         if len(config.instance_group) == 0:
             group = config.instance_group.add()
+            group.name = config.name  # Triton names the implicit group after the model
             group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu_count else mc.ModelInstanceGroup.KIND_CPU
         for i, group in enumerate(config.instance_group):
             if not group.name:
@@ -287,11 +322,6 @@ def normalize(config: ModelConfig, gpu_count: int = 0) -> None:
                 )
             if group.kind == mc.ModelInstanceGroup.KIND_GPU and gpu_count and not group.gpus:
                 group.gpus.extend(range(gpu_count))
-    if config.HasField("dynamic_batching"):
-        db = config.dynamic_batching
-        if db.priority_levels and not db.default_priority_level:
-            # Triton: the default priority level defaults to the lowest priority
-            db.default_priority_level = db.priority_levels
 
 
 # ---------------------------------------------------------------------------
@@ -363,8 +393,13 @@ def _validate_io(io, kind: str, index: int, max_batch_size: int, loc: _Locator) 
 
 
 def validate(config: ModelConfig, expected_name: str, path: str | None = None,
-             text: str | None = None, require_io: bool = True) -> None:
-    """Check a completed config; raise ConfigError naming file, line and problem."""
+             text: str | None = None, require_io: bool = True, io: bool = True) -> None:
+    """Check a completed config; raise ConfigError naming file, line and problem.
+
+    ``io=False`` leaves out the checks of inputs and outputs (``validate_io``):
+    Triton makes those when a version loads, after the backend completed the
+    config, and reports them against the version.
+    """
     loc = _Locator(path, text)
     if not config.name:
         raise loc.error("model configuration must specify 'name'")
@@ -385,28 +420,6 @@ def validate(config: ModelConfig, expected_name: str, path: str | None = None,
     if is_ensemble and config.backend:
         raise loc.error("ensemble models must not set 'backend'", "backend")
 
-    seen: set[str] = set()
-    for i, io in enumerate(config.input):
-        _validate_io(io, "input", i, config.max_batch_size, loc)
-        if io.name in seen:
-            raise loc.error(f"duplicate input name '{io.name}' in model configuration",
-                            "input", i)
-        seen.add(io.name)
-    seen = set()
-    for i, io in enumerate(config.output):
-        _validate_io(io, "output", i, config.max_batch_size, loc)
-        if io.name in seen:
-            raise loc.error(f"duplicate output name '{io.name}' in model configuration",
-                            "output", i)
-        seen.add(io.name)
-    if require_io and not is_ensemble:
-        if config.backend not in ("python",) and len(config.input) == 0:
-            raise loc.error(f"model configuration for '{config.name}' must specify at least one "
-                            "input", "input")
-        if len(config.output) == 0:
-            raise loc.error(f"model configuration for '{config.name}' must specify at least one "
-                            "output", "output")
-
     policy = config.version_policy
     if policy.WhichOneof("policy_choice") == "latest" and policy.latest.num_versions < 1:
         raise loc.error("version policy 'latest' must specify num_versions >= 1",
@@ -418,32 +431,79 @@ def validate(config: ModelConfig, expected_name: str, path: str | None = None,
                                 "version_policy")
 
     if config.HasField("dynamic_batching"):
+        # (Triton accepts dynamic_batching on a model with max_batch_size 0: it
+        # never forms a batch larger than one request)
         db = config.dynamic_batching
-        if config.max_batch_size == 0:
-            raise loc.error(
-                "dynamic batching requires 'max_batch_size' > 0 (the model must support "
-                "batching)", "dynamic_batching")
         for size in db.preferred_batch_size:
             if size < 1:
-                raise loc.error("dynamic batching preferred batch sizes must be positive",
-                                "dynamic_batching")
+                raise loc.error(
+                    f"dynamic batching preferred size must be positive for {config.name}",
+                    "dynamic_batching", "preferred_batch_size")
             if size > config.max_batch_size:
                 raise loc.error(
                     f"dynamic batching preferred size must be <= max batch size for "
-                    f"{config.name}", "dynamic_batching")
-        if db.priority_levels and db.default_priority_level > db.priority_levels:
-            raise loc.error("default priority level must be in range [1, priority_levels]",
-                            "dynamic_batching")
-        for level in db.priority_queue_policy:
-            if not db.priority_levels or level < 1 or level > db.priority_levels:
+                    f"{config.name}", "dynamic_batching", "preferred_batch_size")
+        levels = db.priority_levels
+        if levels:
+            if not 1 <= db.default_priority_level <= levels:
                 raise loc.error(
-                    f"priority queue policy must have priority level in range "
-                    f"[1, {db.priority_levels}]", "dynamic_batching")
+                    f"default priority level must be in range [1, {levels}] for {config.name}",
+                    "dynamic_batching", "default_priority_level" if db.default_priority_level
+                    else "priority_levels")
+            for level in db.priority_queue_policy:
+                if not 1 <= level <= levels:
+                    raise loc.error(
+                        f"priority queue policy must have priority level in range "
+                        f"[1, {levels}] for {config.name}",
+                        "dynamic_batching", "priority_queue_policy")
+        if db.preserve_ordering:
+            if levels > 1:
+                raise loc.error(
+                    "Only one priority level is allowed when 'preserve_ordering' is true for "
+                    f"{config.name}", "dynamic_batching", "preserve_ordering")
+            delay = mc.ModelQueuePolicy.DELAY
+            policies = [db.default_queue_policy, *db.priority_queue_policy.values()]
+            if any(p.default_timeout_microseconds and p.timeout_action == delay
+                   for p in policies):
+                raise loc.error(
+                    "Queue policy can not have DELAY as timeout action when "
+                    f"'preserve_ordering' is true for {config.name}",
+                    "dynamic_batching", "preserve_ordering")
 
     for i, group in enumerate(config.instance_group):
         if group.count < 0:
             raise loc.error(f"instance group '{group.name}' must specify a positive 'count'",
-                            "instance_group", i)
+                            "instance_group", i, "count")
+
+    if io:
+        _validate_io_all(config, loc, require_io)
+
+
+def validate_io(config: ModelConfig, path: str | None = None, text: str | None = None,
+                require_io: bool = True) -> None:
+    """The input/output checks of ``validate`` alone (Triton's load-time checks)."""
+    _validate_io_all(config, _Locator(path, text), require_io)
+
+
+def _validate_io_all(config: ModelConfig, loc: _Locator, require_io: bool) -> None:
+    for field in ("input", "output"):
+        seen: set[str] = set()
+        for i, io in enumerate(getattr(config, field)):
+            _validate_io(io, field, i, config.max_batch_size, loc)
+            if io.name in seen:
+                # (Triton loads such a model, but no request can ever satisfy it)
+                raise loc.error(f"duplicate {field} name '{io.name}' in model configuration",
+                                field, i, "name")
+            seen.add(io.name)
+    # Python models may have no inputs or outputs at all (Triton loads them);
+    # the framework backends need them to bind the model's tensors.
+    if require_io and config.platform != "ensemble" and config.backend != "python":
+        if len(config.input) == 0:
+            raise loc.error(f"model configuration for '{config.name}' must specify at least one "
+                            "input", "input")
+        if len(config.output) == 0:
+            raise loc.error(f"model configuration for '{config.name}' must specify at least one "
+                            "output", "output")
 
 
 # ---------------------------------------------------------------------------
@@ -459,34 +519,31 @@ _INT64_TYPES = {
 }
 
 
-def _fix_int64(desc, obj: dict) -> None:
-    """json_format writes 64-bit integers as strings; Triton writes numbers."""
-    for key, value in obj.items():
-        field = desc.fields_by_name.get(key)
-        if field is None:
+def _triton_json(desc, obj: dict) -> dict:
+    """Triton's rendering of a message dict: fields in declaration order, 64-bit
+    integers as JSON numbers (json_format writes them as strings)."""
+    out = {}
+    for field in desc.fields:
+        key = field.name
+        if key not in obj:
             continue
+        value = obj[key]
         if field.type in _INT64_TYPES:
-            if isinstance(value, list):
-                obj[key] = [int(v) for v in value]
-            else:
-                obj[key] = int(value)
+            value = [int(v) for v in value] if isinstance(value, list) else int(value)
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             mdesc = field.message_type
             if mdesc.GetOptions().map_entry:
                 vfield = mdesc.fields_by_name["value"]
-                kfield = mdesc.fields_by_name["key"]
                 if vfield.type == FieldDescriptor.TYPE_MESSAGE:
-                    for v in value.values():
-                        _fix_int64(vfield.message_type, v)
+                    value = {k: _triton_json(vfield.message_type, v) for k, v in value.items()}
                 elif vfield.type in _INT64_TYPES:
-                    for k in list(value):
-                        value[k] = int(value[k])
-                del kfield
+                    value = {k: int(v) for k, v in value.items()}
             elif isinstance(value, list):
-                for v in value:
-                    _fix_int64(mdesc, v)
+                value = [_triton_json(mdesc, v) for v in value]
             elif isinstance(value, dict):
-                _fix_int64(mdesc, value)
+                value = _triton_json(mdesc, value)
+        out[key] = value
+    return out
 
 
 def config_to_dict(config: ModelConfig) -> dict:
@@ -496,8 +553,7 @@ def config_to_dict(config: ModelConfig) -> dict:
         preserving_proto_field_name=True,
         always_print_fields_with_no_presence=True,
     )
-    _fix_int64(ModelConfig.DESCRIPTOR, obj)
-    return obj
+    return _triton_json(ModelConfig.DESCRIPTOR, obj)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -102,16 +102,16 @@ class ModelRepositoryManager:
         if version < 0:
             model = entry.default
             if model is None:
-                # Triton answers this with a client error (HTTP 400), not 503
-                raise InvalidArgument(
-                    f"Request for unknown model: '{name}' has no available versions")
+                # Triton: NOT_FOUND (HTTP 404)
+                raise NotFound(f"Request for unknown model: '{name}' has no available versions")
             return model
         model = entry.ready.get(version)
         if model is None:
             state = entry.versions.get(version)
             if state is None:
                 raise NotFound(f"Request for unknown model: '{name}' version {version} is not found")
-            raise InvalidArgument(
+            # Triton: UNAVAILABLE (HTTP 503)
+            raise Unavailable(
                 f"Request for unknown model: '{name}' version {version} is not at ready state"
             )
         return model
@@ -279,10 +279,12 @@ class ModelRepositoryManager:
             path = "<load request config>"
         else:
             config, path, text = cfg.read_config(model_dir, opts.model_config_name)
-            if text is None and not opts.auto_complete_config:
-                raise cfg.ConfigError(
-                    "model configuration file not found (auto-complete is disabled by "
-                    "--strict-model-config/--disable-auto-complete-config)", path)
+            if text is None:
+                if not opts.auto_complete_config:
+                    raise cfg.ConfigError(
+                        "model configuration file not found (auto-complete is disabled by "
+                        "--strict-model-config/--disable-auto-complete-config)", path)
+                path = model_dir  # later errors name the folder, not a file that is not there
         if not config.name:
             config.name = entry.name
         if config.name != entry.name:
@@ -302,7 +304,9 @@ class ModelRepositoryManager:
             except Exception as exc:
                 raise cfg.ConfigError(f"auto-complete failed: {exc}", path) from None
         cfg.normalize(config)
-        cfg.validate(config, entry.name, path, text)
+        # inputs and outputs are checked per version (_load_version), as Triton does
+        cfg.validate(config, entry.name, path, text, io=False)
+        entry.config_source = (path, text)
         versions = cfg.select_versions(config, available)
         if not versions:
             raise cfg.ConfigError(
@@ -318,6 +322,7 @@ class ModelRepositoryManager:
     def _load_version(self, entry: ModelEntry, config: mc.ModelConfig, version: int) -> Model:
         """Build one version: backend model, instances, scheduler (runs on the load pool)."""
         version_dir = os.path.join(entry.model_dir, str(version))
+        cfg.validate_io(config, *getattr(entry, "config_source", (None, None)))
         vconfig = mc.ModelConfig()
         vconfig.CopyFrom(config)
         if vconfig.platform == "ensemble":
