@@ -87,6 +87,22 @@ def _model_error(instance_name: str, exc: BaseException) -> NaiadError:
     )
 
 
+# model.py modules imported for auto-complete, handed to the load that follows
+# (path -> (mtime, module, class)) so each file is imported once, not twice.
+_imported: dict[str, tuple[float, object, type]] = {}
+
+
+def _import_once(path: str, label: str):
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        mtime = -1.0
+    cached = _imported.pop(os.path.abspath(path), None)
+    if cached is not None and cached[0] == mtime:
+        return cached[1], cached[2]
+    return _import_model_file(path, label)
+
+
 class PythonBackend(Backend):
     name = "python"
     default_model_filename = "model.py"
@@ -100,7 +116,8 @@ class PythonBackend(Backend):
         path = os.path.join(version_dir, fname)
         if not os.path.isfile(path):
             return
-        _, cls = _import_model_file(path, f"{config.name}_autocomplete")
+        module, cls = _import_model_file(path, f"{config.name}_{os.path.basename(version_dir)}")
+        _imported[os.path.abspath(path)] = (os.stat(path).st_mtime, module, cls)
         hook = getattr(cls, "auto_complete_config", None)
         if hook is None:
             return
@@ -137,7 +154,7 @@ class PythonModel(BackendModel):
     def __init__(self, ctx: ModelLoadContext):
         self.ctx = ctx
         self.name = ctx.name
-        self.module, self.cls = _import_model_file(ctx.model_file, f"{ctx.name}_v{ctx.version}")
+        self.module, self.cls = _import_once(ctx.model_file, f"{ctx.name}_{ctx.version}")
         self.decoupled = bool(ctx.config.model_transaction_policy.decoupled)
         self.output_names = [o.name for o in ctx.config.output]
         from naiad.repository.config import config_to_dict
