@@ -200,11 +200,13 @@ class Model:
         if mbs > 0:
             if batch < 1 and inputs:
                 raise InvalidArgument(
-                    f"inference request batch-size must be >= 1 for '{name}'"
+                    f"[request id: {request.id or '<id_unknown>'}] inference request batch-size "
+                    f"must be >= 1 for '{name}'"
                 )
             if batch > mbs:
                 raise InvalidArgument(
-                    f"inference request batch-size must be <= {mbs} for '{name}'"
+                    f"[request id: {request.id or '<id_unknown>'}] inference request batch-size "
+                    f"must be <= {mbs} for '{name}'"
                 )
         request.batch_size = batch if mbs > 0 else 1
         outs = request.requested_outputs

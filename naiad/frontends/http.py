@@ -91,13 +91,6 @@ def _response_encoding(accept: bytes) -> bytes | None:
     return best
 
 
-def _header(headers: list, name: bytes) -> bytes | None:
-    for k, v in headers:
-        if k == name:
-            return v
-    return None
-
-
 class HttpApp:
     """The ASGI application."""
 
@@ -323,18 +316,11 @@ class HttpApp:
             return data
         if enc == b"gzip":
             wbits = 31
-            # O(1) first: a gzip member ends with its uncompressed size mod 2**32,
-            # so a trailer above the limit means a body above it (a lying trailer
-            # is still caught by the bounded decompression below)
-            if len(data) >= 18 and data[0] == 0x1F and data[1] == 0x8B and \
-                    int.from_bytes(data[-4:], "little") > limit:
-                raise HttpError(
-                    413, f"decompressed request body exceeds the limit of {limit} bytes")
         elif enc == b"deflate":
             # zlib-wrapped per RFC; raw deflate is tried if the header is missing
             wbits = 15 if len(data) >= 2 and (data[0] * 256 + data[1]) % 31 == 0 else -15
         else:
-            raise HttpError(415, f"unsupported Content-Encoding '{encoding.decode('latin-1')}'")
+            raise HttpError(501, f"unsupported Content-Encoding '{encoding.decode('latin-1')}'")
         d = zlib.decompressobj(wbits)
         try:
             out = d.decompress(data, limit + 1)

@@ -122,7 +122,8 @@ def decode_infer_request(
         shape = tensor_codec.check_shape(item.get("shape"), name)
         iparams = _params(item, f"input '{name}'")
         if name in inputs:
-            raise InvalidArgument(f"input '{name}' appears more than once in the request")
+            raise InvalidArgument(f"[request id: {req_id or '<id_unknown>'}] input '{name}' "
+                                  "already exists in request")
         if "shared_memory_region" in iparams:
             if "data" in item or "binary_data_size" in iparams:
                 raise InvalidArgument(_one_source_error(name))
@@ -172,13 +173,14 @@ def decode_infer_request(
         for item in raw_outputs:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise InvalidArgument("each requested output must be an object with a 'name'")
-            oparams = dict(_params(item, f"output '{item['name']}'"))
-            cls = oparams.pop("classification", 0)
+            oparams = _params(item, f"output '{item['name']}'")
+            cls = 0
+            if "classification" in oparams:
+                oparams = dict(oparams)
+                cls = oparams.pop("classification")
             if type(cls) is not int or cls < 0:
                 raise InvalidArgument(f"classification of output '{item['name']}' must be a "
                                       "non-negative integer")
-            if "binary_data" not in oparams:
-                oparams["binary_data"] = binary_default
             requested[item["name"]] = RequestedOutput(item["name"], oparams, cls)
         if not requested:
             requested = None
@@ -241,13 +243,20 @@ def encode_infer_response(
     binaries = []
     for t in response.outputs:
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-        ro = requested.get(t.name) if requested else None
-        oparams = ro.parameters if ro is not None else None
+        if requested:
+            # as Triton: binary_data_output is only the default of the outputs a
+            # request does not list; a listed output is binary when it says so
+            ro = requested.get(t.name)
+            oparams = ro.parameters if ro is not None else None
+            binary = oparams.get("binary_data") is True if oparams else False
+        else:
+            oparams = None
+            binary = binary_default
         if oparams and "shared_memory_region" in oparams:
             if shm_writer is None:
                 raise InvalidArgument("shared memory outputs are not supported by this endpoint")
             entry["parameters"] = shm_writer(t, oparams)
-        elif (oparams.get("binary_data") is True) if oparams else binary_default:
+        elif binary:
             raw = tensor_codec.raw_bytes(t.datatype, t.data)
             size = len(raw)
             entry["parameters"] = {"binary_data_size": size}
@@ -265,6 +274,15 @@ def encode_infer_response(
         head["parameters"] = response.parameters
     head["outputs"] = outs
     header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    if b"null" in header:
+        # orjson writes NaN and +-inf as null; Triton writes NaN/Infinity/-Infinity.
+        # A byte search keeps this off the common path; only a response that has a
+        # null somewhere is looked at closely.
+        for entry in outs:
+            data = entry.get("data")
+            if isinstance(data, np.ndarray):
+                entry["data"] = tensor_codec.nonfinite_json(data)
+        header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
     # like Triton: an all-JSON body (no Inference-Header-Content-Length) when every
     # binary output is empty
     if not binaries:

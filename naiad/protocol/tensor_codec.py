@@ -206,6 +206,22 @@ def _json_type(value: Any) -> str:
     return "an object"
 
 
+def _flat_leaves(data: list) -> list:
+    """The non-list leaves of a nested list, row-major, iteratively."""
+    out: list = []
+    append = out.append
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if type(item) is list:
+                stack.append(iter(item))
+                break
+            append(item)
+        else:
+            stack.pop()
+    return out
+
+
 def _all_ints(data: list) -> bool:
     """Whether every leaf of a (nested) list is a JSON integer (not a boolean)."""
     stack = [iter(data)]
@@ -252,9 +268,10 @@ def decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str
     try:
         inferred = np.array(data)
     except ValueError:
-        raise InvalidArgument(
-            f"unable to parse 'data' of input '{name}': nested arrays are ragged (every "
-            "nested array must have the same length) or nested too deep") from None
+        # ragged nesting, or deeper than numpy's 64 dimensions: Triton only counts
+        # the leaves, row-major, so flatten them (this rare path only)
+        data = _flat_leaves(data)
+        inferred = np.array(data)
     if inferred.size != n:
         raise InvalidArgument(
             f"unable to parse 'data' of input '{name}': {inferred.size} elements given, shape "
@@ -305,12 +322,15 @@ def decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str
     return inferred.astype(datatypes.numpy_dtype(datatype), copy=False).reshape(shape)
 
 
-def _nonfinite_json(flat: np.ndarray) -> "orjson.Fragment":
-    """A float array as a JSON list with NaN/Infinity/-Infinity, as Triton writes them.
+def nonfinite_json(flat: np.ndarray):
+    """A flat float array as a JSON list with NaN/Infinity/-Infinity, as Triton writes them.
 
     orjson writes non-finite floats as null, which a client reads back as NaN
     at best; Triton writes the literals (which Python's json module reads).
+    Returns an ``orjson.Fragment``, or ``flat`` itself when every value is finite.
     """
+    if flat.dtype.kind != "f" or np.isfinite(flat).all():
+        return flat
     text = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)
     pieces = text.split(b"null")
     bad = flat[~np.isfinite(flat)]
@@ -322,7 +342,12 @@ def _nonfinite_json(flat: np.ndarray) -> "orjson.Fragment":
 
 
 def json_data(datatype: str, arr: np.ndarray):
-    """An output tensor as a flat JSON-serialisable value (numpy arrays for orjson)."""
+    """An output tensor as a flat JSON-serialisable value (numpy arrays for orjson).
+
+    Non-finite floats serialise as ``null`` here; ``nonfinite_json`` gives the
+    NaN/Infinity literals (the HTTP codec applies it only when a ``null``
+    shows up in the serialised response, keeping the check off the common path).
+    """
     if datatype == "BYTES":
         out = []
         for item in arr.reshape(-1):
@@ -336,6 +361,4 @@ def json_data(datatype: str, arr: np.ndarray):
     flat = arr.reshape(-1)
     if not flat.flags.c_contiguous:
         flat = np.ascontiguousarray(flat)
-    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
-        return _nonfinite_json(flat)
     return flat

@@ -324,7 +324,7 @@ class InferenceResponse:
         return self._error
 
     def parameters(self) -> str:
-        return json.dumps(self._parameters)
+        return json.dumps(self._parameters, separators=(",", ":"))
 
     def _to_core(self) -> _core.InferenceResponse:
         err = self._error
@@ -491,7 +491,7 @@ class InferenceRequest:
 
     def parameters(self) -> str:
         params = self._core.parameters if self._core is not None else self._parameters
-        return json.dumps(params)
+        return json.dumps(params, separators=(",", ":"))
 
     def is_cancelled(self) -> bool:
         return self._core is not None and self._core.cancelled
