@@ -10,6 +10,7 @@ it holds no model logic.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import socket
 import zlib
@@ -289,7 +290,9 @@ class HttpApp:
         msg = await receive()
         if msg["type"] == "http.disconnect":
             raise ClientGone()
-        buf = bytearray(msg.get("body", b""))
+        body = msg.get("body", b"")
+        # naiad's own server hands over a fresh bytearray: use it, no copy
+        buf = body if type(body) is bytearray else bytearray(body)
         if msg.get("more_body", False):
             while True:
                 msg = await receive()
@@ -493,13 +496,24 @@ class HttpFrontend:
         self.reuse_port = reuse_port
         self.app = app or HttpApp(server, max_input_size)
         self._uv = None
+        self._own = None
+        self.max_input_size = max_input_size
         self._sock: socket.socket | None = None
 
     async def start(self) -> None:
-        import uvicorn
-
         self._sock = bind_socket(self.address, self.port, self.reuse_port)
         self.port = self._sock.getsockname()[1]
+        if os.environ.get("NAIAD_HTTP_SERVER", "").lower() == "uvicorn":
+            await self._start_uvicorn()
+            return
+        from naiad.frontends.asgi_server import AsgiServer
+
+        self._own = AsgiServer(self.app, max_body_size=self.max_input_size)
+        await self._own.start(self._sock)
+
+    async def _start_uvicorn(self) -> None:
+        import uvicorn
+
         config = uvicorn.Config(
             self.app,
             http="httptools",
@@ -508,6 +522,7 @@ class HttpFrontend:
             access_log=False,
             server_header=False,
             date_header=False,
+            proxy_headers=False,
             timeout_graceful_shutdown=5,
         )
         config.load()
@@ -517,6 +532,11 @@ class HttpFrontend:
         self._uv = uv
 
     async def stop(self) -> None:
+        own = self._own
+        if own is not None:
+            self._own = None
+            await own.stop()
+            return
         uv = self._uv
         if uv is None:
             return
