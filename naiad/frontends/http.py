@@ -10,8 +10,8 @@ it holds no model logic.
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 import socket
 import zlib
 from collections.abc import Awaitable, Callable
