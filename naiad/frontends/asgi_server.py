@@ -270,7 +270,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is None or self.closed:
             return
         head = _status_line(status) + (
-            b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
             % len(body))
         self.transport.write(head + body)
         if linger and self.transport.can_write_eof():
@@ -371,15 +371,15 @@ class _Cycle:
             parts = [_status_line(self.status)]
             has_length = False
             for name, value in message.get("headers", ()):
-                if name == b"content-length":
+                if not has_length and name.lower() == b"content-length":
                     has_length = True
                 parts += (name, b": ", value, b"\r\n")
             if not has_length and self.req.scope["method"] != "HEAD" and \
                     self.status not in (204, 304):
                 self.chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
+                parts.append(b"Transfer-Encoding: chunked\r\n")
             if not self.keep_alive:
-                parts.append(b"connection: close\r\n")
+                parts.append(b"Connection: close\r\n")
             parts.append(b"\r\n")
             self.head = b"".join(parts)
             return

@@ -31,9 +31,9 @@ from naiad.protocol import http_codec
 
 log = logging.getLogger("naiad.http")
 
-JSON = (b"content-type", b"application/json")
-OCTET = (b"content-type", b"application/octet-stream")
-TEXT = (b"content-type", b"text/plain")
+JSON = (b"Content-Type", b"application/json")
+OCTET = (b"Content-Type", b"application/octet-stream")
+TEXT = (b"Content-Type", b"text/plain")
 
 
 class HttpError(Exception):
@@ -242,10 +242,16 @@ class HttpApp:
         body = await self._read_body(scope, receive)
         server = self.server
         shm = server.shared_memory
-        request, binary_default = http_codec.decode_infer_request(
-            body, header_len, name, version,
-            shm.read_input if shm is not None else None,
-        )
+        if header_len == 0:
+            # Triton's raw binary request: the body is the single input's data
+            model = server.get_model(name, version)
+            request = http_codec.decode_raw_request(body, model, name, version)
+            binary_default = True
+        else:
+            request, binary_default = http_codec.decode_infer_request(
+                body, header_len, name, version,
+                shm.read_input if shm is not None else None,
+            )
         response = await server.infer(request)
         parts, json_len = http_codec.encode_infer_response(
             response, request, binary_default,
@@ -253,13 +259,13 @@ class HttpApp:
         )
         out_headers = [OCTET if json_len is not None else JSON]
         if json_len is not None:
-            out_headers.append((b"inference-header-content-length", str(json_len).encode()))
+            out_headers.append((b"Inference-Header-Content-Length", str(json_len).encode()))
         body_out = parts[0] if len(parts) == 1 else b"".join(parts)
         if accept is not None:
             coding = _response_encoding(accept)
             if coding is not None:
                 body_out = self._compress(body_out, coding, out_headers)
-        out_headers.append((b"content-length", str(len(body_out)).encode()))
+        out_headers.append((b"Content-Length", str(len(body_out)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": out_headers})
         await send({"type": "http.response.body", "body": body_out})
 
@@ -341,7 +347,7 @@ class HttpApp:
             c = zlib.compressobj(6, zlib.DEFLATED, 31)
         else:
             c = zlib.compressobj(6, zlib.DEFLATED, 15)
-        headers.append((b"content-encoding", coding))
+        headers.append((b"Content-Encoding", coding))
         return c.compress(body) + c.flush()
 
     async def _json_body(self, scope, receive) -> dict:
@@ -362,13 +368,13 @@ class HttpApp:
     async def _send_json(send, status: int, obj: Any) -> None:
         body = orjson.dumps(obj)
         await send({"type": "http.response.start", "status": status,
-                    "headers": [JSON, (b"content-length", str(len(body)).encode())]})
+                    "headers": [JSON, (b"Content-Length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod
     async def _send_empty(send, status: int) -> None:
         await send({"type": "http.response.start", "status": status,
-                    "headers": [TEXT, (b"content-length", b"0")]})
+                    "headers": [TEXT, (b"Content-Length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
 
     # -- repository extension ----------------------------------------------------------------

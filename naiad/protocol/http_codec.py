@@ -193,6 +193,56 @@ def decode_infer_request(
     return request, binary_default
 
 
+def decode_raw_request(body, model, model_name: str, model_version: int) -> InferenceRequest:
+    """Triton's raw binary request (Inference-Header-Content-Length: 0).
+
+    The body is the data of the model's only input; its shape is the config's
+    dims (batch size 1 for batching models), with one variable dimension
+    deduced from the byte count. Every output comes back as binary data.
+    """
+    specs = list(model.inputs.values())
+    if len(specs) != 1:
+        raise InvalidArgument(
+            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with "
+            f"exactly one input; model '{model_name}' has {len(specs)}")
+    spec = specs[0]
+    dims = ([1] if model.max_batch_size > 0 else []) + list(spec.dims)
+    datatype = spec.datatype
+    total = len(body)
+    if datatype == "BYTES":
+        count = tensor_codec.count_bytes_elements(body, spec.name)
+    else:
+        size = datatypes.ELEMENT_SIZE[datatype]
+        if total % size:
+            raise InvalidArgument(
+                f"input byte size {total} for input '{spec.name}' of model '{model_name}' is not "
+                f"a multiple of its {datatype} element size")
+        count = total // size
+    wild = [i for i, d in enumerate(dims) if d == -1]
+    known = 1
+    for d in dims:
+        if d != -1:
+            known *= d
+    if len(wild) > 1:
+        raise InvalidArgument(
+            f"the shape of input '{spec.name}' of model '{model_name}' cannot be deduced from "
+            "a raw binary request: more than one variable-size dimension")
+    if wild:
+        if known == 0 or count % known:
+            raise InvalidArgument(
+                f"[request id: <id_unknown>] input byte size mismatch for input '{spec.name}' "
+                f"for model '{model_name}'. Got {total} bytes")
+        dims[wild[0]] = count // known
+    elif count != known:
+        expected = known * datatypes.ELEMENT_SIZE[datatype] if datatype != "BYTES" else known
+        raise InvalidArgument(
+            f"[request id: <id_unknown>] input byte size mismatch for input '{spec.name}' "
+            f"for model '{model_name}'. Expected {expected}, got {total}")
+    arr = tensor_codec.decode_raw(body, datatype, tuple(dims), spec.name)
+    return InferenceRequest(model_name, {spec.name: Tensor(spec.name, datatype, arr)},
+                            model_version=model_version)
+
+
 def apply_request_parameters(request: InferenceRequest, params: dict[str, Any]) -> None:
     """Consume the sequence and schedule-policy keys; pass the rest through."""
     passthrough = {}

@@ -116,6 +116,23 @@ def decode_bytes_elements(buf, shape: tuple[int, ...], name: str) -> np.ndarray:
     return arr.reshape(shape)
 
 
+def count_bytes_elements(buf, name: str) -> int:
+    """How many length-prefixed BYTES elements ``buf`` holds (it must hold them exactly)."""
+    mv = memoryview(buf)
+    total = len(mv)
+    off = 0
+    n = 0
+    while off < total:
+        if off + 4 > total:
+            raise InvalidArgument(f"truncated BYTES element in input '{name}'")
+        (ln,) = _U32.unpack_from(mv, off)
+        off += 4 + ln
+        if off > total:
+            raise InvalidArgument(f"truncated BYTES element in input '{name}'")
+        n += 1
+    return n
+
+
 def encode_bytes_elements(arr: np.ndarray) -> bytes:
     """Serialise a BYTES tensor (object array of bytes/str) as length-prefixed elements."""
     parts = []
