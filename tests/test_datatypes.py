@@ -194,10 +194,6 @@ def test_roundtrip(request, client, dt, binary_in, binary_out):
         pytest.skip("tritonclient sends and reads BF16 only as binary (JSON: see test_bf16_json)")
     if dt == "FP16" and REFERENCE and (not binary_in or not binary_out):
         pytest.skip("Triton refuses FP16 in JSON (naiad accepts it)")
-    if dt == "BF16" and not REFERENCE:
-        request.applymarker(pytest.mark.xfail(
-            reason="naiad pb_utils: BF16 to_dlpack() needs torch (Triton's does not); "
-                   "test_bf16_passthrough covers BF16 through the python backend"))
     for shape in [(2, 3), (1, 1), (1, 7)]:
         arr = sample(dt, shape)
         got = roundtrip(client, dt, arr, binary_in, binary_out)

@@ -247,31 +247,34 @@ class Tensor:
         return True
 
     def to_dlpack(self):
+        """A DLPack capsule over the tensor's data (BF16 keeps its bfloat16 label)."""
         if self._wire == "BYTES":
             raise TritonModelException("BYTES tensors cannot be exported through DLPack")
         arr = self._array
         if self._wire == "BF16":
-            try:
-                import torch
-            except ImportError as exc:  # pragma: no cover - depends on the environment
-                raise TritonModelException("BF16 tensors need torch for to_dlpack()") from exc
-            return torch.from_numpy(np.ascontiguousarray(arr)).view(torch.bfloat16).__dlpack__()
+            from naiad.backends.python import dlpack
+
+            return dlpack.bf16_capsule(arr)
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
         return arr.__dlpack__()
 
+    def __dlpack__(self, stream=None, **kwargs):
+        return self.to_dlpack()
+
+    def __dlpack_device__(self):
+        return (1, 0)  # kDLCPU
+
     @staticmethod
     def from_dlpack(name: str, capsule) -> "Tensor":
-        # Objects with __dlpack__ (torch, jax, cupy on CPU) or raw capsules.
-        if hasattr(capsule, "__dlpack__"):
-            try:
-                import torch
+        """A tensor from a DLPack capsule or any object with ``__dlpack__`` (CPU)."""
+        from naiad.backends.python import dlpack
 
-                if isinstance(capsule, torch.Tensor) and capsule.dtype == torch.bfloat16:
-                    bits = capsule.detach().cpu().contiguous().view(torch.int16).numpy()
-                    return Tensor._wrap(name, "BF16", bits.view(np.uint16))
-            except ImportError:
-                pass
+        raw = capsule.__dlpack__() if hasattr(capsule, "__dlpack__") else capsule
+        bits = dlpack.read_bf16_capsule(raw) if type(raw).__name__ == "PyCapsule" else None
+        if bits is not None:
+            return Tensor._wrap(name, "BF16", bits)
+        if hasattr(capsule, "__dlpack__"):
             arr = np.from_dlpack(capsule)
         else:
             arr = np.from_dlpack(_CapsuleHolder(capsule))
