@@ -256,3 +256,24 @@ def test_graceful_stop_finishes_request_in_flight():
     finally:
         srv.loop.call_soon_threadsafe(srv.loop.stop)
         srv.thread.join(5)
+
+
+async def waiting_app(scope, receive, send):
+    """An /infer route that suspends (bare yield, a future, a sleep) before answering."""
+    await receive()
+    await asyncio.sleep(0)
+    fut = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.01, fut.set_result, b"late")
+    body = await fut
+    await asyncio.sleep(0.01)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_infer_route_that_suspends_is_finished_by_a_task():
+    with Served(waiting_app) as srv, srv.connect() as s:
+        for _ in range(3):
+            s.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+            status, _, body = read_response(s)
+            assert (status, body) == (200, b"late")

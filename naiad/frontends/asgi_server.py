@@ -91,6 +91,7 @@ class HttpProtocol(asyncio.Protocol):
         self._busy = False
         self._reading_paused = False
         self._keepalive_handle: asyncio.TimerHandle | None = None
+        self._last_active = 0.0
         self._write_paused = False
         self._drain_waiter: asyncio.Future | None = None
         self._disconnect_waiter: asyncio.Future | None = None
@@ -130,7 +131,7 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._discard:
             return
-        self._cancel_keepalive()
+        self._last_active = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -244,7 +245,25 @@ class HttpProtocol(asyncio.Protocol):
                 413, b'{"error":"request body exceeds the limit of %d bytes"}' % self.max_body_size)
             return
         cycle = _Cycle(self, req)
-        task = self.loop.create_task(cycle.run())
+        coro = cycle.run()
+        if not req.scope["path"].endswith("/infer"):
+            self._spawn(coro)
+            return
+        # Inference usually completes without ever waiting (an idle cheap model runs
+        # inline): drive the coroutine here, and only if it suspends hand the rest to
+        # a task. This saves a task and a loop iteration per request.
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except BaseException:  # _Cycle.run answers errors itself; this is a last resort
+            log.exception("HTTP request handler failed")
+            self.close()
+            return
+        self._spawn(_resume(coro, waiting))
+
+    def _spawn(self, coro) -> None:
+        task = self.loop.create_task(coro)
         self.state.tasks.add(task)
         task.add_done_callback(self.state.tasks.discard)
 
@@ -294,9 +313,12 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- keep-alive -------------------------------------------------------------------------
 
+    # One timer per connection, re-armed only when it fires: activity just
+    # updates a timestamp, so busy connections create no timer objects.
+
     def _arm_keepalive(self) -> None:
-        self._cancel_keepalive()
-        if self.keepalive_timeout > 0:
+        self._last_active = self.loop.time()
+        if self._keepalive_handle is None and self.keepalive_timeout > 0:
             self._keepalive_handle = self.loop.call_later(self.keepalive_timeout, self._idle)
 
     def _cancel_keepalive(self) -> None:
@@ -305,8 +327,42 @@ class HttpProtocol(asyncio.Protocol):
             self._keepalive_handle = None
 
     def _idle(self) -> None:
-        if not self._busy and not self._pending:
-            self.close()
+        self._keepalive_handle = None
+        if self.closed:
+            return
+        remaining = self._last_active + self.keepalive_timeout - self.loop.time()
+        if remaining > 0 or self._busy or self._pending:
+            self._keepalive_handle = self.loop.call_later(
+                max(remaining, 0.05) if remaining > 0 else self.keepalive_timeout, self._idle)
+            return
+        self.close()
+
+
+async def _resume(coro, waiting):
+    """Finish, inside a task, a coroutine that was started outside one.
+
+    ``waiting`` is what the coroutine yielded: an asyncio future, or None for a
+    bare yield (``asyncio.sleep(0)``). Wait for it, then send into the
+    coroutine as a Task would; the coroutine reads the future's outcome itself.
+    Cancelling this task cancels the coroutine.
+    """
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                waiting._asyncio_future_blocking = False
+                await asyncio.wait((waiting,))
+        except asyncio.CancelledError:
+            try:
+                waiting = coro.throw(asyncio.CancelledError())
+            except (StopIteration, asyncio.CancelledError):
+                return
+            continue
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
 
 
 class _Cycle:

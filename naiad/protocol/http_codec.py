@@ -68,6 +68,55 @@ def _loads_nonfinite(json_part, exc: Exception) -> Any:
     raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
 
 
+class _Template:
+    """What a binary request's JSON header says, parsed once for all its repeats.
+
+    Clients send the same header again and again (same names, shapes, sizes,
+    outputs); only the binary data after it changes. Such headers are parsed and
+    checked once and remembered: a repeat costs a dict lookup and one
+    ``np.frombuffer`` per input. Only headers whose inputs are all fixed-size
+    binary data, without an id or request parameters, are remembered.
+    """
+
+    __slots__ = ("inputs", "requested", "binary_default", "data_size")
+
+    def __init__(self, inputs, requested, binary_default, data_size):
+        self.inputs = inputs  # ((name, datatype, numpy dtype, count, shape, offset), ...)
+        self.requested = requested  # shared, read-only RequestedOutput objects
+        self.binary_default = binary_default
+        self.data_size = data_size
+
+
+_TEMPLATES: dict[bytes, _Template] = {}
+_TEMPLATE_LIMIT = 256
+_TEMPLATE_MAX_HEADER = 4096
+
+
+def _remember(key: bytes, request: InferenceRequest, binary_default: bool, offsets) -> None:
+    if len(_TEMPLATES) >= _TEMPLATE_LIMIT:
+        _TEMPLATES.pop(next(iter(_TEMPLATES)))  # oldest first
+    inputs = tuple(
+        (t.name, t.datatype, t.data.dtype, t.data.size, t.data.shape, off)
+        for t, off in zip(request.inputs.values(), offsets)
+    )
+    _TEMPLATES[key] = _Template(inputs, request.requested_outputs, binary_default,
+                                sum(t.data.nbytes for t in request.inputs.values()))
+
+
+def _from_template(tmpl: _Template, body, header_length: int, model_name: str,
+                   model_version: int) -> InferenceRequest | None:
+    if len(body) - header_length != tmpl.data_size:
+        return None  # let the full parser report the problem
+    frombuffer = np.frombuffer
+    inputs = {}
+    for name, datatype, dtype, count, shape, off in tmpl.inputs:
+        arr = frombuffer(body, dtype, count, header_length + off).reshape(shape)
+        inputs[name] = Tensor(name, datatype, arr)
+    requested = tmpl.requested
+    return InferenceRequest(model_name, inputs, model_version=model_version,
+                            requested_outputs=None if requested is None else dict(requested))
+
+
 def decode_infer_request(
     body,
     header_length: int | None,
@@ -80,6 +129,23 @@ def decode_infer_request(
     Returns the request and whether outputs not named in the request default to
     binary (the ``binary_data_output`` request parameter).
     """
+    key = None
+    if header_length is not None and 0 < header_length <= _TEMPLATE_MAX_HEADER and \
+            header_length <= len(body):
+        key = bytes(memoryview(body)[:header_length])
+        tmpl = _TEMPLATES.get(key)
+        if tmpl is not None:
+            request = _from_template(tmpl, body, header_length, model_name, model_version)
+            if request is not None:
+                return request, tmpl.binary_default
+    request, binary_default, cacheable, offsets = _decode_full(
+        body, header_length, model_name, model_version, shm_reader)
+    if key is not None and cacheable:
+        _remember(key, request, binary_default, offsets)
+    return request, binary_default
+
+
+def _decode_full(body, header_length, model_name, model_version, shm_reader):
     total = len(body)
     if header_length is None:
         json_part = body
@@ -110,6 +176,9 @@ def decode_infer_request(
     inputs: dict[str, Tensor] = {}
     offset = binary_start
     mv = None
+    # rememberable: all inputs fixed-size binary, no id, no request parameters
+    cacheable = not req_id and all(k == "binary_data_output" for k in params)
+    offsets: list[int] = []
     for item in raw_inputs:
         if not isinstance(item, dict):
             raise InvalidArgument("each element of 'inputs' must be a JSON object")
@@ -138,6 +207,7 @@ def decode_infer_request(
                     f"input '{name}': shared_memory_region must be a string and "
                     "shared_memory_byte_size/offset integers")
             arr = shm_reader(region, shm_offset, byte_size, datatype, shape, name)
+            cacheable = False
         elif "binary_data_size" in iparams:
             size = iparams["binary_data_size"]
             if "data" in item:
@@ -153,8 +223,12 @@ def decode_infer_request(
             if mv is None:
                 mv = memoryview(body)
             arr = tensor_codec.decode_raw(mv[offset:offset + size], datatype, shape, name)
+            offsets.append(offset - binary_start)
+            if datatype == "BYTES":
+                cacheable = False
             offset += size
         elif "data" in item:
+            cacheable = False
             arr = tensor_codec.decode_json_data(item["data"], datatype, shape, name)
         else:
             raise InvalidArgument(f"input '{name}' must have 'data', binary data or a shared "
@@ -190,7 +264,7 @@ def decode_infer_request(
     )
     if params:
         apply_request_parameters(request, params)
-    return request, binary_default
+    return request, binary_default, cacheable, offsets
 
 
 def decode_raw_request(body, model, model_name: str, model_version: int) -> InferenceRequest:
