@@ -29,6 +29,8 @@ class DefaultScheduler:
             inst.start(self._queue.get)
 
     def _take_queued(self):
+        if self._queue.empty():  # the usual case; get_nowait would raise
+            return None
         try:
             batch = self._queue.get_nowait()
         except queue.Empty:
