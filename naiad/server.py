@@ -242,10 +242,11 @@ class Server:
         """Run one request to completion; raises NaiadError if it fails."""
         model = self.manager.get_model(request.model_name, request.model_version)
         if model.decoupled:
-            raise InvalidArgument(
-                f"model '{model.name}' is a decoupled model: use the streaming API "
-                "(gRPC ModelStreamInfer or generate_stream) to receive its responses"
-            )
+            # Triton's texts (UNSUPPORTED: HTTP 501, gRPC UNIMPLEMENTED)
+            raise Unsupported(
+                "ModelInfer RPC doesn't support models with decoupled transaction policy"
+                if request.origin == "grpc" else
+                "HTTP end point doesn't support models with decoupled transaction policy")
         loop = self._loop or asyncio.get_running_loop()
         fut = loop.create_future()
         loop_thread = self._loop_thread

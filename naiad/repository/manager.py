@@ -27,7 +27,6 @@ from naiad.core.errors import (
     InvalidArgument,
     NaiadError,
     NotFound,
-    Unavailable,
     as_naiad_error,
 )
 from naiad.core.instance import ModelInstance
@@ -210,6 +209,10 @@ class ModelRepositoryManager:
             config, versions = await loop.run_in_executor(
                 self._pool, self._prepare_config, entry, override
             )
+            if config.platform == "ensemble":
+                from naiad.scheduling import ensemble
+
+                await ensemble.prepare(self, entry, config)  # checks, loads what it uses
         except NaiadError as exc:
             entry.reason = exc.message
             log.error("failed to load '%s': %s", entry.name, exc.message)
@@ -326,9 +329,9 @@ class ModelRepositoryManager:
         vconfig = mc.ModelConfig()
         vconfig.CopyFrom(config)
         if vconfig.platform == "ensemble":
-            from naiad.scheduling import ensemble  # noqa: F401 - provided by the pipelines work
+            from naiad.scheduling import ensemble
 
-            raise Unavailable("ensemble models are not supported yet")
+            return ensemble.load_version(self, entry, vconfig, version, version_dir)
         backend = registry.get_backend(vconfig.backend)
         ctx = ModelLoadContext(
             name=entry.name,
@@ -406,6 +409,20 @@ class ModelRepositoryManager:
             entry.config = None
             entry.reason = ""
             self._notify(name)
+        if unload_dependents and entry.dependencies:
+            # the models an ensemble is composed of go too, unless another loaded
+            # ensemble still uses them
+            from naiad.scheduling import ensemble
+
+            for dep in sorted(entry.dependencies):
+                dentry = self.models.get(dep)
+                if dentry is None or not dentry.ready or ensemble.dependents(self, dep):
+                    continue
+                try:
+                    await self.unload_model(dep, unload_dependents=True)
+                except NaiadError as exc:
+                    log.warning("unloading '%s' (used by '%s') failed: %s", dep, name,
+                                exc.message)
 
     async def unload_all(self) -> None:
         await asyncio.gather(*[self.unload_model(n) for n in list(self.models)],

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 
 from google.protobuf import json_format
@@ -73,6 +74,27 @@ def _import_model_file(path: str, label: str):
     if cls is None:
         raise InvalidArgument(f"python model file '{path}' does not define class TritonPythonModel")
     return module, cls
+
+
+_BLS_MARKERS = ("exec(", "InferenceRequest(", "load_model(", "unload_model(")
+
+
+def _source_uses_bls(path: str) -> bool:
+    """Whether a model.py (or a helper module beside it) looks like it makes BLS calls."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        names = [n for n in os.listdir(folder) if n.endswith(".py")]
+    except OSError:
+        names = []
+    for name in names or [os.path.basename(path)]:
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if any(marker in text for marker in _BLS_MARKERS):
+            return True
+    return False
 
 
 def _model_error(instance_name: str, exc: BaseException) -> NaiadError:
@@ -161,6 +183,9 @@ class PythonModel(BackendModel):
 
         self.config_json = json.dumps(config_to_dict(ctx.config))
         self.model = None  # the core Model, set by the repository manager
+        # A model that makes BLS calls blocks in execute while they run: it must
+        # never run inline on the submitting thread (which may be the event loop).
+        self.uses_bls = _source_uses_bls(ctx.model_file)
 
     def create_instance(self, spec: InstanceSpec) -> "PythonInstance":
         return PythonInstance(self, spec)
@@ -217,22 +242,70 @@ class PythonInstance(BackendInstance):
                     f"{type(exc).__name__}: {exc}") from None
         self._execute = self.obj.execute
         self._is_async = inspect.iscoroutinefunction(self._execute)
-        # async execute runs on the instance's own event loop: never on the server's
-        self.inline_capable = not self._is_async
+        # async execute runs on the instance's own event loop: never on the server's;
+        # a model making BLS calls waits on them inside execute: never inline either
+        self.inline_capable = not self._is_async and not model.uses_bls
+        # decoupled async models run their executions concurrently on a loop thread
+        self._concurrent = self._is_async and model.decoupled
+        self._bg_loop: asyncio.AbstractEventLoop | None = None
+        self._bg_thread: threading.Thread | None = None
 
     def _run_coroutine(self, coro):
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(coro)
 
+    def _background_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._bg_loop
+        if loop is None:
+            loop = self._bg_loop = asyncio.new_event_loop()
+            self._bg_thread = threading.Thread(target=loop.run_forever, daemon=True,
+                                               name=f"naiad-{self.name}-async")
+            self._bg_thread.start()
+        return loop
+
+    def _execute_concurrently(self, requests: list[core.InferenceRequest], wrapped) -> None:
+        """A decoupled model's async execute: start it and return at once.
+
+        Triton runs a decoupled model's coroutines concurrently; their
+        responses go through the response senders whenever they are ready.
+        """
+        server = self.model.ctx.server
+        instance = self
+
+        async def run():
+            pb_utils._context.server = server
+            pb_utils._context.instance = instance
+            return await self._execute(wrapped)
+
+        fut = asyncio.run_coroutine_threadsafe(run(), self._background_loop())
+        model = self.model
+
+        def done(f) -> None:
+            exc = f.exception()
+            if exc is None:
+                return
+            log.error("model instance '%s' execute failed: %s: %s", self.name,
+                      type(exc).__name__, exc)
+            err = _model_error(self.name, exc)
+            for r in requests:
+                if not r.responded:
+                    model.deliver(r, core.InferenceResponse(error=err), True)
+
+        fut.add_done_callback(done)
+
     def execute(self, requests: list[core.InferenceRequest]):
         model = self.model
         pb_utils._context.server = model.ctx.server
+        pb_utils._context.instance = self
         wrap = pb_utils.InferenceRequest._wrap
         wrapped = [wrap(r, model) for r in requests]
         t_in = time.monotonic_ns()
         for r in requests:
             r.compute_input_end_ns = t_in
+        if self._concurrent:
+            self._execute_concurrently(requests, wrapped)
+            return None
         try:
             result = self._execute(wrapped)
             if self._is_async or inspect.isawaitable(result):
@@ -279,4 +352,24 @@ class PythonInstance(BackendInstance):
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+        bg = self._bg_loop
+        if bg is not None:
+            self._bg_loop = None
+
+            async def drain():  # let executions still running finish (bounded)
+                current = asyncio.current_task()
+                pending = [t for t in asyncio.all_tasks() if t is not current]
+                if pending:
+                    await asyncio.wait(pending, timeout=30)
+
+            try:
+                asyncio.run_coroutine_threadsafe(drain(), bg).result(timeout=35)
+            except Exception:
+                log.warning("instance '%s': async executions still running at unload",
+                            self.name)
+            bg.call_soon_threadsafe(bg.stop)
+            if self._bg_thread is not None:
+                self._bg_thread.join(timeout=5)
+            if not bg.is_running():
+                bg.close()
 

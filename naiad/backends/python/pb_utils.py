@@ -526,6 +526,10 @@ class InferenceRequest:
 
         return await bls.async_execute(self, decoupled)
 
+    def stream_exec(self):
+        """The older spelling of ``exec(decoupled=True)``."""
+        return self.exec(decoupled=True)
+
 
 # -- auto-complete --------------------------------------------------------------------------
 
@@ -672,3 +676,17 @@ def is_model_ready(model_name: str, model_version: str = "") -> bool:
         return False
     version = int(model_version) if str(model_version).strip() else -1
     return server.model_ready(model_name, version)
+
+
+def load_model(model_name: str, config: str = "", files: dict | None = None) -> None:
+    """Load (or reload) a model from a model's code (explicit control mode only)."""
+    from naiad.backends.python import bls
+
+    bls.load_model(model_name, config, files)
+
+
+def unload_model(model_name: str, unload_dependents: bool = False) -> None:
+    """Unload a model from a model's code (explicit control mode only)."""
+    from naiad.backends.python import bls
+
+    bls.unload_model(model_name, unload_dependents)

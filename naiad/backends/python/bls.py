@@ -1,0 +1,355 @@
+"""Business Logic Scripting: python models calling other models in-process.
+
+``pb_utils.InferenceRequest(...).exec()`` (and ``async_exec``) land here. A
+BLS call builds one core request whose input tensors are the caller's numpy
+arrays (no copy, no serialisation), submits it straight to the target's
+``Model.submit`` and waits on a lock the response callback releases: no
+event-loop hop, no IPC. An idle cheap target runs inline on the caller's own
+thread, so a BLS call to a small python model costs about as much as a
+function call plus validation. That is the difference from Triton, where every
+BLS call crosses from the stub process to the server and back through shared
+memory.
+
+The calling thread may block while it waits; schedulers never need the event
+loop to make progress, so that is safe even in the rare case the caller runs
+on the loop thread (an inline execution). That case is detected and the
+calling instance is taken off inline execution for good, so the loop is not
+held again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from naiad.backends.python import pb_utils
+from naiad.core import types as core
+from naiad.core.errors import NaiadError
+
+if TYPE_CHECKING:
+    from naiad.core.model import Model
+
+# Triton's texts for the failures a BLS call reports in its response
+_DECOUPLED_NEEDS_STREAM = (
+    "Model {name} is using the decoupled. The current BLS request call doesn't support models "
+    "using the decoupled transaction policy. Please use 'decoupled=True' argument to the 'exec' "
+    "or 'async_exec' calls for decoupled models.'"
+)
+_NOT_READY = "Failed for execute the inference request. Model '{name}' is not ready."
+_RUN_ERROR = "Model {name} - Error when running inference: {message}"
+
+
+def _error_response(message: str, code: int = pb_utils.TritonError.INTERNAL
+                    ) -> pb_utils.InferenceResponse:
+    return pb_utils.InferenceResponse([], pb_utils.TritonError(message, code))
+
+
+def _from_core(resp: core.InferenceResponse | None) -> pb_utils.InferenceResponse:
+    if resp is None:  # a decoupled stream closed without a last response
+        return pb_utils.InferenceResponse([])
+    return pb_utils.InferenceResponse._from_core(resp)
+
+
+def _build(pb_request: pb_utils.InferenceRequest) -> core.InferenceRequest:
+    """The core request for a BLS request; tensors are shared, not copied."""
+    if pb_request._core is not None:
+        raise pb_utils.TritonModelException(
+            "a request the model received cannot be executed again; build a new "
+            "pb_utils.InferenceRequest for the BLS call")
+    inputs: dict[str, core.Tensor] = {}
+    for t in pb_request._inputs:
+        if not isinstance(t, pb_utils.Tensor):
+            raise pb_utils.TritonModelException(
+                f"BLS inputs must be pb_utils.Tensor objects, got {type(t).__name__}")
+        inputs[t._name] = core.Tensor(t._name, t._wire, t._array)
+    names = pb_request._requested_output_names
+    requested = {n: core.RequestedOutput(n) for n in names} if names else None
+    version = pb_request._model_version
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise pb_utils.TritonModelException(
+            f"model_version must be an integer, got {version!r}") from None
+    params = pb_request._parameters
+    request = core.InferenceRequest(
+        pb_request._model_name, inputs, model_version=version, id=pb_request._request_id,
+        requested_outputs=requested, parameters=dict(params) if params else {},
+        correlation_id=pb_request._correlation_id, flags=pb_request._flags,
+        timeout_us=int(pb_request._timeout or 0),
+    )
+    return request
+
+
+def _target(pb_request: pb_utils.InferenceRequest, decoupled: bool
+            ) -> tuple[Model | None, pb_utils.InferenceResponse | None]:
+    """The target model, or the error response that replaces the call."""
+    server = pb_utils._current_server()
+    name = pb_request._model_name
+    if server is None:
+        return None, _error_response(_RUN_ERROR.format(
+            name=name, message="no server is running to execute BLS requests"))
+    try:
+        version = int(pb_request._model_version)
+    except (TypeError, ValueError):
+        version = -1
+    try:
+        model = server.get_model(name, version)
+    except NaiadError:
+        return None, _error_response(_RUN_ERROR.format(name=name,
+                                                       message=_NOT_READY.format(name=name)))
+    if model.decoupled and not decoupled:
+        return None, _error_response(_RUN_ERROR.format(
+            name=name, message=_DECOUPLED_NEEDS_STREAM.format(name=name)))
+    return model, None
+
+
+def _guard_loop_thread() -> None:
+    """A BLS call on the server's event loop thread: stop inline runs of the caller.
+
+    The call itself still completes (schedulers do not need the loop), but
+    the loop would be held for its whole duration; the calling instance goes
+    back to its worker thread from now on.
+    """
+    server = pb_utils._current_server()
+    if server is None or getattr(server, "_loop_thread", 0) != threading.get_ident():
+        return
+    caller = getattr(pb_utils._context, "instance", None)
+    if caller is not None:
+        stop_inline(caller)
+
+
+def stop_inline(backend_instance: Any) -> None:
+    """Never run this backend instance inline on a submitting thread again."""
+    backend_instance.inline_capable = False
+    owner = getattr(backend_instance, "model", None)
+    model = getattr(owner, "model", None)
+    scheduler = getattr(model, "scheduler", None)
+    for inst in getattr(scheduler, "instances", ()) or ():
+        if inst.backend is backend_instance:
+            inst.inline_enabled = False
+
+
+class _Waiter:
+    """The response of one non-decoupled BLS call, handed over through a lock."""
+
+    __slots__ = ("lock", "response")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.response: core.InferenceResponse | None = None
+
+    def __call__(self, response: core.InferenceResponse | None, final: bool) -> None:
+        if final:
+            self.response = response
+            self.lock.release()
+
+
+def _submit(model: Model, request: core.InferenceRequest) -> pb_utils.InferenceResponse | None:
+    """Submit; an error response if the target refuses the request."""
+    try:
+        model.submit(request)
+    except NaiadError as exc:
+        return _error_response(_RUN_ERROR.format(name=request.model_name, message=exc.message),
+                               pb_utils.TritonError._CODES.get(exc.kind,
+                                                               pb_utils.TritonError.INTERNAL))
+    return None
+
+
+def _timeout_s(request: core.InferenceRequest) -> float:
+    return request.timeout_us / 1e6 if request.timeout_us > 0 else -1
+
+
+def execute(pb_request: pb_utils.InferenceRequest, decoupled: bool = False):
+    """``InferenceRequest.exec``: a response, or an iterator of them if ``decoupled``."""
+    request = _build(pb_request)
+    model, error = _target(pb_request, decoupled)
+    if error is not None:
+        return iter([error]) if decoupled else error
+    _guard_loop_thread()
+    if decoupled:
+        stream = ResponseIterator(request)
+        request.set_response_callback(stream._on_response)
+        error = _submit(model, request)
+        if error is not None:
+            return iter([error])
+        return stream
+    waiter = _Waiter()
+    request.set_response_callback(waiter)
+    error = _submit(model, request)
+    if error is not None:
+        return error
+    if not waiter.lock.acquire(timeout=_timeout_s(request)):
+        request.cancelled = True
+        return _error_response(_RUN_ERROR.format(
+            name=request.model_name, message="Request timeout expired"),
+            pb_utils.TritonError.CANCELLED)
+    return _from_core(waiter.response)
+
+
+async def async_execute(pb_request: pb_utils.InferenceRequest, decoupled: bool = False):
+    """``await InferenceRequest.async_exec``: never blocks the model's event loop."""
+    request = _build(pb_request)
+    model, error = _target(pb_request, decoupled)
+    if error is not None:
+        return _single_async(error) if decoupled else error
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+    if decoupled:
+        stream = AsyncResponseIterator(request, loop, loop_thread)
+        request.set_response_callback(stream._on_response)
+        error = _submit(model, request)
+        return _single_async(error) if error is not None else stream
+    fut = loop.create_future()
+
+    def on_response(response: core.InferenceResponse | None, final: bool) -> None:
+        if not final:
+            return
+        if threading.get_ident() == loop_thread:
+            _resolve(fut, response)
+        else:
+            loop.call_soon_threadsafe(_resolve, fut, response)
+
+    request.set_response_callback(on_response)
+    error = _submit(model, request)
+    if error is not None:
+        return error
+    timeout = _timeout_s(request)
+    try:
+        if timeout > 0:
+            response = await asyncio.wait_for(fut, timeout)
+        else:
+            response = await fut
+    except asyncio.TimeoutError:
+        request.cancelled = True
+        return _error_response(_RUN_ERROR.format(
+            name=request.model_name, message="Request timeout expired"),
+            pb_utils.TritonError.CANCELLED)
+    except asyncio.CancelledError:
+        request.cancelled = True
+        raise
+    return _from_core(response)
+
+
+def _resolve(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+async def _single_async(response: pb_utils.InferenceResponse
+                        ) -> AsyncIterator[pb_utils.InferenceResponse]:
+    yield response
+
+
+class ResponseIterator(Iterator):
+    """The responses of a decoupled BLS call, as they arrive.
+
+    As in Triton, the stream ends with the final response; when the target
+    closes the stream with only the final flag, that last response is empty.
+    """
+
+    def __init__(self, request: core.InferenceRequest):
+        self._request = request
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._done = False
+
+    def _on_response(self, response: core.InferenceResponse | None, final: bool) -> None:
+        self._queue.put((response, final))
+
+    def __iter__(self) -> "ResponseIterator":
+        return self
+
+    def __next__(self) -> pb_utils.InferenceResponse:
+        if self._done:
+            raise StopIteration
+        timeout = _timeout_s(self._request)
+        try:
+            response, final = self._queue.get(timeout=timeout if timeout > 0 else None)
+        except queue.Empty:
+            self._done = True
+            self._request.cancelled = True
+            return _error_response(_RUN_ERROR.format(
+                name=self._request.model_name, message="Request timeout expired"),
+                pb_utils.TritonError.CANCELLED)
+        if final:
+            self._done = True
+        return _from_core(response)
+
+    def cancel(self) -> None:
+        """Ask the target to stop (it sees ``is_cancelled()``)."""
+        self._request.cancelled = True
+
+
+class AsyncResponseIterator:
+    """The async counterpart of :class:`ResponseIterator` (``async for``)."""
+
+    def __init__(self, request: core.InferenceRequest, loop: asyncio.AbstractEventLoop,
+                 loop_thread: int):
+        self._request = request
+        self._loop = loop
+        self._loop_thread = loop_thread
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._done = False
+
+    def _on_response(self, response: core.InferenceResponse | None, final: bool) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._queue.put_nowait((response, final))
+        else:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, (response, final))
+
+    def __aiter__(self) -> "AsyncResponseIterator":
+        return self
+
+    async def __anext__(self) -> pb_utils.InferenceResponse:
+        if self._done:
+            raise StopAsyncIteration
+        response, final = await self._queue.get()
+        if final:
+            self._done = True
+        return _from_core(response)
+
+    def cancel(self) -> None:
+        self._request.cancelled = True
+
+
+# -- model management from BLS -------------------------------------------------------
+
+
+def _run_on_server_loop(coro_factory, what: str):
+    server = pb_utils._current_server()
+    if server is None:
+        raise pb_utils.TritonModelException(f"no server is running to {what}")
+    loop = getattr(server, "_loop", None)
+    if loop is None or threading.get_ident() == getattr(server, "_loop_thread", 0):
+        raise pb_utils.TritonModelException(
+            f"cannot {what} from the server's event loop thread")
+    fut = asyncio.run_coroutine_threadsafe(coro_factory(server), loop)
+    try:
+        return fut.result()
+    except NaiadError as exc:
+        raise pb_utils.TritonModelException(
+            exc.message, pb_utils.TritonError._CODES.get(exc.kind, pb_utils.TritonError.INTERNAL)
+        ) from None
+
+
+def load_model(model_name: str, config: str = "", files: dict | None = None) -> None:
+    """``pb_utils.load_model``: load (or reload) a model; explicit control mode only."""
+    parsed = None
+    if config:
+        from naiad.repository.config import parse_config_json
+
+        parsed = parse_config_json(config)
+    file_map = {k[len("file:"):] if k.startswith("file:") else k: bytes(v)
+                for k, v in (files or {}).items()}
+    _run_on_server_loop(
+        lambda server: server.load_model(model_name, config=parsed, files=file_map or None),
+        f"load model '{model_name}'")
+
+
+def unload_model(model_name: str, unload_dependents: bool = False) -> None:
+    """``pb_utils.unload_model``; explicit control mode only."""
+    _run_on_server_loop(lambda server: server.unload_model(model_name, unload_dependents),
+                        f"unload model '{model_name}'")
