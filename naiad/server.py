@@ -314,6 +314,13 @@ class Server:
         response = await self.infer(request)
         return {t.name: t.data for t in response.outputs}
 
+    async def generate_http(self, name: str, version: int, body: bytes | bytearray,
+                            stream: bool, send: Any) -> None:
+        """The generate extension (HTTP only): see ``naiad.frontends.generate``."""
+        from naiad.frontends import generate
+
+        await generate.serve(self, name, version, body, stream, send)
+
     # -- repository -----------------------------------------------------------------
 
     def _check_control(self, action: str) -> None:
