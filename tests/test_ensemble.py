@@ -358,8 +358,12 @@ def test_ensemble_composes_with_a_steps_dynamic_batcher(repo):
         direct = await server.infer_numpy("simple_onnx", {"INPUT0": x})
         outs = await asyncio.gather(*[server.infer_numpy("onnx_ens", {"IN": x})
                                       for _ in range(32)])
+        for _ in range(100):  # statistics are recorded just after the response is delivered
+            ens = server.model_statistics("onnx_ens")["model_stats"][0]
+            if ens["inference_stats"]["success"]["count"] == 32:
+                break
+            await asyncio.sleep(0.01)
         stats = server.model_statistics("simple_onnx")["model_stats"][0]
-        ens = server.model_statistics("onnx_ens")["model_stats"][0]
         return direct, outs, stats, ens
 
     direct, outs, stats, ens = run(repo, go)
@@ -412,7 +416,11 @@ def test_ensemble_metadata_config_and_statistics_over_http(dag_repo):
             client.infer("diamond", [bad])
         assert info.value.status() == "500"
         assert "in ensemble 'diamond', double refuses negative input" in info.value.message()
-        stats = client.get_inference_statistics("diamond")["model_stats"][0]
+        for _ in range(100):  # recorded just after the response went out
+            stats = client.get_inference_statistics("diamond")["model_stats"][0]
+            if stats["inference_stats"]["fail"]["count"] == 1:
+                break
+            time.sleep(0.01)
         assert stats["inference_stats"]["success"]["count"] == 1
         assert stats["inference_stats"]["fail"]["count"] == 1
         double = client.get_inference_statistics("double")["model_stats"][0]
