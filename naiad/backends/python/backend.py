@@ -167,6 +167,11 @@ class PythonBackend(Backend):
             log.warning(
                 "model '%s': EXECUTION_ENV_PATH is ignored; naiad runs python models in the "
                 "server's own environment", ctx.name)
+        if "EXECUTION_MODE" in params:
+            from naiad.backends.python import process
+
+            if process.execution_mode(ctx.config) == "process":
+                return process.load(ctx)  # instances in worker processes
         return PythonModel(ctx)
 
 
