@@ -32,7 +32,7 @@ import traceback
 from pathlib import Path
 
 # benchmarks/ is on sys.path as the script's directory
-from harness import loadgen, models, report
+from harness import loadgen, models, pipelines, report
 from harness.servers import NaiadServer, ReferenceTriton, ServerUnavailable, pid_alive
 from harness.v2 import http_infer
 
@@ -45,7 +45,7 @@ REFERENCE_SCRIPT = REPO_ROOT.parent / "shared" / "reference" / "triton.sh"
 PROJECT_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 EXPORT_VENV_PYTHON = WORK / "venv-export" / "bin" / "python"
 
-SCENARIOS = ("add_sub", "minilm")
+SCENARIOS = ("add_sub", "minilm") + tuple(pipelines.RUNNERS)
 
 
 def log(msg: str) -> None:
@@ -388,7 +388,11 @@ def main(argv=None) -> int:
         for name in args.only:
             log(f"=== {name} ===")
             try:
-                res["scenarios"][name] = (run_add_sub if name == "add_sub" else run_minilm)(ctx)
+                if name in pipelines.RUNNERS:  # harness/pipelines.py
+                    res["scenarios"][name] = pipelines.RUNNERS[name](ctx, WORK, LOGS, log)
+                else:
+                    res["scenarios"][name] = (run_add_sub if name == "add_sub"
+                                              else run_minilm)(ctx)
             except Exception as e:  # noqa: BLE001 - keep the other scenario's numbers
                 traceback.print_exc()
                 res["scenarios"][name] = {"error": f"{type(e).__name__}: {e}"}

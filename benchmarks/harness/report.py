@@ -176,6 +176,9 @@ def render_markdown(res: dict) -> str:
                        f"| {_f(ratio, 2)} |")
         out.append("")
 
+    from .pipelines import render as render_pipelines
+
+    out += render_pipelines(sc)
     out += [("⚠ marks a measurement with errors (non-200 responses, socket errors or timeouts); "
             "its numbers are not comparable. Full data: `latest.json`."), ""]
     return "\n".join(out)

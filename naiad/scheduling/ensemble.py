@@ -446,6 +446,7 @@ class EnsembleScheduler:
             for tensor in set(s.input_map.values()):
                 self.consumers.setdefault(tensor, []).append(s)
         self.output_names = [io.name for io in config.output]
+        self._outputs = frozenset(self.output_names)
         self.input_names = [io.name for io in config.input]
         self._need = [s.need for s in self.steps]
         self.active = 0
@@ -459,7 +460,7 @@ class EnsembleScheduler:
         with self._active_lock:
             self.active += 1
         request.compute_start_ns = time.monotonic_ns()
-        outputs = set(self.output_names)
+        outputs = self._outputs
         branch = _Branch({}, list(self._need), len(outputs))
         ready: list[_Step] = []
         for name in self.input_names:
@@ -586,7 +587,7 @@ class EnsembleScheduler:
         complete = False
         with run.lock:
             tensors = branch.tensors
-            outputs = self.output_names
+            outputs = self._outputs
             for model_out, ens in step.output_map.items():
                 t = produced.get(model_out)
                 if t is None:

@@ -261,10 +261,14 @@ class ProcessInstance(BackendInstance):
         self.generation += 1
         self.dead = False
         self.results = queue.SimpleQueue()
-        self.reader = threading.Thread(target=self._read,
-                                       args=(self.conn, self.results, self.generation),
-                                       name=f"naiad-{self.name}-reader", daemon=True)
-        self.reader.start()
+        if self.model.decoupled:
+            # responses arrive whenever the model sends them: a thread reads them all
+            self.reader = threading.Thread(target=self._read,
+                                           args=(self.conn, self.results, self.generation),
+                                           name=f"naiad-{self.name}-reader", daemon=True)
+            self.reader.start()
+        else:
+            self.reader = None  # execute() reads its result itself: one hand-off fewer
 
     def _kill(self) -> None:
         proc = self.proc
@@ -398,7 +402,7 @@ class ProcessInstance(BackendInstance):
         t_in = time.monotonic_ns()
         for r in requests:
             r.compute_input_end_ns = t_in
-        msg = self.results.get()
+        msg = self.results.get() if self.reader is not None else self._recv()
         if msg[0] == "dead":
             self._after_death(requests)
             raise self._death_error()
@@ -426,6 +430,13 @@ class ProcessInstance(BackendInstance):
                     unpack_tensors(item["outputs"], self.out_region, copy=True),
                     parameters=item.get("parameters") or None))
         return out
+
+    def _recv(self):
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            self.dead = True
+            return ("dead",)
 
     def _after_death(self, requests: list[core.InferenceRequest]) -> None:
         with self.streams_lock:

@@ -2,6 +2,7 @@ import os
 
 import numpy as np
 import ocrlib
+
 import triton_python_backend_utils as pb_utils
 
 

@@ -1,4 +1,5 @@
 import ocrlib
+
 import triton_python_backend_utils as pb_utils
 
 
