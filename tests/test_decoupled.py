@@ -78,7 +78,11 @@ def test_a_decoupled_model_streams_n_responses_sent_after_execute_returns(repo):
         results = {n: await collect(server, "repeat", n) for n in (0, 1, 7)}
         results["err"] = await collect(server, "repeat", -1)
         concurrent = await asyncio.gather(*[collect(server, "repeat", 5) for _ in range(10)])
-        stats = server.model_statistics("repeat")["model_stats"][0]
+        for _ in range(200):  # recorded just after the final response is delivered
+            stats = server.model_statistics("repeat")["model_stats"][0]
+            if stats["inference_stats"]["success"]["count"] == 13:
+                break
+            await asyncio.sleep(0.01)
         return results, concurrent, stats
 
     results, concurrent, stats = run(repo, go)

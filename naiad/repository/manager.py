@@ -27,6 +27,7 @@ from naiad.core.errors import (
     InvalidArgument,
     NaiadError,
     NotFound,
+    Unavailable,
     as_naiad_error,
 )
 from naiad.core.instance import ModelInstance
