@@ -45,7 +45,7 @@ REFERENCE_SCRIPT = REPO_ROOT.parent / "shared" / "reference" / "triton.sh"
 PROJECT_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 EXPORT_VENV_PYTHON = WORK / "venv-export" / "bin" / "python"
 
-SCENARIOS = ("add_sub", "minilm") + tuple(pipelines.RUNNERS)
+SCENARIOS = ("add_sub", "minilm", "startup") + tuple(pipelines.RUNNERS)
 
 
 def log(msg: str) -> None:
@@ -316,6 +316,17 @@ def run_minilm(ctx: Ctx) -> dict:
     return scn
 
 
+def run_startup(ctx: Ctx) -> dict:
+    """100 small python models: launch to ready, naiad vs reference (harness/startup.py)."""
+    from harness import startup
+
+    naiad_exe, _ = NaiadServer.find_exe(REPO_ROOT)
+    return startup.run_startup(
+        lambda repo: NaiadServer(repo, ctx.server_cpus, LOGS, naiad_exe),
+        lambda repo: ReferenceTriton(repo, ctx.server_cpus, LOGS, REFERENCE_SCRIPT),
+        WORK, log, runs=2 if ctx.args.quick else 3)
+
+
 # ------------------------------------------------------------------ main
 
 def parse_args(argv=None):
@@ -391,8 +402,9 @@ def main(argv=None) -> int:
                 if name in pipelines.RUNNERS:  # harness/pipelines.py
                     res["scenarios"][name] = pipelines.RUNNERS[name](ctx, WORK, LOGS, log)
                 else:
-                    res["scenarios"][name] = (run_add_sub if name == "add_sub"
-                                              else run_minilm)(ctx)
+                    runner = {"add_sub": run_add_sub, "minilm": run_minilm,
+                              "startup": run_startup}[name]
+                    res["scenarios"][name] = runner(ctx)
             except Exception as e:  # noqa: BLE001 - keep the other scenario's numbers
                 traceback.print_exc()
                 res["scenarios"][name] = {"error": f"{type(e).__name__}: {e}"}

@@ -268,9 +268,6 @@ UNBUILT: list[tuple[Callable[[ServerOptions], bool], str]] = [
     (lambda o: bool(o.trace_config), "--trace-config is not supported yet"),
     (lambda o: bool(o.metrics_config), "--metrics-config is not supported yet"),
     (lambda o: o.grpc_use_ssl or o.grpc_use_ssl_mutual, "--grpc-use-ssl is not supported yet"),
-    (lambda o: o.model_control_mode == "poll", "--model-control-mode=poll is not supported yet"),
-    (lambda o: any("://" in r for r in o.model_repositories),
-     "remote (s3/gs/as) model repositories are not supported yet"),
     (lambda o: o.allow_sagemaker, "--allow-sagemaker: the SageMaker endpoint is not served"),
     (lambda o: o.allow_vertex_ai, "--allow-vertex-ai: the Vertex AI endpoint is not served"),
     # accepted silently these would change nothing: refused until they are built
@@ -336,9 +333,49 @@ async def run(options: ServerOptions) -> int:
         return _fail(f"unable to open log file: {exc}")
     server = Server(options)
     server.log_settings = settings
+
     try:
-        await server.start()
+        await server.check()
     except NaiadError as exc:
+        return _fail(_creating_server_error(exc))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = {"count": 0}
+
+    def on_signal() -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            log.warning("second signal received: exiting now")
+            os._exit(1)
+        log.info("signal received, shutting down (waiting up to %ss for in-flight requests)",
+                 options.exit_timeout_secs)
+        server.shutting_down = True  # not ready, new inference refused, from this moment
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            pass
+
+    starting = asyncio.ensure_future(server.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # a signal during startup: stop loading, shut down
+        starting.cancel()
+        try:
+            await starting
+        except (asyncio.CancelledError, Exception):
+            pass
+        clean = await server.stop()
+        if not clean:
+            _exit_now(1)
+        log.info("server stopped")
+        return 0
+    try:
+        starting.result()
+    except NaiadError as exc:
+        stopping.cancel()
         await server.stop(timeout=5)
         return _fail(_creating_server_error(exc))
     rows = server.manager.status_rows()
@@ -352,37 +389,35 @@ async def run(options: ServerOptions) -> int:
     if server.load_failures():
         log.error("failed to load all models")
         if options.exit_on_error:
+            stopping.cancel()
             await server.stop(timeout=options.exit_timeout_secs)
             return _fail("creating server: Internal - failed to load all models")
+    # as tritonserver: the endpoints open once the startup loads are done
     try:
         await server.start_frontends()
     except OSError as exc:
+        stopping.cancel()
         await server.stop(timeout=5)
         # "[Errno 98] ..." is noise: the message already names the address
         return _fail(exc.strerror if exc.errno is not None and exc.strerror else str(exc))
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = {"count": 0}
-
-    def on_signal() -> None:
-        signals["count"] += 1
-        if signals["count"] > 1:
-            log.warning("second signal received: exiting now")
-            os._exit(1)
-        log.info("signal received, shutting down (waiting up to %ss for in-flight requests)",
-                 options.exit_timeout_secs)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, on_signal)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-            pass
-    await stop.wait()
-    await server.stop()
+    await stopping
+    clean = await server.stop()
+    if not clean:
+        log.error("failed to stop server: Internal - Exit timeout expired. Exiting immediately.")
+        _exit_now(1)  # threads still busy in models must not hold the process
     log.info("server stopped")
     return 0
+
+
+def _exit_now(code: int) -> None:
+    for handler in logging.getLogger().handlers + logging.getLogger("naiad").handlers:
+        try:
+            handler.flush()
+        except Exception:
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -68,7 +67,9 @@ class Server:
         self.frontends: list[Any] = []
         self.started = False
         self.shutting_down = False
+        self.stopped = False
         self.start_time = time.time()
+        self.poller: Any = None  # the repository poller in poll mode
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         # subsystems later work plugs in (shared memory, metrics, tracing, logging)
@@ -78,24 +79,41 @@ class Server:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Check the repositories and load models as the control mode says."""
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
+    async def check(self) -> None:
+        """Check the options and that every repository can be read (no model is loaded).
+
+        ``start`` does this itself; the command line calls it first so that a
+        bad repository fails before any port is bound.
+        """
         opts = self.options
         if not opts.model_repositories:
             raise InvalidArgument("at least one --model-repository is required")
-        for repo in opts.model_repositories:
-            if "://" in repo:
-                raise Unsupported(f"remote model repository '{repo}' is not supported yet")
-            if not os.path.isdir(repo):
-                raise InvalidArgument(f"failed to stat file {repo}: model repository not found")
+        if any("://" in r for r in opts.model_repositories):
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.manager.check_repositories)
+        else:
+            self.manager.check_repositories()
         mode = opts.model_control_mode
         if mode not in (MODE_NONE, MODE_POLL, MODE_EXPLICIT):
             raise InvalidArgument(f"unexpected value for --model-control-mode: '{mode}'")
         if opts.load_models and mode != MODE_EXPLICIT:
             raise InvalidArgument(
                 "--load-model can only be used with --model-control-mode=explicit")
+        self._checked = True
+
+    async def start(self) -> None:
+        """Check the repositories and load models as the control mode says.
+
+        The server is ready (``ready()``) only once this returns: every model
+        the mode asks for has finished loading (and warming up). In poll mode
+        the repository poller starts afterwards.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        opts = self.options
+        if not getattr(self, "_checked", False):
+            await self.check()
+        mode = opts.model_control_mode
         if mode == MODE_EXPLICIT:
             names = opts.load_models
             if "*" in names:
@@ -104,7 +122,14 @@ class Server:
                 await self.manager.load_all(names)
         else:
             await self.manager.load_all()
+        if self.shutting_down:
+            return
         self.started = True
+        if mode == MODE_POLL:
+            from naiad.repository.poll import RepositoryPoller
+
+            self.poller = RepositoryPoller(self.manager, opts.repository_poll_secs)
+            self.poller.start()
 
     async def start_frontends(self) -> None:
         """Bind and start the network endpoints the options allow.
@@ -113,6 +138,9 @@ class Server:
         started are stopped again.
         """
         opts = self.options
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
         specs: list[tuple[str, Any]] = []
         if opts.allow_grpc:
             try:
@@ -170,21 +198,50 @@ class Server:
     def load_failures(self) -> list[tuple[str, str, str]]:
         return [row for row in self.manager.status_rows() if row[2].startswith("UNAVAILABLE")]
 
-    async def stop(self, timeout: float | None = None) -> None:
-        """Stop frontends, finish in-flight work, unload every model."""
+    async def stop(self, timeout: float | None = None) -> bool:
+        """Shut down gracefully: drain, close the frontends, unload every model.
+
+        At once the server reports not ready and the frontends refuse new
+        inference (UNAVAILABLE); requests already accepted finish, within
+        ``timeout`` (default ``--exit-timeout-secs``) in all. Then the
+        frontends close and every model drains its queue and is finalized,
+        users (ensembles) before the models they call. Returns False if the
+        timeout expired with work still in flight.
+        """
+        if self.stopped:
+            return True
         self.shutting_down = True
+        loop = asyncio.get_running_loop()
+        wait = self.options.exit_timeout_secs if timeout is None else timeout
+        deadline = loop.time() + wait
+        clean = True
+        if self.poller is not None:
+            await self.poller.stop()
+        for fe in self.frontends:
+            drain = getattr(fe, "drain", None)
+            if drain is None:
+                continue
+            try:
+                if await drain(max(0.0, deadline - loop.time())) is False:
+                    clean = False
+            except Exception:
+                log.exception("draining %s failed", type(fe).__name__)
         for fe in reversed(self.frontends):
             try:
                 await fe.stop()
             except Exception:
                 log.exception("stopping %s failed", type(fe).__name__)
         self.frontends.clear()
-        wait = self.options.exit_timeout_secs if timeout is None else timeout
         try:
-            await asyncio.wait_for(self.manager.unload_all(), timeout=wait)
+            await asyncio.wait_for(self.manager.unload_all(),
+                                   timeout=max(0.1, deadline - loop.time()))
         except asyncio.TimeoutError:
-            log.warning("exit timeout of %ss reached with requests still in flight", wait)
+            clean = False
+        if not clean:
+            log.error("Exit timeout of %ss expired with requests still in flight", wait)
         self.started = False
+        self.stopped = True
+        return clean
 
     async def __aenter__(self) -> "Server":
         await self.start()
@@ -196,9 +253,11 @@ class Server:
     # -- health and metadata ------------------------------------------------------
 
     def live(self) -> bool:
-        return not self.shutting_down
+        """Live from the start until the process exits (draining included)."""
+        return not self.stopped
 
     def ready(self) -> bool:
+        """Startup done, not shutting down, and (strict) every wanted model serving."""
         if not self.started or self.shutting_down:
             return False
         if self.options.strict_readiness:
@@ -206,6 +265,8 @@ class Server:
         return True
 
     def model_ready(self, name: str, version: int = -1) -> bool:
+        if self.shutting_down:
+            return False
         return self.manager.model_ready(name, version)
 
     def metadata(self) -> dict:
@@ -259,7 +320,14 @@ class Server:
                     loop.call_soon_threadsafe(_set_future, fut, response)
 
         request.set_response_callback(on_response)
-        model.submit(request)
+        try:
+            model.submit(request)
+        except Unavailable:
+            if model.accepting:
+                raise
+            # the version retired between lookup and submit (a reload): the new one serves
+            model = self.manager.get_model(request.model_name, request.model_version)
+            model.submit(request)
         try:
             response = await fut
         except asyncio.CancelledError:
@@ -285,7 +353,13 @@ class Server:
             loop.call_soon_threadsafe(queue.put_nowait, (response, final))
 
         request.set_response_callback(on_response)
-        model.submit(request)
+        try:
+            model.submit(request)
+        except Unavailable:
+            if model.accepting:
+                raise
+            model = self.manager.get_model(request.model_name, request.model_version)
+            model.submit(request)
         try:
             while True:
                 response, final = await queue.get()
@@ -324,12 +398,11 @@ class Server:
     # -- repository -----------------------------------------------------------------
 
     def _check_control(self, action: str) -> None:
+        if self.shutting_down:
+            raise Unavailable("Server not ready")
         if self.options.model_control_mode != MODE_EXPLICIT:
-            raise Unavailable(
-                f"explicit model {action} is not allowed if polling is enabled"
-                if self.options.model_control_mode == MODE_POLL
-                else f"explicit model {action} is not allowed if model control is disabled"
-            )
+            # Triton's words in both none and poll mode
+            raise Unavailable("explicit model load / unload is not allowed if polling is enabled")
 
     def repository_index(self, ready_only: bool = False) -> list[dict]:
         return self.manager.index(ready_only)
@@ -340,36 +413,43 @@ class Server:
         await self.manager.load_model(name, config_override=config, files=files)
 
     async def load_model_from_parameters(self, name: str, params: dict) -> None:
-        """The repository load API: ``config`` (JSON) and ``file:<path>`` parameters."""
+        """The repository load API: ``config`` (JSON) and ``file:<path>`` parameters.
+
+        ``file:`` values are the file's bytes: base64 text over HTTP, raw
+        bytes over gRPC; both are accepted. Files need ``config`` and make up
+        the whole model folder (paths relative to it, e.g. ``file:1/model.py``).
+        """
         self._check_control("load")
         config = None
         files: dict[str, bytes] = {}
         for key, value in params.items():
             if key == "config":
+                if isinstance(value, (bytes, bytearray)):
+                    value = bytes(value).decode("utf-8", "replace")
                 if not isinstance(value, str):
                     raise InvalidArgument("the 'config' parameter must be a JSON string")
                 from naiad.repository.config import parse_config_json
 
                 config = parse_config_json(value)
             elif key.startswith("file:"):
-                import base64
-                import binascii
-
-                if not isinstance(value, str):
-                    raise InvalidArgument(f"parameter '{key}' must be a base64 string")
-                try:
-                    files[key[len("file:"):]] = base64.b64decode(value, validate=True)
-                except (binascii.Error, ValueError):
-                    raise InvalidArgument(f"parameter '{key}' is not valid base64") from None
+                files[key[len("file:"):]] = _file_parameter(key, value)
+            else:
+                raise InvalidArgument(f"unexpected load parameter '{key}': expected 'config' "
+                                      "or 'file:<version>/<path>'")
         if files and config is None:
-            raise InvalidArgument("load parameters with files must also provide 'config'")
-        if files:
-            raise Unsupported("loading a model from files in the request is not supported yet")
-        await self.manager.load_model(name, config_override=config)
+            raise InvalidArgument(
+                "Load parameter 'config' must be specified for model file override")
+        await self.manager.load_model(name, config_override=config, files=files or None)
 
-    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+    async def unload_model(self, name: str, unload_dependents: bool = False,
+                           wait: bool = False) -> None:
+        """The repository unload API: returns once ``name`` takes no new requests.
+
+        Accepted requests finish and the model is finalized in the background
+        (as Triton's API does); ``wait=True`` waits for all of that.
+        """
         self._check_control("unload")
-        await self.manager.unload_model(name, unload_dependents)
+        await self.manager.unload_model(name, unload_dependents, wait=wait)
 
     # -- statistics ---------------------------------------------------------------------
 
@@ -392,6 +472,21 @@ class Server:
                     f"requested model version is not available for model '{name}'")
             return {"model_stats": [model.stats.as_dict()]}
         return {"model_stats": [entry.ready[v].stats.as_dict() for v in sorted(entry.ready)]}
+
+
+def _file_parameter(key: str, value: Any) -> bytes:
+    """A ``file:`` load parameter's bytes: raw (gRPC bytes_param) or base64 text (HTTP)."""
+    import base64
+    import binascii
+
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if not isinstance(value, str):
+        raise InvalidArgument(f"parameter '{key}' must be base64 text or bytes")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"parameter '{key}' is not valid base64") from None
 
 
 def make_request(

@@ -125,6 +125,9 @@ def render_markdown(res: dict) -> str:
         "",
     ]
     sc = res.get("scenarios", {})
+    for scn in sc.values():  # scenarios that render themselves
+        if isinstance(scn, dict) and scn.get("markdown"):
+            out += scn["markdown"]
 
     a = sc.get("add_sub")
     if a:

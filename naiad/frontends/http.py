@@ -23,6 +23,7 @@ from naiad.core.errors import (
     InvalidArgument,
     NaiadError,
     NotFound,
+    Unavailable,
     Unsupported,
     as_naiad_error,
 )
@@ -34,6 +35,9 @@ log = logging.getLogger("naiad.http")
 JSON = (b"Content-Type", b"application/json")
 OCTET = (b"Content-Type", b"application/octet-stream")
 TEXT = (b"Content-Type", b"text/plain")
+
+# The answer to new inference once a graceful shutdown has begun (503)
+SHUTTING_DOWN = "Server is shutting down: new inference requests are not accepted"
 
 
 class HttpError(Exception):
@@ -147,6 +151,8 @@ class HttpApp:
         if action == "infer" and len(rest) == 1:
             if method != "POST":
                 raise HttpError(405, "Method Not Allowed")
+            if self.server.shutting_down:
+                raise Unavailable(SHUTTING_DOWN)
             await self.infer(name, version, scope, receive, send)
             return
         if action == "" and not rest:
@@ -166,6 +172,8 @@ class HttpApp:
             await self._send_json(send, 200, self.server.model_statistics(name, version))
         elif action in ("generate", "generate_stream") and len(rest) == 1:
             self._require(method, "POST")
+            if self.server.shutting_down:
+                raise Unavailable(SHUTTING_DOWN)
             handler = getattr(self.server, "generate_http", None)
             if handler is None:
                 raise Unsupported("the generate extension is not available")
@@ -536,6 +544,26 @@ class HttpFrontend:
         uv.lifespan = config.lifespan_class(config)
         await uv.startup(sockets=[self._sock])
         self._uv = uv
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for the requests in progress to finish (shutdown's first step).
+
+        The socket stays open meanwhile: health probes are answered (not
+        ready) and new inference is refused with 503, so clients get a clear
+        answer rather than a refused connection. False if ``timeout`` ran out.
+        """
+        if self._own is not None:
+            tasks = self._own.state.tasks
+        elif self._uv is not None:
+            tasks = self._uv.server_state.tasks
+        else:
+            return True
+        current = asyncio.current_task()
+        pending = [t for t in tasks if t is not current and not t.done()]
+        if not pending:
+            return True
+        _, still = await asyncio.wait(pending, timeout=max(0.0, timeout))
+        return not still
 
     async def stop(self) -> None:
         own = self._own

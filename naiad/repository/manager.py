@@ -6,7 +6,16 @@ UNLOADING, UNAVAILABLE with a reason). Loads run on a bounded thread pool
 another. A reload builds the new versions beside the old ones and swaps the
 version table in one assignment once they are ready: requests already
 accepted finish on the version they reached, new requests see the new one,
-and nothing accepted fails because of the swap.
+and nothing accepted fails because of the swap. A version whose files and
+configuration are unchanged is kept as it is; a change of instance counts
+only adds or removes instances; a change whose load fails leaves the old
+versions serving.
+
+Model folders come from sources (``storage.py``: local folders, object
+storage copied into a local cache) or from files sent with a load request.
+Dependencies between models (ensemble steps) come from
+``dependencies.py``: they are loaded first, and unloading a model unloads
+the models that use it.
 
 The inference hot path touches only ``get_model``: two dict lookups.
 """
@@ -18,6 +27,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +44,8 @@ from naiad.core.instance import ModelInstance
 from naiad.core.model import Model
 from naiad.protocol import model_config_pb2 as mc
 from naiad.repository import config as cfg
+from naiad.repository import storage
+from naiad.repository.dependencies import dependencies_of
 from naiad.scheduling import create_scheduler
 
 if TYPE_CHECKING:
@@ -45,6 +57,7 @@ LOADING = "LOADING"
 READY = "READY"
 UNLOADING = "UNLOADING"
 UNAVAILABLE = "UNAVAILABLE"
+UNLOADED = "unloaded"  # the reason of a version that was unloaded on purpose
 
 
 @dataclasses.dataclass
@@ -53,6 +66,21 @@ class VersionState:
     state: str
     reason: str = ""
     model: Model | None = None
+    # What the version was built from (folder, configuration without instance
+    # counts, files): a reload keeps a READY version whose basis is unchanged.
+    basis: tuple | None = None
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A configuration read, completed and validated, and the versions to serve."""
+
+    config: mc.ModelConfig
+    versions: list[int]
+    model_dir: str
+    repository: str
+    fingerprint: storage.ModelFingerprint
+    config_key: bytes
 
 
 class ModelEntry:
@@ -72,6 +100,14 @@ class ModelEntry:
         self.lock = asyncio.Lock()
         # names of models this one needs (ensemble steps), for explicit-mode bookkeeping
         self.dependencies: set[str] = set()
+        # the repository it was found in (None: files sent with a load request)
+        self.source: storage.RepositorySource | None = None
+        # a folder written from a load request's files, removed when no longer served
+        self.override_dir = ""
+        # the repository's files as the last load attempt saw them (poll mode compares)
+        self.polled: storage.ModelFingerprint | None = None
+        # False once unloaded: readiness no longer waits for it
+        self.wanted = True
 
     def publish(self, versions: dict[int, VersionState]) -> None:
         """Swap in a new version table atomically for readers."""
@@ -80,18 +116,42 @@ class ModelEntry:
         self.ready = ready
         self.default = ready[max(ready)] if ready else None
 
+    def has_models(self) -> bool:
+        return any(s.model is not None or s.state == LOADING for s in self.versions.values())
+
+
+def _config_key(config: mc.ModelConfig) -> bytes:
+    """The configuration with instance counts left out (a count change reloads nothing)."""
+    c = mc.ModelConfig()
+    c.CopyFrom(config)
+    for group in c.instance_group:
+        group.count = 0
+    return c.SerializeToString(deterministic=True)
+
+
+def _allow_inline(config: mc.ModelConfig) -> bool:
+    param = config.parameters.get("NAIAD_INLINE_EXECUTION")
+    return not (param is not None and
+                param.string_value.strip().lower() in ("off", "false", "0"))
+
 
 class ModelRepositoryManager:
     def __init__(self, options: "ServerOptions", server: Any = None):
         self.options = options
         self.server = server
         self.repositories: list[str] = list(options.model_repositories)
+        self.sources: list[storage.RepositorySource] = [
+            storage.open_repository(r) for r in self.repositories]
         self.models: dict[str, ModelEntry] = {}
+        # name -> repositories holding a folder of that name, when more than one
+        self.duplicates: dict[str, list[str]] = {}
+        self._listing: dict[str, list[str]] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, options.model_load_thread_count),
             thread_name_prefix="naiad-load",
         )
         self._listeners: list[Callable[[str], None]] = []
+        self._tasks: set[asyncio.Future] = set()
 
     # -- lookups (hot path) --------------------------------------------------------
 
@@ -102,15 +162,14 @@ class ModelRepositoryManager:
         if version < 0:
             model = entry.default
             if model is None:
-                # Triton: NOT_FOUND (HTTP 404)
-                raise NotFound(f"Request for unknown model: '{name}' has no available versions")
+                raise NotFound(
+                    f"Request for unknown model: '{name}' has no available versions")
             return model
         model = entry.ready.get(version)
         if model is None:
             state = entry.versions.get(version)
             if state is None:
                 raise NotFound(f"Request for unknown model: '{name}' version {version} is not found")
-            # Triton: UNAVAILABLE (HTTP 503)
             raise Unavailable(
                 f"Request for unknown model: '{name}' version {version} is not at ready state"
             )
@@ -125,122 +184,202 @@ class ModelRepositoryManager:
         return version in entry.ready
 
     def all_ready(self) -> bool:
-        """Every model that should be loaded is READY (strict readiness)."""
+        """Every model meant to be loaded serves, and no version failed (strict readiness).
+
+        A model being reloaded counts as ready: its old version serves until
+        the new one takes over. Unloaded models do not count.
+        """
         for entry in self.models.values():
-            if entry.reason:
+            if not entry.wanted:
+                continue
+            if entry.default is None:
                 return False
             for state in entry.versions.values():
-                if state.state != READY:
+                if state.state == UNAVAILABLE and state.reason != UNLOADED:
                     return False
         return True
 
-    def model_dirs(self) -> dict[str, tuple[str, str]]:
-        """name -> (repository, model_dir) for every model folder in every repository."""
-        found: dict[str, tuple[str, str]] = {}
-        dupes: set[str] = set()
-        for repo in self.repositories:
-            try:
-                names = sorted(os.listdir(repo))
-            except OSError as exc:
-                log.error("unable to read model repository '%s': %s", repo, exc)
-                continue
+    # -- repositories ---------------------------------------------------------------
+
+    def check_repositories(self) -> None:
+        """Raise if a repository cannot be read at all (blocking: remote ones are asked)."""
+        for source in self.sources:
+            source.check()
+
+    def discover(self) -> dict[str, storage.RepositorySource]:
+        """name -> source for every model folder in every repository (blocking)."""
+        found: dict[str, storage.RepositorySource] = {}
+        where: dict[str, list[str]] = {}
+        for source in self.sources:
+            names = source.list_models()
+            self._listing[source.url] = names
             for name in names:
-                path = os.path.join(repo, name)
-                if not os.path.isdir(path) or name.startswith("."):
-                    continue
-                if name in found:
-                    dupes.add(name)
-                    continue
-                found[name] = (repo, path)
-        self.duplicates = dupes
+                where.setdefault(name, []).append(source.url)
+                found.setdefault(name, source)
+        self.duplicates = {n: urls for n, urls in where.items() if len(urls) > 1}
         return found
+
+    async def _discover(self) -> dict[str, storage.RepositorySource]:
+        if any(s.remote for s in self.sources):
+            return await asyncio.get_running_loop().run_in_executor(None, self.discover)
+        return self.discover()
+
+    def model_dirs(self) -> dict[str, tuple[str, str]]:
+        """name -> (repository, model folder) for every model folder (local listing)."""
+        return {n: (s.url, s.location(n)) for n, s in self.discover().items()}
+
+    def _known_names(self) -> set[str]:
+        names: set[str] = set()
+        for source in self.sources:
+            if source.remote:
+                names.update(self._listing.get(source.url, ()))
+            else:
+                names.update(source.list_models())
+        return names
 
     # -- loading -------------------------------------------------------------------------
 
     async def load_all(self, names: list[str] | None = None) -> None:
         """Load every model in the repositories (or just ``names``), in parallel."""
-        dirs = self.model_dirs()
-        wanted = sorted(dirs) if names is None else names
-        tasks = [self.load_model(n, _dirs=dirs) for n in wanted]
+        found = await self._discover()
+        wanted = sorted(found) if names is None else list(dict.fromkeys(names))
+        tasks = [self.load_model(n, _found=found) for n in wanted]
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for name, res in zip(wanted, results):
+                if isinstance(res, NaiadError) and name not in self.models:
+                    # asked for by name (--load-model) but not found: say so in the table
+                    entry = self._entry(name)
+                    entry.reason = res.message
+                    entry.publish({})
 
     async def load_model(
         self,
         name: str,
         config_override: mc.ModelConfig | None = None,
         files: dict[str, bytes] | None = None,
-        _dirs: dict | None = None,
+        _found: dict | None = None,
+        _stack: tuple[str, ...] = (),
+        _dirs: dict | None = None,  # accepted for callers of the earlier signature
     ) -> None:
-        """Load (or reload) a model; raises NaiadError when it ends UNAVAILABLE."""
-        dirs = _dirs if _dirs is not None else self.model_dirs()
-        if name in getattr(self, "duplicates", set()):
-            entry = self._entry(name, "", "")
-            entry.reason = (
-                f"model '{name}' appears in more than one model repository; a model name must "
-                "be unique across repositories"
-            )
-            entry.publish({})
-            raise InvalidArgument(entry.reason)
-        loc = dirs.get(name)
-        if loc is None:
-            raise NotFound(f"failed to load '{name}', failed to poll from model repository")
-        repo, model_dir = loc
-        entry = self._entry(name, repo, model_dir)
-        async with entry.lock:
-            await self._load_locked(entry, config_override)
-        if entry.reason:
-            raise InvalidArgument(entry.reason)
-        failed = [s for s in entry.versions.values() if s.state == UNAVAILABLE]
-        if failed and not entry.ready:
-            raise InvalidArgument(failed[0].reason)
+        """Load (or reload) a model; raises NaiadError when the load failed.
 
-    def _entry(self, name: str, repo: str, model_dir: str) -> ModelEntry:
+        ``files``: model files sent with the request (paths relative to the
+        model folder), served from a folder of their own instead of the
+        repository; they need ``config_override``.
+        """
+        override_dir = ""
+        source: storage.RepositorySource | None = None
+        if files:
+            if config_override is None:
+                raise InvalidArgument(
+                    "Load parameter 'config' must be specified for model file override")
+            override_dir = await asyncio.get_running_loop().run_in_executor(
+                None, storage.write_override_files, name, files)
+        else:
+            found = _found if _found is not None else await self._discover()
+            if name in self.duplicates:
+                entry = self._entry(name)
+                entry.wanted = True
+                entry.reason = (
+                    f"model '{name}' appears in more than one model repository "
+                    f"({', '.join(self.duplicates[name])}); a model name must be unique across "
+                    "repositories")
+                if not entry.ready:
+                    entry.publish({})
+                self._notify(name)
+                raise InvalidArgument(entry.reason)
+            source = found.get(name)
+            if source is None:
+                raise InvalidArgument(
+                    f"failed to load '{name}', failed to poll from model repository")
+        entry = self._entry(name)
+        async with entry.lock:
+            error = await self._load_locked(entry, source, override_dir, config_override,
+                                            _stack + (name,))
+        if error:
+            raise InvalidArgument(error)
+
+    def _entry(self, name: str, repo: str = "", model_dir: str = "") -> ModelEntry:
         entry = self.models.get(name)
         if entry is None:
             entry = ModelEntry(name, repo, model_dir)
             self.models[name] = entry
-        else:
-            entry.repository, entry.model_dir = repo or entry.repository, model_dir or entry.model_dir
         return entry
 
-    async def _load_locked(self, entry: ModelEntry, override: mc.ModelConfig | None) -> None:
+    async def _load_locked(self, entry: ModelEntry, source: storage.RepositorySource | None,
+                           override_dir: str, override: mc.ModelConfig | None,
+                           stack: tuple[str, ...]) -> str:
+        """Load under the entry's lock; returns the failure message ("" on success)."""
         loop = asyncio.get_running_loop()
+        name = entry.name
+        entry.wanted = True
         try:
-            config, versions = await loop.run_in_executor(
-                self._pool, self._prepare_config, entry, override
-            )
-            if config.platform == "ensemble":
-                from naiad.scheduling import ensemble
+            prep = await loop.run_in_executor(
+                self._pool, self._prepare, entry, source, override_dir, override)
+        except Exception as exc:  # noqa: BLE001 - a bad model must not break the others
+            if override_dir:
+                shutil.rmtree(override_dir, ignore_errors=True)
+            if isinstance(exc, NaiadError):
+                reason = exc.message
+            else:
+                log.exception("failed to load '%s'", name)
+                reason = f"failed to load model '{name}': {as_naiad_error(exc).message}"
+            log.error("failed to load '%s': %s", name, reason)
+            entry.reason = reason
+            if not entry.ready:
+                # keep records of unloaded versions; nothing serves
+                entry.publish({v: s for v, s in entry.versions.items()
+                               if s.state == UNAVAILABLE and s.reason == UNLOADED})
+            self._notify(name)
+            return reason
 
-                await ensemble.prepare(self, entry, config)  # checks, loads what it uses
-        except NaiadError as exc:
-            entry.reason = exc.message
-            log.error("failed to load '%s': %s", entry.name, exc.message)
-            # keep serving what was ready (a failed reload keeps the old versions)
+        # models this one needs come first
+        deps = dependencies_of(prep.config)
+        entry.dependencies = deps
+        missing = ""
+        if prep.config.platform == "ensemble":
+            from naiad.scheduling import ensemble
+
+            try:  # validates the steps against their models, loading those first
+                await ensemble.prepare(self, entry, prep.config)
+            except NaiadError as exc:
+                missing = exc.message
+        if not missing:
+            missing = await self._load_dependencies(name, deps, stack)
+        if missing:
+            if override_dir:
+                shutil.rmtree(override_dir, ignore_errors=True)
+            entry.reason = missing
+            log.error("failed to load '%s': %s", name, missing)
             if not entry.ready:
-                entry.publish({})
-            self._notify(entry.name)
-            return
-        except Exception as exc:  # an unexpected failure while reading the config
-            entry.reason = f"failed to load model '{entry.name}': {as_naiad_error(exc).message}"
-            log.exception("failed to load '%s'", entry.name)
-            if not entry.ready:
-                entry.publish({})
-            self._notify(entry.name)
-            return
-        entry.reason = ""
+                entry.publish({v: VersionState(v, UNAVAILABLE, missing) for v in prep.versions})
+            self._notify(name)
+            return f"load failed for model '{name}': {missing}"
+
+        entry.source = source
+        entry.repository = prep.repository
+        entry.model_dir = prep.model_dir
+        config, versions = prep.config, prep.versions
         old = dict(entry.versions)
-        same_config = entry.config is not None and entry.config == config
-        keep = {v: s for v, s in old.items() if v in versions and s.state == READY and same_config}
+        basis = {v: (prep.model_dir, prep.config_key, prep.fingerprint.shared,
+                     prep.fingerprint.version(v)) for v in versions}
+        keep: dict[int, VersionState] = {}
+        for v in versions:
+            s = old.get(v)
+            if s is not None and s.state == READY and s.basis == basis[v] and s.model is not None:
+                if await self._resize_instances(s.model, config):
+                    keep[v] = s
         to_load = [v for v in versions if v not in keep]
+
         # show the new versions as LOADING beside the ones serving
-        staged = dict(old)
-        for v in to_load:
-            if v not in staged or staged[v].state != READY:
-                staged[v] = VersionState(v, LOADING)
-        entry.versions = staged
-        self._notify(entry.name)
+        if to_load:
+            staged = dict(old)
+            for v in to_load:
+                if v not in staged or staged[v].state != READY:
+                    staged[v] = VersionState(v, LOADING)
+            entry.versions = staged
+            self._notify(name)
 
         results = await asyncio.gather(
             *[loop.run_in_executor(self._pool, self._load_version, entry, config, v)
@@ -248,34 +387,124 @@ class ModelRepositoryManager:
             return_exceptions=True,
         )
         new: dict[int, VersionState] = dict(keep)
+        errors: list[str] = []
         for v, res in zip(to_load, results):
             if isinstance(res, Model):
-                new[v] = VersionState(v, READY, model=res)
+                new[v] = VersionState(v, READY, model=res, basis=basis[v])
+                continue
+            err = as_naiad_error(res) if isinstance(res, BaseException) else NaiadError(str(res))
+            reason = err.message
+            log.error("failed to load '%s' version %d: %s", name, v, reason)
+            errors.append(f"version {v} is at UNAVAILABLE state: {reason};\n")
+            prev = old.get(v)
+            if prev is not None and prev.state == READY:
+                new[v] = prev  # a failed reload leaves the serving version in place
             else:
-                err = as_naiad_error(res) if isinstance(res, BaseException) else NaiadError(str(res))
-                reason = err.message
-                log.error("failed to load '%s' version %d: %s", entry.name, v, reason)
-                prev = old.get(v)
-                if prev is not None and prev.state == READY:
-                    # a failed reload leaves the serving version in place
-                    new[v] = prev
-                    entry.reason = reason
+                new[v] = VersionState(v, UNAVAILABLE, reason)
+        retired: list[Model] = []
+        retiring: dict[int, VersionState] = {}
+        for v, s in old.items():
+            if v in new:
+                if s.model is not None and new[v].model is not s.model:
+                    retired.append(s.model)  # replaced in place by a new build
+                continue
+            if s.state == READY and s.model is not None:
+                if errors:
+                    new[v] = s  # a change that failed keeps what was serving
                 else:
-                    new[v] = VersionState(v, UNAVAILABLE, reason)
-        retired = [s.model for v, s in old.items()
-                   if s.model is not None and (v not in new or new[v].model is not s.model)]
-        if not entry.reason:
+                    retiring[v] = VersionState(v, UNLOADING, model=s.model)
+            elif s.state == UNAVAILABLE and s.reason == UNLOADED:
+                new[v] = s  # Triton keeps the record of an unloaded version
+        entry.reason = "" if not errors else "".join(errors)
+        if not errors or entry.config is None:
             entry.config = config
-        entry.publish(new)
-        self._notify(entry.name)
+        published = dict(new)
+        published.update(retiring)
+        entry.publish(published)
+        self._notify(name)
         for model in retired:
             await self._retire(model)
+        if retiring:
+            for s in retiring.values():
+                await self._retire(s.model)
+            final = dict(entry.versions)
+            for v, s in retiring.items():
+                cur = final.get(v)
+                if cur is not None and cur.model is s.model:
+                    final[v] = VersionState(v, UNAVAILABLE, UNLOADED)
+            entry.publish(final)
+            self._notify(name)
+        if override_dir:
+            in_use = {s.model.model_dir for s in entry.versions.values() if s.model is not None}
+            if override_dir in in_use:
+                previous, entry.override_dir = entry.override_dir, override_dir
+                if previous and previous != override_dir:
+                    self._drop_unused_override(entry, previous)
+            else:
+                shutil.rmtree(override_dir, ignore_errors=True)
+        else:
+            self._drop_unused_override(entry)  # the repository's files replaced request files
+        if errors:
+            return f"load failed for model '{name}': " + "".join(errors)
+        return ""
 
-    def _prepare_config(self, entry: ModelEntry,
-                        override: mc.ModelConfig | None) -> tuple[mc.ModelConfig, list[int]]:
-        """Read, complete, normalise and validate the config; pick the versions."""
+    def _drop_unused_override(self, entry: ModelEntry, folder: str = "") -> None:
+        """Remove a folder written from request files once no served version uses it."""
+        folder = folder or entry.override_dir
+        if not folder:
+            return
+        in_use = {s.model.model_dir for s in entry.versions.values() if s.model is not None}
+        if folder not in in_use:
+            shutil.rmtree(folder, ignore_errors=True)
+            if entry.override_dir == folder:
+                entry.override_dir = ""
+
+    async def _load_dependencies(self, name: str, deps: set[str],
+                                 stack: tuple[str, ...]) -> str:
+        """Make sure every dependency serves; returns what is missing ("" if nothing)."""
+        for dep in sorted(deps):
+            if dep in stack:
+                return f"circular dependency between models: {' -> '.join(stack + (dep,))}"
+            entry = self.models.get(dep)
+            if entry is not None and entry.default is not None and entry.wanted:
+                continue
+            try:
+                await self.load_model(dep, _stack=stack)
+            except NaiadError as exc:
+                return f"model '{name}' depends on '{dep}', which failed to load: {exc.message}"
+            entry = self.models.get(dep)
+            if entry is None or entry.default is None:
+                return f"model '{name}' depends on '{dep}', which has no ready version"
+        return ""
+
+    def _prepare(self, entry: ModelEntry, source: storage.RepositorySource | None,
+                 override_dir: str, override: mc.ModelConfig | None) -> _Prepared:
+        """Fetch, read, complete, normalise and validate the config; pick the versions.
+
+        Runs on the load pool (it may download a remote model).
+        """
+        if override_dir:
+            model_dir, repository = override_dir, ""
+        else:
+            assert source is not None
+            model_dir, repository = source.materialize(entry.name), source.url
+        fingerprint = storage.local_fingerprint(model_dir)
+        if source is not None:
+            entry.polled = fingerprint if not source.remote else source.fingerprint(entry.name)
+        config = self._read_config(entry, model_dir, override)
+        available = cfg.available_versions(model_dir)
+        versions = cfg.select_versions(config, available)
+        if not versions:
+            raise cfg.ConfigError(
+                f"at least one version must be available under the version policy of model "
+                f"'{entry.name}'", model_dir)
+        return _Prepared(config, versions, model_dir, repository, fingerprint,
+                         _config_key(config))
+
+    def _read_config(self, entry: ModelEntry, model_dir: str,
+                     override: mc.ModelConfig | None) -> mc.ModelConfig:
         opts = self.options
-        model_dir = entry.model_dir
+        name = entry.name
         text = None
         if override is not None:
             config = mc.ModelConfig()
@@ -290,9 +519,9 @@ class ModelRepositoryManager:
                         "--strict-model-config/--disable-auto-complete-config)", path)
                 path = model_dir  # later errors name the folder, not a file that is not there
         if not config.name:
-            config.name = entry.name
-        if config.name != entry.name:
-            cfg.validate(config, entry.name, path, text)  # raises the name mismatch
+            config.name = name
+        if config.name != name:
+            cfg.validate(config, name, path, text)  # raises the name mismatch
         available = cfg.available_versions(model_dir)
         cfg.resolve_backend(config, model_dir, available)
         if opts.auto_complete_config and config.backend:
@@ -309,14 +538,9 @@ class ModelRepositoryManager:
                 raise cfg.ConfigError(f"auto-complete failed: {exc}", path) from None
         cfg.normalize(config)
         # inputs and outputs are checked per version (_load_version), as Triton does
-        cfg.validate(config, entry.name, path, text, io=False)
+        cfg.validate(config, name, path, text, io=False)
         entry.config_source = (path, text)
-        versions = cfg.select_versions(config, available)
-        if not versions:
-            raise cfg.ConfigError(
-                f"at least one version must be available under the version policy of model "
-                f"'{entry.name}'", model_dir)
-        return config, versions
+        return config
 
     def _backend_config(self, backend: str) -> dict[str, str]:
         merged = dict(self.options.backend_config.get("", {}))
@@ -349,30 +573,9 @@ class ModelRepositoryManager:
                       entry.repository)
         backend_model.model = model
         instances: list[ModelInstance] = []
-        inline_param = vconfig.parameters.get("NAIAD_INLINE_EXECUTION")
-        allow_inline = not (inline_param is not None and
-                            inline_param.string_value.strip().lower() in ("off", "false", "0"))
         try:
             for gi, group in enumerate(vconfig.instance_group):
-                kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
-                fallback = False
-                if kind == "KIND_GPU":
-                    log.warning(
-                        "model '%s': instance group '%s' asks for KIND_GPU but no GPU is "
-                        "available; running it on the CPU", entry.name, group.name)
-                    fallback = True
-                devices = list(group.gpus) or [0]
-                for i in range(group.count):
-                    spec = InstanceSpec(
-                        name=f"{group.name}_{i}",
-                        kind="KIND_CPU" if fallback else kind,
-                        device_id=devices[i % len(devices)] if kind == "KIND_GPU" else 0,
-                        group_index=gi,
-                        index_in_group=i,
-                        gpu_fallback=fallback,
-                    )
-                    instances.append(ModelInstance(model, spec, backend_model.create_instance(spec),
-                                                   allow_inline))
+                instances += self._create_instances(model, gi, range(group.count))
         except BaseException:
             for inst in instances:
                 inst._finalize()
@@ -382,7 +585,108 @@ class ModelRepositoryManager:
                 pass
             raise
         model.scheduler = create_scheduler(model, instances)
+        try:
+            self._warm_up(model)
+        except BaseException:
+            self._stop_unready(model)
+            raise
         return model
+
+    def _create_instances(self, model: Model, group_index: int, indices) -> list[ModelInstance]:
+        """The instances ``indices`` of one instance group (the version's config)."""
+        vconfig = model.config
+        group = vconfig.instance_group[group_index]
+        backend_model = model.backend_model
+        allow_inline = _allow_inline(vconfig)
+        kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
+        fallback = False
+        if kind == "KIND_GPU":
+            log.warning(
+                "model '%s': instance group '%s' asks for KIND_GPU but no GPU is "
+                "available; running it on the CPU", model.name, group.name)
+            fallback = True
+        devices = list(group.gpus) or [0]
+        out: list[ModelInstance] = []
+        try:
+            for i in indices:
+                spec = InstanceSpec(
+                    name=f"{group.name}_{i}",
+                    kind="KIND_CPU" if fallback else kind,
+                    device_id=devices[i % len(devices)] if kind == "KIND_GPU" else 0,
+                    group_index=group_index,
+                    index_in_group=i,
+                    gpu_fallback=fallback,
+                )
+                out.append(ModelInstance(model, spec, backend_model.create_instance(spec),
+                                         allow_inline))
+        except BaseException:
+            for inst in out:
+                inst._finalize()
+            raise
+        return out
+
+    def _warm_up(self, model: Model) -> None:
+        """Model warmup runs here: after the instances exist, before the version is READY.
+
+        (``model_warmup`` belongs to the scheduling work: it gives ``Model`` a
+        ``warmup()`` method; a version whose warmup fails does not load.)
+        """
+        warmup = getattr(model, "warmup", None)
+        if warmup is not None:
+            warmup()
+
+    def _stop_unready(self, model: Model) -> None:
+        """Tear down a version that never became READY (on the load pool)."""
+        try:
+            asyncio.run(model.stop())
+        except Exception:
+            log.exception("cleaning up '%s' version %d failed", model.name, model.version)
+
+    async def _resize_instances(self, model: Model, config: mc.ModelConfig) -> bool:
+        """Match a served version's instance counts to ``config`` without reloading it.
+
+        False when the scheduler cannot change its instances (the version is
+        then reloaded instead).
+        """
+        groups = model.config.instance_group
+        if len(groups) != len(config.instance_group):
+            return False
+        if all(g.count == n.count for g, n in zip(groups, config.instance_group)):
+            return True
+        sched = model.scheduler
+        if not (hasattr(sched, "add_instances") and hasattr(sched, "remove_instances")):
+            return False
+        loop = asyncio.get_running_loop()
+        for gi, (group, target) in enumerate(zip(groups, config.instance_group)):
+            have = sorted((i for i in sched.instances if i.spec.group_index == gi),
+                          key=lambda i: i.spec.index_in_group)
+            want = target.count
+            if want > len(have):
+                used = {i.spec.index_in_group for i in have}
+                indices = []
+                k = 0
+                while len(indices) < want - len(have):
+                    if k not in used:
+                        indices.append(k)
+                    k += 1
+                group.count = want  # before creating: instances read the config
+                try:
+                    new = await loop.run_in_executor(
+                        self._pool, self._create_instances, model, gi, indices)
+                except Exception as exc:  # noqa: BLE001
+                    group.count = len(have)
+                    log.error("adding instances to '%s' failed: %s", model.name, exc)
+                    return False
+                sched.add_instances(new)
+                log.info("model '%s' version %d: instance group '%s' grew to %d", model.name,
+                         model.version, group.name, want)
+            elif want < len(have):
+                await sched.remove_instances(have[want:])
+                group.count = want
+                log.info("model '%s' version %d: instance group '%s' shrank to %d",
+                         model.name, model.version, group.name, want)
+        model._config_dict = None  # the config endpoint shows the new counts
+        return True
 
     async def _retire(self, model: Model) -> None:
         try:
@@ -390,52 +694,144 @@ class ModelRepositoryManager:
         except Exception:
             log.exception("unloading '%s' version %d failed", model.name, model.version)
 
-    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+    # -- unloading ---------------------------------------------------------------------------
+
+    async def unload_model(self, name: str, unload_dependents: bool = False,
+                           wait: bool = True) -> None:
+        """Unload a model, the models that use it, and (``unload_dependents``) what it uses.
+
+        New requests stop reaching the models at once; accepted ones finish,
+        then the models are finalized. ``wait=False`` returns as soon as
+        ``name`` no longer takes requests (Triton's API does not wait for the
+        drain); the rest goes on in the background. Unloading a model that is
+        not loaded does nothing, as in Triton.
+        """
+        order = self._unload_order(name, unload_dependents)
+        if not order:
+            return
+        staged = asyncio.Event()
+        task = asyncio.ensure_future(self._unload_in_order(order, name, staged))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if wait:
+            await task
+        else:
+            await staged.wait()
+
+    def _users_of(self, name: str) -> list[str]:
+        return sorted(n for n, e in self.models.items()
+                      if n != name and name in e.dependencies and e.has_models())
+
+    def _unload_order(self, name: str, unload_dependents: bool) -> list[str]:
+        """Users first (they call the model), then the model, then what it alone used."""
         entry = self.models.get(name)
         if entry is None:
-            raise NotFound(f"failed to unload '{name}', model is not loaded")
-        async with entry.lock:
-            old = entry.versions
-            staged = {v: VersionState(v, UNLOADING, model=s.model) if s.state == READY else s
-                      for v, s in old.items()}
-            # new requests stop reaching it at once; accepted ones finish
-            entry.versions = staged
-            entry.ready = {}
-            entry.default = None
-            self._notify(name)
-            for s in old.values():
-                if s.model is not None:
-                    await self._retire(s.model)
-            entry.publish({v: VersionState(v, UNAVAILABLE, "unloaded") for v in old})
-            entry.config = None
-            entry.reason = ""
-            self._notify(name)
-        if unload_dependents and entry.dependencies:
-            # the models an ensemble is composed of go too, unless another loaded
-            # ensemble still uses them
-            from naiad.scheduling import ensemble
+            return []
+        order: list[str] = []
 
-            for dep in sorted(entry.dependencies):
+        def add_with_users(n: str, path: tuple[str, ...]) -> None:
+            for user in self._users_of(n):
+                if user not in order and user not in path:
+                    add_with_users(user, path + (user,))
+            if n not in order:
+                order.append(n)
+
+        add_with_users(name, (name,))
+        if unload_dependents:
+            pending = sorted(entry.dependencies)
+            while pending:
+                dep = pending.pop(0)
                 dentry = self.models.get(dep)
-                if dentry is None or not dentry.ready or ensemble.dependents(self, dep):
+                if dep in order or dentry is None or not dentry.has_models():
                     continue
-                try:
-                    await self.unload_model(dep, unload_dependents=True)
-                except NaiadError as exc:
-                    log.warning("unloading '%s' (used by '%s') failed: %s", dep, name,
-                                exc.message)
+                still_used = [u for u in self._users_of(dep) if u not in order]
+                if still_used:
+                    continue
+                order.append(dep)
+                pending += sorted(dentry.dependencies)
+        return order
+
+    async def _unload_in_order(self, order: list[str], name: str,
+                               staged: asyncio.Event) -> None:
+        try:
+            for n in order:
+                entry = self.models.get(n)
+                if entry is None:
+                    continue
+                async with entry.lock:
+                    models = self._stage_unload(entry)
+                if n == order[-1]:
+                    # every model of the order now refuses new requests (users were
+                    # drained before the models they call stopped taking requests)
+                    staged.set()
+                await self._finish_unload(entry, models)
+        finally:
+            staged.set()
+
+    def _stage_unload(self, entry: ModelEntry) -> list[tuple[int, Model]]:
+        """Stop routing to the entry's versions (they show UNLOADING)."""
+        models = [(v, s.model) for v, s in entry.versions.items()
+                  if s.model is not None and s.state in (READY, UNLOADING)]
+        staged = {v: VersionState(v, UNLOADING, model=s.model)
+                  if s.model is not None and s.state == READY else s
+                  for v, s in entry.versions.items()}
+        entry.wanted = False
+        entry.versions = staged
+        entry.ready = {}
+        entry.default = None
+        entry.reason = ""
+        self._notify(entry.name)
+        return models
+
+    async def _finish_unload(self, entry: ModelEntry, models: list[tuple[int, Model]]) -> None:
+        async with entry.lock:
+            await asyncio.gather(*[self._retire(m) for _, m in models])
+            final = dict(entry.versions)
+            for v, m in models:
+                cur = final.get(v)
+                if cur is not None and cur.model is m:
+                    final[v] = VersionState(v, UNAVAILABLE, UNLOADED)
+            entry.publish(final)
+            if not entry.wanted:
+                entry.config = None
+            self._drop_unused_override(entry)
+            self._notify(entry.name)
 
     async def unload_all(self) -> None:
-        await asyncio.gather(*[self.unload_model(n) for n in list(self.models)],
-                             return_exceptions=True)
+        """Unload everything, users before the models they use; then stop the pool."""
+        remaining = {n for n, e in self.models.items() if e.has_models()}
+        while remaining:
+            layer = [n for n in remaining
+                     if not any(n in self.models[m].dependencies for m in remaining if m != n)]
+            if not layer:  # a cycle: just unload the rest together
+                layer = list(remaining)
+            await asyncio.gather(*[self.unload_model(n, wait=True) for n in layer],
+                                 return_exceptions=True)
+            remaining -= set(layer)
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        for entry in self.models.values():
+            self._drop_unused_override(entry)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def forget(self, name: str) -> None:
+        """Unload a model whose folder left the repository and drop its entry (poll mode)."""
+        await self.unload_model(name, wait=True)
+        entry = self.models.get(name)
+        if entry is not None and not entry.wanted and not entry.has_models():
+            self.models.pop(name, None)
+            self._notify(name)
 
     # -- reporting -------------------------------------------------------------------------
 
     def index(self, ready_only: bool = False) -> list[dict]:
-        """Triton's repository index: name, version, state, reason per model version."""
+        """Triton's repository index: name, version, state, reason per model version.
+
+        Every model folder in every repository appears (by name alone while
+        never loaded), and so does every model loaded from request files.
+        """
         out: list[dict] = []
-        for name in sorted(set(self.models) | set(self.model_dirs())):
+        for name in sorted(set(self.models) | self._known_names()):
             entry = self.models.get(name)
             if entry is None or (not entry.versions and not entry.reason):
                 if not ready_only:
