@@ -9,10 +9,16 @@ never waits on a model. But a thread hand-off costs ~30 µs here (two wake-ups
 and a GIL transfer), more than a small python model's whole ``execute``. So
 an instance whose backend allows it (``BackendInstance.inline_capable``: the
 python backend) may run a batch directly on the submitting thread when it is
-idle and its recent executions were short. Any execution slower than
-``INLINE_SLOW_NS`` turns that off for a back-off period that doubles on each
-repeat, so a model that turns slow goes back to its thread and the loop is
-never held for long.
+idle and its recent executions were short.
+
+The rules: an instance's first ``WARMUP_EXECUTIONS`` batches run on its
+thread, and inline runs start only while the moving average of execution time
+stays under ``INLINE_MAX_AVG_NS`` (so a model that sleeps or blocks never
+holds the loop, not even once). Two inline runs slower than ``INLINE_SLOW_NS``
+close together (one may be the machine preempting us) send the instance back
+to its thread for a back-off period that doubles on each repeat. Batches
+already queued for the instance run first when it goes inline, so order is
+kept and two threads never take turns at the GIL over one model's queue.
 """
 
 from __future__ import annotations
@@ -32,8 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("naiad.instance")
 
-# Inline execution is allowed while the moving average of execution time stays
-# under INLINE_MAX_AVG_NS and no single execution exceeds INLINE_SLOW_NS.
 INLINE_MAX_AVG_NS = 200_000
 INLINE_SLOW_NS = 2_000_000
 INLINE_BACKOFF_START_NS = 100_000_000
@@ -85,7 +89,10 @@ class ModelInstance:
         self._finalize()
 
     def inline_allowed(self) -> bool:
-        if not self.inline_enabled or self._avg_ns > INLINE_MAX_AVG_NS:
+        # A new instance proves itself on its worker thread first: a model that
+        # sleeps or blocks never gets to hold the loop, not even once.
+        if not self.inline_enabled or self.executions < WARMUP_EXECUTIONS or \
+                self._avg_ns > INLINE_MAX_AVG_NS:
             return False
         return not (self._inline_blocked_until and
                     time.monotonic_ns() < self._inline_blocked_until)
@@ -135,7 +142,6 @@ class ModelInstance:
                 break
         model = self.model
         start = time.monotonic_ns()
-        cpu_start = 0 if inline or not self.inline_enabled else time.thread_time_ns()
         for r in requests:
             r.compute_start_ns = start
         error: NaiadError | None = None
@@ -149,12 +155,11 @@ class ModelInstance:
             log.debug("model '%s' execute failed: %s", model.name, error)
         end = time.monotonic_ns()
         self.executions += 1
-        if self.inline_enabled and self.executions > WARMUP_EXECUTIONS:
-            # (the first calls pay one-off costs: imports, caches)
+        if self.inline_enabled:
             if inline:
                 self._observe(end - start, end)
             else:
-                self._observe_threaded(time.thread_time_ns() - cpu_start)
+                self._observe_threaded(end - start)
         first = requests[0]
         input_end = first.compute_input_end_ns or start
         output_start = first.compute_output_start_ns or end
@@ -180,9 +185,11 @@ class ModelInstance:
                 live.append(r)
         return live
 
-    def _observe_threaded(self, cpu_ns: int) -> None:
+    def _observe_threaded(self, wall_ns: int) -> None:
+        # Measured around execute() on the worker thread: the wait for the GIL
+        # before the call is outside it, a model that sleeps or blocks is inside.
         avg = self._avg_ns
-        self._avg_ns = cpu_ns if avg == 0.0 else avg * 0.9 + cpu_ns * 0.1
+        self._avg_ns = wall_ns if avg == 0.0 else avg * 0.9 + wall_ns * 0.1
 
     def _observe(self, duration_ns: int, now_ns: int) -> None:
         """Track an inline run's wall time for the inline decision."""

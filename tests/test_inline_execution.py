@@ -1,0 +1,121 @@
+"""When a model instance runs a batch on the submitting thread, and when it must not.
+
+These drive ModelInstance directly with a fake backend whose execute time the
+test controls; no timing target is asserted, only which thread ran what.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from naiad.backends.base import BackendInstance, InstanceSpec
+from naiad.core import instance as inst_mod
+from naiad.core.instance import ModelInstance
+from naiad.core.types import InferenceRequest, InferenceResponse
+from naiad.observability.statistics import ModelStatistics
+
+
+class FakeModel:
+    name = "fake"
+    decoupled = False
+
+    def __init__(self):
+        self.stats = ModelStatistics("fake", 1)
+        self.completed = []
+
+    def complete(self, requests, responses, error=None):
+        for r in requests:
+            r.respond(InferenceResponse(), True)
+        self.completed.extend(requests)
+
+
+class FakeBackend(BackendInstance):
+    inline_capable = True
+
+    def __init__(self):
+        self.delay = 0.0
+        self.threads = []
+
+    def execute(self, requests):
+        self.threads.append(threading.get_ident())
+        if self.delay:
+            time.sleep(self.delay)
+        return [InferenceResponse() for _ in requests]
+
+
+def make():
+    model = FakeModel()
+    backend = FakeBackend()
+    spec = InstanceSpec(name="fake_0", kind="KIND_CPU", device_id=0, group_index=0,
+                        index_in_group=0)
+    return model, backend, ModelInstance(model, spec, backend)
+
+
+def req():
+    r = InferenceRequest("fake", {})
+    r.set_response_callback(lambda resp, final: None)
+    return r
+
+
+def test_new_instance_never_runs_inline_before_its_warmup_on_the_thread():
+    _, backend, inst = make()
+    for _ in range(inst_mod.WARMUP_EXECUTIONS):
+        assert not inst.try_run_inline([req()])
+        inst.run([req()], inline=False)  # as its worker thread would
+    assert inst.try_run_inline([req()])
+    assert backend.threads[-1] == threading.get_ident()
+
+
+def test_a_model_that_sleeps_never_holds_the_submitting_thread():
+    _, backend, inst = make()
+    backend.delay = 0.01
+    for _ in range(inst_mod.WARMUP_EXECUTIONS + 5):
+        assert not inst.try_run_inline([req()])
+        inst.run([req()], inline=False)
+    assert inst.inline_runs == 0
+
+
+def test_a_slow_inline_run_sends_the_instance_back_to_its_thread():
+    _, backend, inst = make()
+    for _ in range(inst_mod.WARMUP_EXECUTIONS):
+        inst.run([req()], inline=False)
+    assert inst.try_run_inline([req()])
+    backend.delay = (inst_mod.INLINE_SLOW_NS / 1e9) * 1.5
+    assert inst.try_run_inline([req()])  # it could not know beforehand
+    assert not inst.try_run_inline([req()])  # but it does not do it again
+    # fast again on its thread: inline comes back once the average recovers
+    backend.delay = 0.0
+    for _ in range(60):
+        inst.run([req()], inline=False)
+    assert inst.try_run_inline([req()])
+
+
+def test_repeated_slow_inline_runs_back_off_for_a_while():
+    _, backend, inst = make()
+    for _ in range(inst_mod.WARMUP_EXECUTIONS):
+        inst.run([req()], inline=False)
+    slow = inst_mod.INLINE_SLOW_NS + 1
+    for _ in range(inst_mod.INLINE_SLOW_STRIKES):
+        inst._observe(slow, time.monotonic_ns())
+    assert inst._inline_blocked_until > time.monotonic_ns()
+    inst._avg_ns = 0.0
+    assert not inst.try_run_inline([req()])
+
+
+def test_inline_run_takes_over_batches_already_queued_in_order():
+    model, _, inst = make()
+    for _ in range(inst_mod.WARMUP_EXECUTIONS):
+        inst.run([req()], inline=False)
+    first, second, current = req(), req(), req()
+    queued = [[first], [second]]
+    assert inst.try_run_inline([current], lambda: queued.pop(0) if queued else None)
+    assert model.completed[-3:] == [first, second, current]
+
+
+def test_instance_busy_on_its_thread_is_not_entered_inline():
+    _, _, inst = make()
+    for _ in range(inst_mod.WARMUP_EXECUTIONS):
+        inst.run([req()], inline=False)
+    with inst.lock:  # the worker thread holds it while executing
+        assert not inst.try_run_inline([req()])
