@@ -337,9 +337,19 @@ def test_models_making_bls_calls_never_run_on_the_event_loop(bls_repo):
         sync_inst = server.get_model("bls_sync").scheduler.instances[0]
         hidden_inst = server.get_model("bls_hidden").scheduler.instances[0]
         before = (sync_inst.inline_enabled, hidden_inst.inline_enabled)
-        # the hidden one runs inline on this (loop) thread the first time: the runtime
-        # guard still completes the call and takes the instance off inline execution
-        out = await server.infer_numpy("bls_hidden", {"X": np.array([4.0], np.float32)})
+        # the hidden one proves itself on its thread first (warm-up runs), then runs
+        # inline on this (loop) thread: the runtime guard still completes the call
+        # and takes the instance off inline execution
+        for _ in range(100):  # bounded: warm-up runs, then until its average is short
+            if hidden_inst.inline_allowed():
+                break
+            await server.infer_numpy("bls_hidden", {"X": np.array([1.0], np.float32)})
+        assert hidden_inst.inline_allowed(), (hidden_inst._avg_ns, hidden_inst.executions)
+        for _ in range(20):  # a call finds the instance idle (its thread released it)
+            await asyncio.sleep(0.01)
+            out = await server.infer_numpy("bls_hidden", {"X": np.array([4.0], np.float32)})
+            if not hidden_inst.inline_enabled:
+                break
         after = hidden_inst.inline_enabled
         again = await server.infer_numpy("bls_hidden", {"X": np.array([5.0], np.float32)})
         return before, out, after, again
