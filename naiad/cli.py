@@ -245,6 +245,10 @@ def options_from_args(argv: list[str]) -> ServerOptions:
     opts.auto_complete_config = not (ns.disable_auto_complete_config or ns.strict_model_config)
     opts.backend_config = grouped(ns.backend_config)
     opts.trace_config = grouped(ns.trace_config)
+    # trace levels may be given several times (level=TIMESTAMPS, level=TENSORS)
+    levels = [v for group, key, v in ns.trace_config if group == "" and key == "level"]
+    if len(levels) > 1:
+        opts.trace_config[""]["level"] = ",".join(levels)
     opts.cache_config = grouped(ns.cache_config)
     opts.metrics_config = dict(ns.metrics_config)
     # deprecated trace flags fold into --trace-config, as tritonserver does
@@ -265,8 +269,6 @@ UNBUILT: list[tuple[Callable[[ServerOptions], bool], str]] = [
     (lambda o: o.rate_limit != "off", "--rate-limit is not supported yet"),
     (lambda o: bool(o.rate_limit_resources), "--rate-limit-resource is not supported yet"),
     (lambda o: bool(o.cache_config), "--cache-config is not supported yet"),
-    (lambda o: bool(o.trace_config), "--trace-config is not supported yet"),
-    (lambda o: bool(o.metrics_config), "--metrics-config is not supported yet"),
     (lambda o: o.grpc_use_ssl or o.grpc_use_ssl_mutual, "--grpc-use-ssl is not supported yet"),
     (lambda o: o.allow_sagemaker, "--allow-sagemaker: the SageMaker endpoint is not served"),
     (lambda o: o.allow_vertex_ai, "--allow-vertex-ai: the Vertex AI endpoint is not served"),
@@ -310,6 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     for predicate, message in UNBUILT:
         if predicate(options):
             return _fail(message, 2)
+    from naiad.core.errors import NaiadError
+    from naiad.observability.extensions import validate_options
+
+    try:
+        validate_options(options)
+    except NaiadError as exc:
+        return _fail(exc.message, 2)
     from naiad.frontends.http import default_loop_policy
 
     default_loop_policy()
@@ -333,6 +342,7 @@ async def run(options: ServerOptions) -> int:
         return _fail(f"unable to open log file: {exc}")
     server = Server(options)
     server.log_settings = settings
+    server.extensions.append("logging")
 
     try:
         await server.check()

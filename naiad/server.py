@@ -76,6 +76,9 @@ class Server:
         self.shared_memory: Any = None
         self.metrics: Any = None
         self.tracer: Any = None
+        from naiad.observability import extensions as _observability
+
+        _observability.install(self)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -239,6 +242,9 @@ class Server:
             clean = False
         if not clean:
             log.error("Exit timeout of %ss expired with requests still in flight", wait)
+        from naiad.observability import extensions as _observability
+
+        _observability.close(self)
         self.started = False
         self.stopped = True
         return clean

@@ -319,15 +319,19 @@ class Model:
     def deliver(self, request: InferenceRequest, response: InferenceResponse | None,
                 final: bool) -> None:
         """A response a backend sends by itself (decoupled models), from any thread."""
+        start = time.monotonic_ns()
         if response is not None:
             try:
                 self.finish_response(request, response)
             except Exception as exc:
                 response = InferenceResponse(error=NaiadError(f"invalid output: {exc}"))
                 self.finish_response(request, response)
-        if request.respond(response, final) and final:
-            ok = response is None or response.error is None
-            self.stats.record_request(request, ok, time.monotonic_ns())
+        if request.respond(response, final):
+            now = time.monotonic_ns()
+            self.stats.record_stream_response(request, response, final, start, now)
+            if final:
+                ok = response is None or response.error is None
+                self.stats.record_request(request, ok, now)
 
     # -- lifecycle ----------------------------------------------------------------
 

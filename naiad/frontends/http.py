@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,7 +23,6 @@ import orjson
 from naiad.core.errors import (
     InvalidArgument,
     NaiadError,
-    NotFound,
     Unavailable,
     Unsupported,
     as_naiad_error,
@@ -235,6 +235,10 @@ class HttpApp:
     # -- inference ---------------------------------------------------------------------------
 
     async def infer(self, name: str, version: int, scope, receive, send) -> None:
+        server = self.server
+        tracer = server.tracer
+        traced = tracer is not None and tracer.active  # False unless a trace level is on
+        recv_start = time.monotonic_ns() if traced else 0
         headers = scope["headers"]
         header_len = None
         accept = None
@@ -248,7 +252,7 @@ class HttpApp:
             elif k == b"accept-encoding":
                 accept = v
         body = await self._read_body(scope, receive)
-        server = self.server
+        recv_end = time.monotonic_ns() if traced else 0
         shm = server.shared_memory
         if header_len == 0:
             # Triton's raw binary request: the body is the single input's data
@@ -257,14 +261,19 @@ class HttpApp:
             binary_default = True
         else:
             request, binary_default = http_codec.decode_infer_request(
-                body, header_len, name, version,
-                shm.read_input if shm is not None else None,
-            )
-        response = await server.infer(request)
+                body, header_len, name, version, shm)
+        trace = tracer.sample(request, "HTTP", recv_start, recv_end) if traced else None
+        if trace is None:
+            response = await server.infer(request)
+        else:
+            try:
+                response = await server.infer(request)
+            except BaseException:
+                tracer.finish(trace, request)
+                raise
+            trace.response(response)
         parts, json_len = http_codec.encode_infer_response(
-            response, request, binary_default,
-            shm.write_output if shm is not None else None,
-        )
+            response, request, binary_default, shm)
         out_headers = [OCTET if json_len is not None else JSON]
         if json_len is not None:
             out_headers.append((b"Inference-Header-Content-Length", str(json_len).encode()))
@@ -274,8 +283,13 @@ class HttpApp:
             if coding is not None:
                 body_out = self._compress(body_out, coding, out_headers)
         out_headers.append((b"Content-Length", str(len(body_out)).encode()))
+        if trace is not None:
+            trace.stamp("HTTP_SEND_START")
         await send({"type": "http.response.start", "status": 200, "headers": out_headers})
         await send({"type": "http.response.body", "body": body_out})
+        if trace is not None:
+            trace.stamp("HTTP_SEND_END")
+            tracer.finish(trace, request)
 
     # -- bodies ----------------------------------------------------------------------------------
 
@@ -426,22 +440,16 @@ class HttpApp:
         if len(rest) != 1 or rest[0] not in ("status", "register", "unregister"):
             raise HttpError(404, "Not Found")
         action = rest[0]
-        shm = self.server.shared_memory
+        if cuda:
+            shm = getattr(self.server, "cuda_shared_memory", None)
+        else:
+            shm = self.server.shared_memory
         if action == "status":
             self._require(method, "GET")
         else:
             self._require(method, "POST")
-        if cuda:
-            if action == "status":
-                # no GPU: no CUDA regions can exist
-                if region:
-                    raise NotFound(f"Unable to find cuda shared memory region: '{region}'")
-                await self._send_json(send, 200, [])
-                return
-            raise Unsupported(
-                "CUDA shared memory is not supported: this server has no GPU support")
         if shm is None:
-            raise Unsupported("system shared memory is not supported yet")
+            raise Unsupported(f"{section} is not supported")
         if action == "status":
             await self._send_json(send, 200, shm.status(region))
         elif action == "register":

@@ -10,8 +10,7 @@ everything else is passed through to the model as request parameters.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -33,8 +32,23 @@ _RESERVED_REQUEST_PARAMS = frozenset(
      "binary_data_output", "headers"}
 )
 
-# Resolves a shared-memory input: (region, offset, byte_size, datatype, shape, name) -> array.
-ShmReader = Callable[[str, int, int, str, tuple, str], np.ndarray]
+
+
+class SharedMemory(Protocol):
+    """The system shared-memory registry as the codec uses it (naiad.core.shared_memory)."""
+
+    def read_input(self, region: str, offset: int, byte_size: int, datatype: str,
+                   shape: tuple, name: str) -> np.ndarray: ...
+
+    def check_output(self, params: dict, name: str) -> None: ...
+
+    def write_output(self, tensor: Tensor, params: dict) -> dict: ...
+
+
+# parameter keys Triton keeps for itself (its error message, verbatim)
+_RESERVED_PREFIX = "triton_"
+_RESERVED_MESSAGE = ("parameter keys starting with 'triton_' are reserved for Triton usage and "
+                     "should not be specified.")
 
 
 def _one_source_error(name: str) -> str:
@@ -122,9 +136,12 @@ def decode_infer_request(
     header_length: int | None,
     model_name: str,
     model_version: int,
-    shm_reader: ShmReader | None = None,
+    shm: SharedMemory | None = None,
 ) -> tuple[InferenceRequest, bool]:
     """Parse an infer request body (``body`` is bytes or bytearray).
+
+    ``shm`` resolves inputs and checks outputs placed in shared memory; without
+    it, requests naming shared memory regions are refused.
 
     Returns the request and whether outputs not named in the request default to
     binary (the ``binary_data_output`` request parameter).
@@ -139,13 +156,13 @@ def decode_infer_request(
             if request is not None:
                 return request, tmpl.binary_default
     request, binary_default, cacheable, offsets = _decode_full(
-        body, header_length, model_name, model_version, shm_reader)
+        body, header_length, model_name, model_version, shm)
     if key is not None and cacheable:
         _remember(key, request, binary_default, offsets)
     return request, binary_default
 
 
-def _decode_full(body, header_length, model_name, model_version, shm_reader):
+def _decode_full(body, header_length, model_name, model_version, shm):
     total = len(body)
     if header_length is None:
         json_part = body
@@ -196,7 +213,7 @@ def _decode_full(body, header_length, model_name, model_version, shm_reader):
         if "shared_memory_region" in iparams:
             if "data" in item or "binary_data_size" in iparams:
                 raise InvalidArgument(_one_source_error(name))
-            if shm_reader is None:
+            if shm is None:
                 raise InvalidArgument("shared memory inputs are not supported by this endpoint")
             region = iparams["shared_memory_region"]
             byte_size = iparams.get("shared_memory_byte_size")
@@ -206,7 +223,7 @@ def _decode_full(body, header_length, model_name, model_version, shm_reader):
                 raise InvalidArgument(
                     f"input '{name}': shared_memory_region must be a string and "
                     "shared_memory_byte_size/offset integers")
-            arr = shm_reader(region, shm_offset, byte_size, datatype, shape, name)
+            arr = shm.read_input(region, shm_offset, byte_size, datatype, shape, name)
             cacheable = False
         elif "binary_data_size" in iparams:
             size = iparams["binary_data_size"]
@@ -255,6 +272,15 @@ def _decode_full(body, header_length, model_name, model_version, shm_reader):
             if type(cls) is not int or cls < 0:
                 raise InvalidArgument(f"classification of output '{item['name']}' must be a "
                                       "non-negative integer")
+            if "shared_memory_region" in oparams:
+                if oparams.get("binary_data") is True:
+                    raise InvalidArgument(
+                        "Output can't set both 'shared_memory_region' and 'binary_data'")
+                if shm is None:
+                    raise InvalidArgument(
+                        "shared memory outputs are not supported by this endpoint")
+                shm.check_output(oparams, item["name"])
+                cacheable = False  # placement is checked against the registry every time
             requested[item["name"]] = RequestedOutput(item["name"], oparams, cls)
         if not requested:
             requested = None
@@ -321,6 +347,8 @@ def apply_request_parameters(request: InferenceRequest, params: dict[str, Any]) 
     """Consume the sequence and schedule-policy keys; pass the rest through."""
     passthrough = {}
     for key, value in params.items():
+        if key.startswith(_RESERVED_PREFIX):
+            raise InvalidArgument(_RESERVED_MESSAGE)
         if key == "sequence_id":
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 raise InvalidArgument("sequence_id must be an unsigned integer or a string")
@@ -350,7 +378,8 @@ def apply_request_parameters(request: InferenceRequest, params: dict[str, Any]) 
         else:
             if not isinstance(value, (bool, int, float, str)):
                 raise InvalidArgument(
-                    f"parameter '{key}' must be a boolean, number or string")
+                    f"parameter '{key}' has invalid type. It should be either 'int', 'bool', "
+                    "'double' or 'string'.")
             passthrough[key] = value
     request.parameters = passthrough
 
@@ -359,7 +388,7 @@ def encode_infer_response(
     response: InferenceResponse,
     request: InferenceRequest,
     binary_default: bool = False,
-    shm_writer: Callable[[Tensor, dict], dict] | None = None,
+    shm: SharedMemory | None = None,
 ) -> tuple[list, int | None]:
     """Body parts and the JSON header length (None when the body is all JSON)."""
     requested = request.requested_outputs
@@ -377,9 +406,11 @@ def encode_infer_response(
             oparams = None
             binary = binary_default
         if oparams and "shared_memory_region" in oparams:
-            if shm_writer is None:
+            if shm is None:
                 raise InvalidArgument("shared memory outputs are not supported by this endpoint")
-            entry["parameters"] = shm_writer(t, oparams)
+            shm_params = shm.write_output(t, oparams)
+            if shm_params:
+                entry["parameters"] = shm_params
         elif binary:
             raw = tensor_codec.raw_bytes(t.datatype, t.data)
             size = len(raw)

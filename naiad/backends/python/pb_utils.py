@@ -690,3 +690,129 @@ def unload_model(model_name: str, unload_dependents: bool = False) -> None:
     from naiad.backends.python import bls
 
     bls.unload_model(model_name, unload_dependents)
+
+
+# -- custom metrics -------------------------------------------------------------------------
+
+
+def _metrics_registry():
+    from naiad.observability import metrics
+
+    return metrics
+
+
+def _metric_number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TritonModelException(f"{what} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+class MetricFamily:
+    """``pb_utils.MetricFamily``: a custom metric family on the server's /metrics page.
+
+    Families with the same name are one family (the first description wins);
+    metrics with the same labels share one value. A family disappears from
+    /metrics when no ``MetricFamily`` object for it is left.
+    """
+
+    COUNTER = 0
+    GAUGE = 1
+    HISTOGRAM = 2
+    _KINDS = {COUNTER: "counter", GAUGE: "gauge", HISTOGRAM: "histogram"}
+
+    def __init__(self, name: str, description: str, kind: int):
+        self._family = None
+        kind_name = self._KINDS.get(kind) if isinstance(kind, int) else None
+        if kind_name is None:
+            raise TritonModelException(
+                "metric family kind must be MetricFamily.COUNTER, GAUGE or HISTOGRAM")
+        if not isinstance(description, str):
+            raise TritonModelException("metric family description must be a string")
+        m = _metrics_registry()
+        try:
+            self._family = m.CUSTOM_METRICS.acquire_family(name, description, kind_name)
+        except m.CustomMetricError as exc:
+            raise TritonModelException(str(exc)) from None
+        self._kind = kind
+        self._name = name
+
+    def Metric(self, labels: dict | None = None, buckets: list | None = None) -> "Metric":  # noqa: N802 - Triton's name
+        return Metric(self, labels, buckets)
+
+    def __del__(self) -> None:
+        fam = getattr(self, "_family", None)
+        if fam is not None:
+            self._family = None
+            try:
+                _metrics_registry().CUSTOM_METRICS.release_family(fam)
+            except Exception:  # interpreter shutdown
+                pass
+
+
+class Metric:
+    """One labelled series of a MetricFamily (``family.Metric(labels=..., buckets=...)``)."""
+
+    _DELETED = ("Invalid metric operation as the corresponding 'MetricFamily' has been "
+                "deleted.")
+
+    def __init__(self, family: MetricFamily, labels: dict | None = None,
+                 buckets: list | None = None):
+        import weakref
+
+        self._series = None
+        if not isinstance(family, MetricFamily) or family._family is None:
+            raise TritonModelException(self._DELETED)
+        if labels is not None and not isinstance(labels, dict):
+            raise TritonModelException("metric labels must be a dict of strings")
+        m = _metrics_registry()
+        try:
+            self._series = m.CUSTOM_METRICS.acquire_series(family._family, labels, buckets)
+        except (m.CustomMetricError, TypeError, ValueError) as exc:
+            raise TritonModelException(str(exc)) from None
+        self._fam = family._family
+        self._kind = family._kind
+        self._family_ref = weakref.ref(family)
+
+    def _live(self):
+        family = self._family_ref()
+        if family is None or family._family is None:
+            raise TritonModelException(self._DELETED)
+        return _metrics_registry().CUSTOM_METRICS
+
+    def increment(self, value: float) -> None:
+        reg = self._live()
+        value = _metric_number(value, "increment value")
+        if self._kind == MetricFamily.HISTOGRAM:
+            raise TritonModelException("a histogram metric cannot be incremented: use observe()")
+        if self._kind == MetricFamily.COUNTER and value < 0:
+            raise TritonModelException("a counter metric cannot be incremented by a negative value")
+        reg.increment(self._fam, self._series, value)
+
+    def set(self, value: float) -> None:
+        reg = self._live()
+        value = _metric_number(value, "value")
+        if self._kind != MetricFamily.GAUGE:
+            raise TritonModelException("only a gauge metric can be set")
+        reg.set(self._fam, self._series, value)
+
+    def value(self) -> float:
+        self._live()
+        if self._kind == MetricFamily.HISTOGRAM:
+            raise TritonModelException("a histogram metric has no single value")
+        return self._series.value
+
+    def observe(self, value: float) -> None:
+        reg = self._live()
+        value = _metric_number(value, "observed value")
+        if self._kind != MetricFamily.HISTOGRAM:
+            raise TritonModelException("only a histogram metric can observe values")
+        reg.observe(self._fam, self._series, value)
+
+    def __del__(self) -> None:
+        series = getattr(self, "_series", None)
+        if series is not None:
+            self._series = None
+            try:
+                _metrics_registry().CUSTOM_METRICS.release_series(self._fam, series)
+            except Exception:  # interpreter shutdown
+                pass

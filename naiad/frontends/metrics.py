@@ -1,0 +1,104 @@
+"""The metrics endpoint: Prometheus text at ``GET /metrics`` (Triton's port 8002).
+
+A small ASGI app under uvicorn on its own socket, on the server's event loop.
+The page is rendered in a worker thread (``naiad.observability.metrics``):
+a scrape reads every model's counters and may poll NVML, which should not
+hold up the loop that serves inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from naiad.frontends.http import bind_socket
+
+log = logging.getLogger("naiad.metrics")
+
+_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+class MetricsApp:
+    def __init__(self, server: Any):
+        self.server = server
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "lifespan.startup":
+                        await send({"type": "lifespan.startup.complete"})
+                    elif msg["type"] == "lifespan.shutdown":
+                        await send({"type": "lifespan.shutdown.complete"})
+                        return
+            return
+        path = scope["path"]
+        if path != "/metrics":
+            await self._send(send, 404, b"Not Found", b"text/plain")
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await self._send(send, 405, b"Method Not Allowed", b"text/plain")
+            return
+        metrics = self.server.metrics
+        if metrics is None:
+            await self._send(send, 503, b"metrics are disabled", b"text/plain")
+            return
+        try:
+            body = await asyncio.get_running_loop().run_in_executor(None, metrics.render)
+        except Exception:
+            log.exception("rendering metrics failed")
+            await self._send(send, 500, b"rendering metrics failed", b"text/plain")
+            return
+        if scope["method"] == "HEAD":
+            body = b""
+        await self._send(send, 200, body, _CONTENT_TYPE)
+
+    @staticmethod
+    async def _send(send, status: int, body: bytes, content_type: bytes) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", content_type),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class MetricsFrontend:
+    """Serves ``/metrics``; started by ``Server.start_frontends`` when metrics are allowed."""
+
+    name = "Metrics Service"
+
+    def __init__(self, server: Any, address: str, port: int):
+        self.server = server
+        self.address = address
+        self.port = port
+        self.app = MetricsApp(server)
+        self._uv = None
+        self._sock: socket.socket | None = None
+
+    async def start(self) -> None:
+        import uvicorn
+
+        if self.server.metrics is not None:
+            self.server.metrics.start()
+        self._sock = bind_socket(self.address, self.port)
+        self.port = self._sock.getsockname()[1]
+        config = uvicorn.Config(self.app, http="httptools", lifespan="off", log_config=None,
+                                access_log=False, server_header=False, date_header=False,
+                                timeout_graceful_shutdown=2)
+        config.load()
+        uv = uvicorn.Server(config)
+        uv.lifespan = config.lifespan_class(config)
+        await uv.startup(sockets=[self._sock])
+        self._uv = uv
+
+    async def stop(self) -> None:
+        uv = self._uv
+        if uv is None:
+            return
+        self._uv = None
+        try:
+            await uv.shutdown(sockets=[self._sock] if self._sock else None)
+        except Exception:
+            log.exception("metrics endpoint shutdown failed")
