@@ -20,12 +20,18 @@ def _fmt(value) -> str:
     return str(int(value))
 
 
+# output datatypes that have no numeric order to rank
+UNSUPPORTED = ("BYTES", "BF16")
+
+
+def unsupported_message(name: str, datatype: str) -> str:
+    return (f"class result not available for output '{name}' due to unsupported type "
+            f"'{datatype}'")
+
+
 def top_k(tensor: Tensor, k: int, labels: list[str] | None, batched: bool) -> Tensor:
-    if tensor.datatype in ("BYTES", "BF16"):
-        raise InvalidArgument(
-            f"class result not available for output '{tensor.name}' due to unsupported type "
-            f"'{tensor.datatype}'"
-        )
+    if tensor.datatype in UNSUPPORTED:
+        raise InvalidArgument(unsupported_message(tensor.name, tensor.datatype))
     data = tensor.data
     rows = data.reshape(data.shape[0], -1) if batched and data.ndim > 0 else data.reshape(1, -1)
     n = rows.shape[1]

@@ -211,11 +211,15 @@ class Model:
         request.batch_size = batch if mbs > 0 else 1
         outs = request.requested_outputs
         if outs:
-            for oname in outs:
-                if oname not in self.outputs:
+            for oname, ro in outs.items():
+                spec = self.outputs.get(oname)
+                if spec is None:
                     raise InvalidArgument(
                         f"unexpected inference output '{oname}' for model '{name}'"
                     )
+                if ro.class_count and spec.datatype in classification.UNSUPPORTED:
+                    raise InvalidArgument(classification.unsupported_message(oname,
+                                                                             spec.datatype))
         if self._input_reshape:
             for iname, spec in self._input_reshape.items():
                 t = inputs.get(iname)
