@@ -45,7 +45,7 @@ REFERENCE_SCRIPT = REPO_ROOT.parent / "shared" / "reference" / "triton.sh"
 PROJECT_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 EXPORT_VENV_PYTHON = WORK / "venv-export" / "bin" / "python"
 
-SCENARIOS = ("add_sub", "minilm", "startup") + tuple(pipelines.RUNNERS)
+SCENARIOS = ("add_sub", "minilm", "startup", "metrics_overhead") + tuple(pipelines.RUNNERS)
 
 
 def log(msg: str) -> None:
@@ -327,6 +327,21 @@ def run_startup(ctx: Ctx) -> dict:
         WORK, log, runs=2 if ctx.args.quick else 3)
 
 
+# ------------------------------------------------------------------ metrics overhead
+
+def run_metrics_overhead(ctx: Ctx) -> dict:
+    from harness import metrics_overhead
+
+    req = models.add_sub_request()
+    naiad_exe, why = NaiadServer.find_exe(REPO_ROOT)
+    if not naiad_exe:
+        return {"error": why}
+    return metrics_overhead.run(
+        ctx, repo=models.write_add_sub_repo(WORK / "repo_add_sub"), request=req,
+        check=lambda s: models.check_add_sub(http_infer(s.base_url, req)), start=_start,
+        log=log, logs_dir=LOGS, naiad_exe=naiad_exe, ratio=_ratio)
+
+
 # ------------------------------------------------------------------ main
 
 def parse_args(argv=None):
@@ -403,7 +418,8 @@ def main(argv=None) -> int:
                     res["scenarios"][name] = pipelines.RUNNERS[name](ctx, WORK, LOGS, log)
                 else:
                     runner = {"add_sub": run_add_sub, "minilm": run_minilm,
-                              "startup": run_startup}[name]
+                              "startup": run_startup,
+                              "metrics_overhead": run_metrics_overhead}[name]
                     res["scenarios"][name] = runner(ctx)
             except Exception as e:  # noqa: BLE001 - keep the other scenario's numbers
                 traceback.print_exc()

@@ -182,6 +182,12 @@ def render_markdown(res: dict) -> str:
     from .pipelines import render as render_pipelines
 
     out += render_pipelines(sc)
+    mo = sc.get("metrics_overhead")
+    if mo:
+        from . import metrics_overhead
+
+        out += metrics_overhead.markdown(mo, _f, _cell_rate, _find)
+
     out += [("⚠ marks a measurement with errors (non-200 responses, socket errors or timeouts); "
             "its numbers are not comparable. Full data: `latest.json`."), ""]
     return "\n".join(out)

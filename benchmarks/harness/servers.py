@@ -199,9 +199,12 @@ class NaiadServer(Server):
 
     name = "naiad"
 
-    def __init__(self, repo, cpus, log_dir, exe: str | None):
+    def __init__(self, repo, cpus, log_dir, exe: str | None, extra_args=(), name=None):
+        if name:
+            self.name = name
         super().__init__(repo, cpus, log_dir)
         self.exe = exe
+        self.extra_args = list(extra_args)
         self.info["exe"] = exe
 
     @staticmethod
@@ -228,6 +231,7 @@ class NaiadServer(Server):
             "--http-address=127.0.0.1",
             "--grpc-address=127.0.0.1",
             "--metrics-address=127.0.0.1",
+            *self.extra_args,
         ]
         self.info["cmd"] = cmd
         with open(self.log_path, "wb") as log:

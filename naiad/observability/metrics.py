@@ -695,11 +695,11 @@ class ServerMetrics:
     # -- collection ------------------------------------------------------------------------
 
     def _models(self) -> list[Any]:
+        # runs off the loop while models may load or unload: iterate over snapshots
+        # (each entry's version table is replaced as a whole, never edited in place)
         out = []
-        for name in sorted(self.server.manager.models):
-            entry = self.server.manager.models[name]
-            for v in sorted(entry.ready):
-                out.append(entry.ready[v])
+        for _, entry in sorted(list(self.server.manager.models.items())):
+            out += [model for _, model in sorted(list(entry.ready.items()))]
         return out
 
     def collect(self) -> list[Metric]:
