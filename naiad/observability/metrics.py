@@ -288,13 +288,15 @@ class _ModelObserver(StatisticsListener):
                       (os_ - ie) // 1000, (ce - os_) // 1000)
         else:
             values = (total, 0, 0, 0, 0)
-        now = time.monotonic()
         with self._lock:
             self.count += 1
             sums = self.sums
-            for i, v in enumerate(values):
-                sums[i] += v
-            self.window.add(now, values)
+            sums[0] += values[0]
+            sums[1] += values[1]
+            sums[2] += values[2]
+            sums[3] += values[3]
+            sums[4] += values[4]
+            self.window.add(end_ns / 1e9, values)
 
     def on_response(self, stats: ModelStatistics, request: "InferenceRequest", index: int,
                     now_ns: int) -> None:
@@ -308,7 +310,7 @@ class _ModelObserver(StatisticsListener):
 
     def summary_samples(self, quantiles) -> tuple[int, list[int], list[list[float]]]:
         """(count, sums, per-summary quantile values) at this moment."""
-        now = time.monotonic()
+        now = time.monotonic_ns() / 1e9
         with self._lock:
             recent = self.window.recent(now)
             count, sums = self.count, list(self.sums)
