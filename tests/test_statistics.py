@@ -111,10 +111,13 @@ def test_statistics_endpoints_select_models_and_versions(server):
     assert names == sorted(names) and {"add_sub", "echo"} <= set(names)
     by_version = client.get_inference_statistics("add_sub", "1")["model_stats"]
     assert [(m["name"], m["version"]) for m in by_version] == [("add_sub", "1")]
+    # Triton's answers (400, INVALID_ARG)
     r = requests.get(server.base + "/v2/models/missing/stats", timeout=10)
-    assert r.status_code == 404 and "missing" in r.json()["error"]
+    assert r.status_code == 400
+    assert r.json()["error"] == "requested model 'missing' is not available"
     r = requests.get(server.base + "/v2/models/add_sub/versions/7/stats", timeout=10)
-    assert r.status_code == 404 and "version 7" in r.json()["error"]
+    assert r.status_code == 400
+    assert r.json()["error"] == "requested model version is not available for model 'add_sub'"
 
 
 def test_refused_requests_are_not_counted(server):
