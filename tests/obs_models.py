@@ -184,3 +184,34 @@ output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
 
 def write_logger(repo: Path) -> Path:
     return write_model(repo, "logger", LOGGER_CONFIG, {"model.py": LOGGER_PY})
+
+
+# Triton's "simple" example model's interface (INT32 [16], batched) as a python model
+SIMPLE_PY = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            a = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(r, "INPUT1").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", a + b),
+                                                   pb_utils.Tensor("OUTPUT1", a - b)]))
+        return out
+"""
+
+SIMPLE_CONFIG = """
+name: "simple"
+backend: "python"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
+        { name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
+         { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ 16 ] } ]
+"""
+
+
+def write_simple(repo: Path) -> Path:
+    return write_model(repo, "simple", SIMPLE_CONFIG, {"model.py": SIMPLE_PY})

@@ -27,6 +27,7 @@ from naiad.core.shared_memory import (
 )
 from naiad.core.types import Tensor
 from tests.conftest import NaiadProcess, copy_example
+from tests.obs_models import write_simple
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,7 @@ def server(tmp_path_factory):
     repo.mkdir()
     copy_example(repo, "add_sub")
     copy_example(repo, "string_upper")
+    write_simple(repo)
     with NaiadProcess(repo) as proc:
         yield proc
 
@@ -110,6 +112,38 @@ def test_inference_through_shared_memory_with_tritonclient(client, regions):
 
     client.unregister_system_shared_memory("input_data")
     assert [r["name"] for r in client.get_system_shared_memory_status()] == ["output_data"]
+    client.unregister_system_shared_memory()
+    assert client.get_system_shared_memory_status() == []
+
+
+def test_the_tritonclient_shm_example_flow(client, regions):
+    """The steps of tritonclient's simple_http_shm_client example, against its 'simple' model."""
+    client.unregister_cuda_shared_memory()
+    a = np.arange(16, dtype=np.int32)
+    b = np.ones(16, dtype=np.int32)
+    size = a.size * a.itemsize
+    out_key, out_handle = regions(size * 2)
+    client.register_system_shared_memory("output_data", out_key, size * 2)
+    in_key, in_handle = regions(size * 2)
+    shm.set_shared_memory_region(in_handle, [a])
+    shm.set_shared_memory_region(in_handle, [b], offset=size)
+    client.register_system_shared_memory("input_data", in_key, size * 2)
+    inputs = [httpclient.InferInput("INPUT0", [1, 16], "INT32"),
+              httpclient.InferInput("INPUT1", [1, 16], "INT32")]
+    inputs[0].set_shared_memory("input_data", size)
+    inputs[1].set_shared_memory("input_data", size, offset=size)
+    outputs = [httpclient.InferRequestedOutput("OUTPUT0", binary_data=True),
+               httpclient.InferRequestedOutput("OUTPUT1", binary_data=True)]
+    outputs[0].set_shared_memory("output_data", size)
+    outputs[1].set_shared_memory("output_data", size, offset=size)
+    results = client.infer("simple", inputs, outputs=outputs)
+    out0, out1 = results.get_output("OUTPUT0"), results.get_output("OUTPUT1")
+    assert out0["datatype"] == "INT32" and out0["shape"] == [1, 16]
+    got0 = shm.get_contents_as_numpy(out_handle, np.int32, out0["shape"])
+    got1 = shm.get_contents_as_numpy(out_handle, np.int32, out1["shape"], offset=size)
+    np.testing.assert_array_equal(got0[0], a + b)
+    np.testing.assert_array_equal(got1[0], a - b)
+    assert len(client.get_system_shared_memory_status()) == 2
     client.unregister_system_shared_memory()
     assert client.get_system_shared_memory_status() == []
 
