@@ -1,6 +1,6 @@
 """The metrics endpoint: Prometheus text at ``GET /metrics`` (Triton's port 8002).
 
-A small ASGI app under uvicorn on its own socket, on the server's event loop.
+A small ASGI app on its own socket, on the server's event loop.
 The page is rendered in a worker thread (``naiad.observability.metrics``):
 a scrape reads every model's counters and may poll NVML, which should not
 hold up the loop that serves inference.
@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import Any
 
-from naiad.frontends.http import bind_socket
+from naiad.frontends.http import HttpFrontend
 
 log = logging.getLogger("naiad.metrics")
 
@@ -65,7 +64,11 @@ class MetricsApp:
 
 
 class MetricsFrontend:
-    """Serves ``/metrics``; started by ``Server.start_frontends`` when metrics are allowed."""
+    """Serves ``/metrics``; started by ``Server.start_frontends`` when metrics are allowed.
+
+    The same HTTP server as the inference endpoint (``HttpFrontend``), with the
+    metrics app instead of the inference one.
+    """
 
     name = "Metrics Service"
 
@@ -73,32 +76,17 @@ class MetricsFrontend:
         self.server = server
         self.address = address
         self.port = port
-        self.app = MetricsApp(server)
-        self._uv = None
-        self._sock: socket.socket | None = None
+        self._http = HttpFrontend(server, address, port, max_input_size=64 * 1024,
+                                  app=MetricsApp(server))
 
     async def start(self) -> None:
-        import uvicorn
-
         if self.server.metrics is not None:
             self.server.metrics.start()
-        self._sock = bind_socket(self.address, self.port)
-        self.port = self._sock.getsockname()[1]
-        config = uvicorn.Config(self.app, http="httptools", lifespan="off", log_config=None,
-                                access_log=False, server_header=False, date_header=False,
-                                timeout_graceful_shutdown=2)
-        config.load()
-        uv = uvicorn.Server(config)
-        uv.lifespan = config.lifespan_class(config)
-        await uv.startup(sockets=[self._sock])
-        self._uv = uv
+        await self._http.start()
+        self.port = self._http.port
 
     async def stop(self) -> None:
-        uv = self._uv
-        if uv is None:
-            return
-        self._uv = None
         try:
-            await uv.shutdown(sockets=[self._sock] if self._sock else None)
+            await self._http.stop()
         except Exception:
             log.exception("metrics endpoint shutdown failed")
