@@ -4,6 +4,7 @@ by the right amount after known traffic."""
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import socket
 import urllib.request
@@ -197,6 +198,7 @@ def test_allow_metrics_false_serves_no_metrics(tmp_path):
 
 def test_cpu_metrics_can_be_turned_off_and_summaries_on(tmp_path):
     write_echo(tmp_path)
+    copy_example(tmp_path, "add_sub")  # no traffic: its quantiles are NaN
     with NaiadProcess(tmp_path, "--allow-cpu-metrics=false",
                       "--metrics-config", "summary_latencies=true",
                       "--metrics-config", "counter_latencies=false",
@@ -220,6 +222,9 @@ def test_cpu_metrics_can_be_turned_off_and_summaries_on(tmp_path):
             q99 = value(text, name, **lbl, quantile="0.99")
             assert 0 <= q50 <= q99 <= value(text, name + "_sum", **lbl)
         assert 'quantile="0.9"' not in text
+        idle = {"model": "add_sub", "version": "1"}
+        assert value(text, "nv_inference_queue_summary_us_count", **idle) == 0
+        assert math.isnan(value(text, "nv_inference_queue_summary_us", **idle, quantile="0.5"))
 
 
 def test_bad_metrics_config_is_refused_at_startup(tmp_path):

@@ -192,7 +192,7 @@ class MetricsConfig:
 def _fmt(value: float) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    if value == int(value) and abs(value) < 1e15:
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return floatToGoString(value)
 
