@@ -169,6 +169,7 @@ class TritonPythonModel:
             logger.log_error(f"error-{tag}")
             logger.log_verbose(f"verbose-{tag}")
             logger.log(f"leveled-{tag}", pb_utils.LogLevel.INFO)
+            logger.log(f"end-{tag}", pb_utils.LogLevel.WARNING)  # the last line, always on
             out.append(pb_utils.InferenceResponse(
                 [pb_utils.Tensor("OUT", np.array([len(tag)], dtype=np.int32))]))
         return out

@@ -46,7 +46,7 @@ def test_log_settings_take_effect(server, tmp_path):
     assert "logging" in client.get_server_metadata()["extensions"]
 
     _log_lines(client, "a")
-    out = _wait_for(server.output, "error-a")
+    out = _wait_for(server.output, "end-a")
     line = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} \d+ [\w.]+\] info-a$", re.M)
     assert line.search(out), out
     assert re.search(r"^W\d{4} .*\] warn-a$", out, re.M)
@@ -57,14 +57,14 @@ def test_log_settings_take_effect(server, tmp_path):
     new = client.update_log_settings({"log_info": False, "log_verbose_level": 1})
     assert new == {**DEFAULTS, "log_info": False, "log_verbose_level": 1}
     _log_lines(client, "b")
-    out = _wait_for(server.output, "error-b")
+    out = _wait_for(server.output, "end-b")
     assert "warn-b" in out and "verbose-b" in out
     assert "info-b" not in out and "leveled-b" not in out
 
     client.update_log_settings({"log_info": True, "log_error": False,
                                 "log_verbose_level": 0, "log_format": "ISO8601"})
     _log_lines(client, "c")
-    out = _wait_for(server.output, "warn-c")
+    out = _wait_for(server.output, "end-c")
     assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ I \d+ [\w.]+\] info-c$", out, re.M), out
     assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ W \d+ [\w.]+\] warn-c$", out, re.M)
     assert "error-c" not in out and "verbose-c" not in out
@@ -74,12 +74,12 @@ def test_log_settings_take_effect(server, tmp_path):
                                       "log_format": "default"})
     assert got["log_file"] == str(log_file)
     _log_lines(client, "d")
-    text = _wait_for(log_file.read_text, "error-d")
+    text = _wait_for(log_file.read_text, "end-d")
     assert "info-d" in text and "warn-d" in text and "error-d" in text
-    assert "info-d" not in server.output()  # the file replaced stderr
+    assert "info-d" not in server.output() and "end-d" not in server.output()  # file, not stderr
     client.update_log_settings({"log_file": ""})
     _log_lines(client, "e")
-    assert "info-e" in _wait_for(server.output, "info-e")
+    assert "info-e" in _wait_for(server.output, "end-e")
     assert "info-e" not in log_file.read_text()
 
 
