@@ -296,6 +296,12 @@ model_metrics { metric_control: [ { metric_identifier: {
             for n in (2, 3, 0):
                 req = make_request("repeat", {"IN": np.array([n], dtype=np.int32)})
                 _ = [r async for r in srv.infer_stream(req)]
+            # statistics are recorded just after a response is delivered: wait for the last
+            stats = srv.get_model("repeat").stats
+            for _ in range(200):
+                if stats.snapshot()["success_count"] == 3:
+                    break
+                await asyncio.sleep(0.01)
             return srv.metrics.render().decode()
 
     text = asyncio.run(main())

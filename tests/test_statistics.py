@@ -169,7 +169,13 @@ def test_decoupled_models_report_response_stats(tmp_path):
                 req = make_request("repeat", {"IN": np.array([n], dtype=np.int32)})
                 got = [r async for r in srv.infer_stream(req)]
                 assert [int(r.outputs[0].data[0]) for r in got] == list(range(n))
-            return srv.model_statistics("repeat")["model_stats"][0]
+            # statistics are recorded just after a response is delivered: wait for the last
+            for _ in range(200):
+                stats = srv.model_statistics("repeat")["model_stats"][0]
+                if stats["inference_stats"]["success"]["count"] == 2:
+                    break
+                await asyncio.sleep(0.01)
+            return stats
 
     stats = asyncio.run(main())
     rs = stats["response_stats"]
