@@ -332,7 +332,8 @@ class Model:
                 self.finish_response(request, response)
         if request.respond(response, final):
             now = time.monotonic_ns()
-            self.stats.record_stream_response(request, response, final, start, now)
+            if self.decoupled:  # (ensembles deliver here too)
+                self.stats.record_stream_response(request, response, final, start, now)
             if final:
                 ok = response is None or response.error is None
                 self.stats.record_request(request, ok, now)
