@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from naiad.core.errors import InvalidArgument
 from naiad.core.types import InferenceRequest
 from naiad.observability.tracing import Tracer
-from tests.conftest import NaiadProcess, copy_example
+from tests.conftest import NaiadProcess, copy_example, write_model
 from tests.obs_models import write_echo
 
 CORE_EVENTS = ["REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_INPUT_END",
@@ -276,3 +276,50 @@ def test_opentelemetry_spans_reach_the_collector(tmp_path):
     assert root.start_time_unix_nano <= model.start_time_unix_nano <= \
         compute.start_time_unix_nano <= compute.end_time_unix_nano <= model.end_time_unix_nano
     assert abs(root.start_time_unix_nano / 1e9 - time.time()) < 120  # wall clock, not monotonic
+
+
+BLS_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()
+            child = pb_utils.InferenceRequest(
+                model_name="add_sub", requested_output_names=["OUTPUT0"],
+                inputs=[pb_utils.Tensor("INPUT0", x), pb_utils.Tensor("INPUT1", x)],
+                trace=r.trace())
+            assert r.trace().get_context() is None
+            res = child.exec()
+            if res.has_error():
+                raise pb_utils.TritonModelException(res.error().message())
+            out.append(pb_utils.InferenceResponse(
+                [pb_utils.get_output_tensor_by_name(res, "OUTPUT0")]))
+        return out
+"""
+
+BLS_CONFIG = """
+name: "bls_caller"
+backend: "python"
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+"""
+
+
+def test_python_models_can_hand_their_trace_to_bls_requests(tmp_path):
+    copy_example(tmp_path, "add_sub")
+    write_model(tmp_path, "bls_caller", BLS_CONFIG, {"model.py": BLS_PY})
+    trace_file = tmp_path / "trace.json"
+    with NaiadProcess(tmp_path, "--trace-config", f"triton,file={trace_file}",
+                      "--trace-config", "level=TIMESTAMPS", "--trace-config", "rate=1") as proc:
+        client = httpclient.InferenceServerClient(proc.http_url)
+        inp = httpclient.InferInput("IN", [4], "FP32")
+        inp.set_data_from_numpy(np.arange(4, dtype=np.float32))
+        out = client.infer("bls_caller", [inp]).as_numpy("OUTPUT0")
+        np.testing.assert_array_equal(out, np.arange(4, dtype=np.float32) * 2)
+        proc.stop()
+    traces = _traces(json.loads(trace_file.read_text()))
+    assert [t["meta"]["model_name"] for t in traces.values()] == ["bls_caller"]

@@ -416,6 +416,19 @@ class InferenceResponseSender:
         return self._request.cancelled
 
 
+class InferenceTrace:
+    """``request.trace()``: the trace of a request (naiad does not trace BLS children yet)."""
+
+    __slots__ = ("_trace",)
+
+    def __init__(self, trace: Any = None):
+        self._trace = trace
+
+    def get_context(self, mode: str = "opentelemetry") -> str | None:
+        """The OpenTelemetry context to propagate; None: nothing to propagate."""
+        return None
+
+
 class InferenceRequest:
     """A request as a python model sees it, or (constructed by the model) a BLS request."""
 
@@ -498,6 +511,11 @@ class InferenceRequest:
 
     def is_cancelled(self) -> bool:
         return self._core is not None and self._core.cancelled
+
+    def trace(self) -> "InferenceTrace":
+        """The request's trace, to hand to BLS requests (``InferenceRequest(trace=...)``)."""
+        core = self._core
+        return InferenceTrace(core.trace if core is not None else None)
 
     def get_response_sender(self) -> InferenceResponseSender:
         if self._core is None:
