@@ -177,7 +177,6 @@ def parse_trace_config(config: dict[str, dict[str, str]]) -> tuple[dict, dict]:
             else:
                 where = f"{group}," if group else ""
                 raise InvalidArgument(f"unknown --trace-config setting '{where}{key}'")
-    # legacy flags spelled the levels separately (--trace-level=TIMESTAMPS, repeatable)
     if values["level"] and values["rate"] == 0:
         raise InvalidArgument("--trace-config rate must be non-zero when tracing is on")
     if values["level"] and values["mode"] == MODE_TRITON and not values["file"]:
