@@ -323,3 +323,23 @@ def test_python_models_can_hand_their_trace_to_bls_requests(tmp_path):
         proc.stop()
     traces = _traces(json.loads(trace_file.read_text()))
     assert [t["meta"]["model_name"] for t in traces.values()] == ["bls_caller"]
+
+
+def test_trace_flags_old_and_new_spellings():
+    from naiad.cli import options_from_args
+    from naiad.observability.tracing import parse_trace_config
+
+    opts = options_from_args(["--model-repository=/m", "--trace-file=/tmp/t.json",
+                              "--trace-level=TIMESTAMPS", "--trace-rate=5",
+                              "--trace-count=9", "--trace-log-frequency=3"])
+    values, _ = parse_trace_config(opts.trace_config)
+    assert values == {"level": ("TIMESTAMPS",), "rate": 5, "count": 9, "log_frequency": 3,
+                      "file": "/tmp/t.json", "mode": "triton"}
+    opts = options_from_args(["--model-repository=/m", "--trace-config=triton,file=/tmp/x",
+                              "--trace-config", "level=TIMESTAMPS",
+                              "--trace-config", "level=TENSORS",
+                              "--trace-config", "triton,log-frequency=7"])
+    values, _ = parse_trace_config(opts.trace_config)
+    assert values["level"] == ("TIMESTAMPS", "TENSORS") and values["log_frequency"] == 7
+    with pytest.raises(InvalidArgument, match="unknown --trace-config setting 'triton,bogus'"):
+        parse_trace_config({"triton": {"bogus": "1"}})
