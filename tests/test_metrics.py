@@ -379,3 +379,20 @@ def test_gpu_metrics_through_nvml(tmp_path):
     assert value(text, "nv_energy_consumption", **lbl) == 5  # joules since start
     assert "nv_gpu_power_limit" not in text  # a reading the GPU does not offer is left out
     assert parse(text)["nv_energy_consumption"]["type"] == "counter"
+
+
+def test_metrics_follow_models_as_they_load_and_unload(tmp_path):
+    write_echo(tmp_path)
+    with NaiadProcess(tmp_path, "--model-control-mode=explicit",
+                      "--metrics-config", "summary_latencies=true") as proc:
+        client = httpclient.InferenceServerClient(proc.http_url)
+        assert 'model="echo"' not in scrape(proc)
+        client.load_model("echo")
+        _echo(client)
+        text = scrape(proc)
+        assert value(text, "nv_inference_request_success", model="echo", version="1") == 1
+        # summaries observe models loaded after startup too
+        assert value(text, "nv_inference_request_summary_us_count", model="echo",
+                     version="1") == 1
+        client.unload_model("echo")
+        assert 'model="echo"' not in scrape(proc)
