@@ -260,15 +260,20 @@ def options_from_args(argv: list[str]) -> ServerOptions:
             opts.trace_config.setdefault("triton" if key == "file" else "", {})[key] = str(value)
     if ns.response_cache_byte_size:
         opts.cache_config.setdefault("local", {})["size"] = str(ns.response_cache_byte_size)
+    # --rate-limit, --rate-limit-resource, --cache-config (naiad.scheduling)
+    from naiad.core.errors import NaiadError
+    from naiad.scheduling import check_options
+
+    try:
+        check_options(opts)
+    except NaiadError as exc:
+        raise CliError(exc.message) from None
     return opts
 
 
 # Flags whose features are owned by later work: accepted, refused while unbuilt.
 # Each entry: (predicate on options, message).
 UNBUILT: list[tuple[Callable[[ServerOptions], bool], str]] = [
-    (lambda o: o.rate_limit != "off", "--rate-limit is not supported yet"),
-    (lambda o: bool(o.rate_limit_resources), "--rate-limit-resource is not supported yet"),
-    (lambda o: bool(o.cache_config), "--cache-config is not supported yet"),
     (lambda o: o.grpc_use_ssl or o.grpc_use_ssl_mutual, "--grpc-use-ssl is not supported yet"),
     (lambda o: o.allow_sagemaker, "--allow-sagemaker: the SageMaker endpoint is not served"),
     (lambda o: o.allow_vertex_ai, "--allow-vertex-ai: the Vertex AI endpoint is not served"),

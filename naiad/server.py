@@ -16,7 +16,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -305,8 +305,16 @@ class Server:
     def get_model(self, name: str, version: int = -1):
         return self.manager.get_model(name, version)
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Run one request to completion; raises NaiadError if it fails."""
+    async def infer(self, request: InferenceRequest,
+                    on_wait: Callable[[Any, InferenceRequest], Any] | None = None,
+                    ) -> InferenceResponse:
+        """Run one request to completion; raises NaiadError if it fails.
+
+        ``on_wait(model, request)``: called only when the request could not be
+        answered at once (it queued); it may return an object with ``cancel()``
+        that is called when the response arrives (frontends watch for client
+        disconnects this way, paying nothing for requests answered inline).
+        """
         model = self.manager.get_model(request.model_name, request.model_version)
         if model.decoupled:
             # Triton's texts (UNSUPPORTED: HTTP 501, gRPC UNIMPLEMENTED)
@@ -334,11 +342,15 @@ class Server:
             # the version retired between lookup and submit (a reload): the new one serves
             model = self.manager.get_model(request.model_name, request.model_version)
             model.submit(request)
+        watcher = on_wait(model, request) if on_wait is not None and not fut.done() else None
         try:
             response = await fut
         except asyncio.CancelledError:
-            request.cancelled = True
+            model.cancel(request)
             raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         if response is None:
             raise NaiadError(f"model '{model.name}' sent no response")
         if response.error is not None:
@@ -375,7 +387,7 @@ class Server:
                     return
         finally:
             if not request.responded:
-                request.cancelled = True
+                model.cancel(request)
 
     async def infer_numpy(
         self,

@@ -68,6 +68,9 @@ class ModelInstance:
         self._backoff_ns = INLINE_BACKOFF_START_NS
         self._strikes = 0
         self._fast_runs = 0
+        # --rate-limit: this instance's claim on the server's resources (an
+        # InstanceSlot of naiad.scheduling.rate_limiter), held while it executes
+        self.rate_slot = None
 
     # -- where a batch runs -----------------------------------------------------
 
@@ -84,8 +87,17 @@ class ModelInstance:
             batch = next_batch()
             if batch is None:
                 break
-            with lock:
-                self.run(batch, inline=False)
+            slot = self.rate_slot
+            if slot is None:
+                with lock:
+                    self.run(batch, inline=False)
+                continue
+            slot.acquire()  # the rate limiter: run only while holding the resources
+            try:
+                with lock:
+                    self.run(batch, inline=False)
+            finally:
+                slot.release()
         self._finalize()
 
     def inline_allowed(self) -> bool:
@@ -110,6 +122,10 @@ class ModelInstance:
         """
         if not self.inline_allowed() or not self.lock.acquire(blocking=False):
             return False
+        slot = self.rate_slot
+        if slot is not None and not slot.try_acquire():
+            self.lock.release()
+            return False
         try:
             if queued is not None:
                 for _ in range(INLINE_DRAIN):
@@ -121,6 +137,8 @@ class ModelInstance:
             self.inline_runs += 1
             self.run(batch, inline=True)
         finally:
+            if slot is not None:
+                slot.release()
             self.lock.release()
         return True
 
@@ -216,6 +234,10 @@ class ModelInstance:
     def _finalize(self) -> None:
         log.debug("instance '%s': %d executions, %d inline", self.name, self.executions,
                   self.inline_runs)
+        slot = self.rate_slot
+        if slot is not None:  # an unloaded instance no longer needs its resources
+            self.rate_slot = None
+            slot.limiter.unregister(slot)
         try:
             self.backend.finalize()
         except Exception:

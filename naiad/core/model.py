@@ -258,6 +258,20 @@ class Model:
         request.queue_start_ns = time.monotonic_ns()
         self.scheduler.enqueue(request)
 
+    def cancel(self, request: InferenceRequest) -> None:
+        """The client gave up (disconnect, gRPC cancel): mark the request, unqueue it.
+
+        A request still waiting in the scheduler is dropped at once and
+        answered CANCELLED; one already executing sees ``cancelled`` (python
+        models: ``request.is_cancelled()``).
+        """
+        request.cancelled = True
+        if request.responded:
+            return
+        cancel = getattr(self.scheduler, "cancel", None)
+        if cancel is not None:
+            cancel(request)
+
     # -- completion (worker threads) ---------------------------------------------
 
     def finish_response(self, request: InferenceRequest, response: InferenceResponse) -> None:
@@ -267,6 +281,8 @@ class Model:
         response.id = request.id
         if response.error is not None:
             return
+        if request.state is not None:  # sequence batcher: implicit state leaves the response
+            request.state.capture(response)
         outputs = response.outputs
         wanted = request.requested_outputs
         if wanted:

@@ -10,6 +10,7 @@ it holds no model logic.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -94,6 +95,23 @@ def _response_encoding(accept: bytes) -> bytes | None:
     if len(_encoding_cache) < 256:
         _encoding_cache[accept] = best
     return best
+
+
+def _watch_disconnect(receive: Callable, model: Any, request: Any) -> asyncio.Task:
+    """Cancel a queued request when its client disconnects (only queued requests pay).
+
+    The body has been read, so the next ASGI message is ``http.disconnect``
+    when the connection drops; the task is cancelled as soon as the response
+    is ready.
+    """
+    return asyncio.get_running_loop().create_task(_await_disconnect(receive, model, request))
+
+
+async def _await_disconnect(receive: Callable, model: Any, request: Any) -> None:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        model.cancel(request)
+    # anything else: this server does not signal disconnects this way; stop watching
 
 
 class HttpApp:
@@ -263,11 +281,12 @@ class HttpApp:
             request, binary_default = http_codec.decode_infer_request(
                 body, header_len, name, version, shm)
         trace = tracer.sample(request, "HTTP", recv_start, recv_end) if traced else None
+        watch = functools.partial(_watch_disconnect, receive)
         if trace is None:
-            response = await server.infer(request)
+            response = await server.infer(request, watch)
         else:
             try:
-                response = await server.infer(request)
+                response = await server.infer(request, watch)
             except BaseException:
                 tracer.finish(trace, request)
                 raise

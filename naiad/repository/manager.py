@@ -584,7 +584,9 @@ class ModelRepositoryManager:
             except Exception:
                 pass
             raise
-        model.scheduler = create_scheduler(model, instances)
+        # naiad.scheduling: the scheduler, with the server's rate limiter and response
+        # cache (``self`` keys them); it finalizes the instances if it fails
+        model.scheduler = create_scheduler(model, instances, self)
         try:
             self._warm_up(model)
         except BaseException:
