@@ -133,8 +133,8 @@ async def infer_probe(client: aioclient.InferenceServerClient, model: str, value
     try:
         r = await client.infer(model, [inp], **kwargs)
     except Exception as exc:  # InferenceServerException
-        status = getattr(exc, "status", lambda: None)()
-        message = getattr(exc, "message", lambda: str(exc))()
+        status = exc.status() if hasattr(exc, "status") else None
+        message = exc.message() if hasattr(exc, "message") else str(exc)
         return Result(tag if tag is not None else value, error=message, status=status,
                       sent=sent, done=time.monotonic())
     return Result(tag if tag is not None else value, value=r.as_numpy("OUT"),

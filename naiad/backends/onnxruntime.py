@@ -68,6 +68,7 @@ from naiad.core.errors import (
 )
 from naiad.protocol import datatypes
 from naiad.protocol import model_config_pb2 as mc
+from naiad.scheduling.ragged import BatchIO
 
 log = logging.getLogger("naiad.backends.onnxruntime")
 
@@ -701,6 +702,17 @@ class OnnxRuntimeModel(BackendModel):
             o.name: tuple(o.dims) for o in config.output
         }
         self.all_outputs: tuple[str, ...] = tuple(o.name for o in config.output)
+        # sequence batching implicit state: graph outputs fetched for the scheduler
+        # even when the client did not ask for them (naiad.scheduling.sequence_batcher)
+        self.state_outputs: tuple[str, ...] = tuple(
+            s.output_name for s in config.sequence_batching.state
+            if s.output_name not in self.output_types)
+        for st in config.sequence_batching.state:
+            self.output_types.setdefault(
+                st.output_name, datatypes.config_to_wire(mc.DataType.Name(st.data_type)))
+        # ragged inputs, batch_input and batch_output (naiad.scheduling.ragged)
+        batch_io = BatchIO(config)
+        self.batch_io: BatchIO | None = batch_io if batch_io.active else None
         self.model = None
 
     def _new_session(self, spec: InstanceSpec | None) -> tuple[ort.InferenceSession, SessionIO]:
@@ -766,9 +778,11 @@ class OnnxRuntimeInstance(BackendInstance):
             return [[0]]
         if self.model.max_batch_size <= 0:
             return [[i] for i in range(len(requests))]
+        ragged = self.model.batch_io.ragged if self.model.batch_io is not None else ()
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            key = tuple(sorted((n, t.datatype, t.data.shape[1:]) for n, t in r.inputs.items()))
+            key = tuple(sorted((n, t.datatype, None if n in ragged else t.data.shape[1:])
+                               for n, t in r.inputs.items()))
             groups.setdefault(key, []).append(i)
         return list(groups.values())
 
@@ -776,19 +790,23 @@ class OnnxRuntimeInstance(BackendInstance):
         names: set[str] = set()
         for r in requests:
             if not r.requested_outputs:
-                return list(self.model.all_outputs)
+                return list(self.model.all_outputs) + list(self.model.state_outputs)
             names.update(r.requested_outputs)
-        return [n for n in self.model.all_outputs if n in names] or list(names)
+        wanted = [n for n in self.model.all_outputs if n in names] or list(names)
+        return wanted + [n for n in self.model.state_outputs if n not in names]
 
     def _feed(self, requests: list[core.InferenceRequest]) -> dict[str, Any]:
         batched = self.model.max_batch_size > 0
+        batch_io = self.model.batch_io
         first = requests[0]
         feed: dict[str, Any] = {}
         for name in first.inputs:
             info = self._inputs.get(name)
             if info is None:
                 continue  # not a model input (checked at load; nothing to feed)
-            if len(requests) == 1:
+            if batch_io is not None and name in batch_io.ragged:
+                arr = batch_io.concat_ragged(requests, name)
+            elif len(requests) == 1:
                 arr = first.inputs[name].data
             else:
                 arr = np.concatenate([r.inputs[name].data for r in requests], axis=0)
@@ -800,6 +818,10 @@ class OnnxRuntimeInstance(BackendInstance):
                 arr = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
                     np.ascontiguousarray(arr, dtype=np.uint16), _ONNX_BFLOAT16)
             feed[name] = arr
+        if batch_io is not None:
+            for name, arr in batch_io.batch_input_arrays(requests).items():
+                if name in self._inputs:
+                    feed[name] = arr
         return feed
 
     def _run(self, requests: list[core.InferenceRequest]) -> list[list[core.Tensor]]:
@@ -842,7 +864,19 @@ class OnnxRuntimeInstance(BackendInstance):
             wire = model.output_types.get(name) or datatypes.config_to_wire(info.config_type)
             outputs[name] = (wire, arr)
 
-        if len(requests) == 1:
+        scattered = None
+        if model.batch_io is not None and model.batch_io.scatter:
+            # batch outputs go back in the shape of each request's source input
+            scattered = {}
+            for name in list(outputs):
+                if name in model.batch_io.scatter:
+                    wire, arr = outputs.pop(name)
+                    try:
+                        pieces = model.batch_io.scatter_output(name, arr, requests)
+                    except NaiadError as exc:
+                        raise Internal(exc.message) from None
+                    scattered[name] = (wire, pieces)
+        if len(requests) == 1 and not scattered:
             return [self._select(requests[0], outputs, None)]
         total = sum(r.batch_size for r in requests)
         for name, (_, arr) in outputs.items():
@@ -852,19 +886,25 @@ class OnnxRuntimeInstance(BackendInstance):
                     f"cannot be split back into requests of a batch of {total}")
         results = []
         offset = 0
-        for r in requests:
+        for i, r in enumerate(requests):
             n = r.batch_size
-            results.append(self._select(r, outputs, (offset, offset + n)))
+            selected = self._select(r, outputs, (offset, offset + n))
+            if scattered:
+                wanted = r.requested_outputs
+                for name, (wire, pieces) in scattered.items():
+                    if not wanted or name in wanted:
+                        selected.append(core.Tensor(name, wire, pieces[i]))
+            results.append(selected)
             offset += n
         return results
 
-    @staticmethod
-    def _select(request: core.InferenceRequest, outputs: dict[str, tuple[str, np.ndarray]],
+    def _select(self, request: core.InferenceRequest, outputs: dict[str, tuple[str, np.ndarray]],
                 span: tuple[int, int] | None) -> list[core.Tensor]:
         wanted = request.requested_outputs
+        state_outputs = self.model.state_outputs
         out = []
         for name, (wire, arr) in outputs.items():
-            if wanted and name not in wanted:
+            if wanted and name not in wanted and name not in state_outputs:
                 continue
             data = arr if span is None else arr[span[0]:span[1]]
             out.append(core.Tensor(name, wire, data))

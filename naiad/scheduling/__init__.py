@@ -74,7 +74,10 @@ def check_options(options: "ServerOptions") -> None:
 
 def validate_scheduling_config(model: "Model") -> None:
     """Config checks that fail the load, with Triton's messages."""
+    from naiad.scheduling.ragged import validate_batch_io
+
     config = model.config
+    validate_batch_io(config)
     if config.response_cache.enable and model.decoupled:
         raise InvalidArgument(
             f"Response Cache does not currently support model {config.name} with 'decoupled' "
