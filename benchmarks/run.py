@@ -45,7 +45,8 @@ REFERENCE_SCRIPT = REPO_ROOT.parent / "shared" / "reference" / "triton.sh"
 PROJECT_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 EXPORT_VENV_PYTHON = WORK / "venv-export" / "bin" / "python"
 
-SCENARIOS = ("add_sub", "minilm", "startup", "metrics_overhead") + tuple(pipelines.RUNNERS)
+SCENARIOS = ("add_sub", "minilm", "startup", "metrics_overhead", "batching") + \
+    tuple(pipelines.RUNNERS)
 
 
 def log(msg: str) -> None:
@@ -200,10 +201,11 @@ def _ort_python() -> tuple[str | None, str]:
     return None, "no Python with onnxruntime+numpy (install naiad[onnx] into .venv)"
 
 
-def _inprocess(ctx: Ctx, py: str, onnx_path: Path, so: dict, duration, warmup) -> dict:
+def _inprocess(ctx: Ctx, py: str, onnx_path: Path, so: dict, duration, warmup,
+               batch: int | None = None, seq: int | None = None) -> dict:
     cmd = ([] if not ctx.server_cpus else ["taskset", "-c", ctx.server_cpus]) + [
         py, "-m", "harness.ort_inprocess", "--model", str(onnx_path),
-        "--batch", str(models.MINILM_BATCH), "--seq", str(models.MINILM_SEQ),
+        "--batch", str(batch or models.MINILM_BATCH), "--seq", str(seq or models.MINILM_SEQ),
         "--intra", str(so["intra_op_threads"]), "--inter", str(so["inter_op_threads"]),
         "--opt-level", so["graph_optimization"],
         "--duration", str(duration), "--warmup", str(warmup)]
@@ -342,6 +344,14 @@ def run_metrics_overhead(ctx: Ctx) -> dict:
         log=log, logs_dir=LOGS, naiad_exe=naiad_exe, ratio=_ratio)
 
 
+# ------------------------------------------------------------------ dynamic batching
+
+def run_batching(ctx: Ctx) -> dict:
+    import scenario_batching  # benchmarks/scenario_batching.py
+
+    return scenario_batching.run(ctx, sys.modules[__name__])
+
+
 # ------------------------------------------------------------------ main
 
 def parse_args(argv=None):
@@ -419,7 +429,8 @@ def main(argv=None) -> int:
                 else:
                     runner = {"add_sub": run_add_sub, "minilm": run_minilm,
                               "startup": run_startup,
-                              "metrics_overhead": run_metrics_overhead}[name]
+                              "metrics_overhead": run_metrics_overhead,
+                              "batching": run_batching}[name]
                     res["scenarios"][name] = runner(ctx)
             except Exception as e:  # noqa: BLE001 - keep the other scenario's numbers
                 traceback.print_exc()
