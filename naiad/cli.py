@@ -260,14 +260,6 @@ def options_from_args(argv: list[str]) -> ServerOptions:
             opts.trace_config.setdefault("triton" if key == "file" else "", {})[key] = str(value)
     if ns.response_cache_byte_size:
         opts.cache_config.setdefault("local", {})["size"] = str(ns.response_cache_byte_size)
-    # --rate-limit, --rate-limit-resource, --cache-config (naiad.scheduling)
-    from naiad.core.errors import NaiadError
-    from naiad.scheduling import check_options
-
-    try:
-        check_options(opts)
-    except NaiadError as exc:
-        raise CliError(exc.message) from None
     return opts
 
 
@@ -324,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         validate_options(options)
     except NaiadError as exc:
         return _fail(exc.message, 2)
+    # --rate-limit-resource, --cache-config: refused as a server that cannot start
+    from naiad.scheduling import check_options
+
+    try:
+        check_options(options)
+    except NaiadError as exc:
+        return _fail(f"creating server: {exc.message}")
     from naiad.frontends.http import default_loop_policy
 
     default_loop_policy()

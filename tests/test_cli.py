@@ -262,7 +262,7 @@ def test_unbuilt_feature_is_refused(capsys):
     UNBUILT_FLAG names one such feature; when it gets built, pick another from
     cli.UNBUILT (or drop the test when that list is empty).
     """
-    flag = "--rate-limit=execution_count"
+    flag = "--allow-sagemaker=true"
     options = opts(flag)
     messages = [m for predicate, m in cli.UNBUILT if predicate(options)]
     if not messages:

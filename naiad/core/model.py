@@ -258,6 +258,17 @@ class Model:
         request.queue_start_ns = time.monotonic_ns()
         self.scheduler.enqueue(request)
 
+    def warmup(self) -> None:
+        """Run ``model_warmup`` on every instance before the version is READY.
+
+        Called by the repository manager once the scheduler exists; raises
+        (the load fails, the version is UNAVAILABLE) when a sample fails.
+        """
+        if self.config.model_warmup:
+            from naiad.scheduling import warm_up
+
+            warm_up(self)
+
     def cancel(self, request: InferenceRequest) -> None:
         """The client gave up (disconnect, gRPC cancel): mark the request, unqueue it.
 
@@ -333,8 +344,12 @@ class Model:
                 resp = InferenceResponse(error=NaiadError(f"invalid output: {exc}"))
                 self.finish_response(req, resp)
             req.compute_end_ns = end
-            if req.respond(resp, True):
-                stats.record_request(req, resp.error is None, time.monotonic_ns())
+            if req.responded:
+                continue  # answered already (nothing is answered twice)
+            # counted before the client can see the answer: statistics read right after
+            # a response include it (no other thread answers an executing request)
+            stats.record_request(req, resp.error is None, time.monotonic_ns())
+            req.respond(resp, True)
 
     def deliver(self, request: InferenceRequest, response: InferenceResponse | None,
                 final: bool) -> None:

@@ -9,9 +9,11 @@ loop or any thread; never blocks; raises NaiadError when it refuses the
 request), ``queue_size()``, ``cancel(request)`` (drop a cancelled request
 still waiting) and ``async stop()`` (drain, then end the instances).
 
-``setup_model_scheduling`` is what the repository manager calls once a
-version's instances exist: rate-limiter registration, warmup, then the
-scheduler. The server-wide pieces (rate limiter, response cache) live in a
+The repository manager calls ``create_scheduler(model, instances, manager)``
+once a version's instances exist (it validates the scheduling config and
+registers the instances with the rate limiter first), then
+``Model.warmup()`` (``warm_up`` here) before publishing the version READY.
+The server-wide pieces (rate limiter, response cache) live in a
 ``SchedulingContext`` per repository manager.
 """
 
@@ -98,8 +100,57 @@ def validate_scheduling_config(model: "Model") -> None:
         validate_dynamic_batching(config)
 
 
-def create_scheduler(model: "Model", instances: "list[ModelInstance]",
-                     context: SchedulingContext | None = None):
+def register_rate_limits(context: SchedulingContext | None, model: "Model",
+                         instances: "list[ModelInstance]") -> None:
+    """Give each instance its claim on the rate limiter (``--rate-limit``).
+
+    Raises InvalidArgument when an explicit resource count cannot satisfy an
+    instance (claims made so far are left for the caller's cleanup).
+    """
+    limiter = context.rate_limiter if context is not None else None
+    if limiter is None:
+        return
+    groups = list(model.config.instance_group)
+    for inst in instances:
+        gi = inst.spec.group_index
+        group = groups[gi] if gi < len(groups) else None
+        if group is None or not group.HasField("rate_limiter"):
+            continue
+        inst.rate_slot = limiter.register(inst.name, group.rate_limiter, inst.spec.device_id)
+
+
+def create_scheduler(model: "Model", instances: "list[ModelInstance]", owner: Any = None):
+    """The scheduler ``model`` asks for, started on ``instances``.
+
+    ``owner`` (the repository manager) keys the server-wide rate limiter and
+    response cache; without it neither is used. A config the scheduling work
+    refuses raises NaiadError after the instances and the backend model have
+    been finalized (the version is then UNAVAILABLE with that message).
+    """
+    context = context_for(owner) if owner is not None else None
+    try:
+        validate_scheduling_config(model)
+        register_rate_limits(context, model, instances)
+        scheduler = _build(model, instances, context)
+    except BaseException:
+        for inst in instances:
+            try:
+                inst._finalize()  # also returns its rate-limiter claim
+            except Exception:  # pragma: no cover - finalize logs its own failures
+                log.exception("finalize of instance '%s' failed", inst.name)
+        backend_model = model.backend_model
+        if backend_model is not None:
+            try:
+                backend_model.finalize()
+            except Exception:
+                log.exception("finalize of model '%s' failed", model.name)
+        raise
+    scheduler.context = context
+    return scheduler
+
+
+def _build(model: "Model", instances: "list[ModelInstance]",
+           context: SchedulingContext | None):
     config = model.config
     if config.HasField("sequence_batching"):
         from naiad.scheduling.sequence_batcher import SequenceBatcher
@@ -121,46 +172,10 @@ def create_scheduler(model: "Model", instances: "list[ModelInstance]",
     return scheduler
 
 
-def setup_model_scheduling(owner: Any, model: "Model", instances: "list[ModelInstance]") -> None:
-    """Make a freshly built version ready to serve: rate limiter, warmup, scheduler.
-
-    ``owner`` is the repository manager (its ``options`` configure the shared
-    context). On failure the instances and the backend model are finalized
-    and the error propagates: the version ends UNAVAILABLE with its message.
-    """
+def warm_up(model: "Model") -> None:
+    """``model_warmup``: run the samples on every instance; raises when one fails."""
+    if not model.config.model_warmup or model.scheduler is None:
+        return
     from naiad.scheduling.warmup import run_warmup
 
-    registered: list = []
-    try:
-        ctx = context_for(owner)
-        validate_scheduling_config(model)
-        limiter = ctx.rate_limiter
-        if limiter is not None:
-            groups = list(model.config.instance_group)
-            for inst in instances:
-                group = groups[inst.spec.group_index] if inst.spec.group_index < len(groups) \
-                    else None
-                if group is None or not group.HasField("rate_limiter"):
-                    continue
-                slot = limiter.register(inst.name, group.rate_limiter, inst.spec.device_id)
-                if slot is not None:
-                    registered.append(slot)
-                    inst.rate_slot = slot
-        run_warmup(model, instances)
-        model.scheduler = create_scheduler(model, instances, ctx)
-    except BaseException:
-        for slot in registered:
-            slot.limiter.unregister(slot)
-        for inst in instances:
-            inst.rate_slot = None
-            try:
-                inst._finalize()
-            except Exception:  # pragma: no cover - finalize logs its own failures
-                log.exception("finalize of instance '%s' failed", inst.name)
-        backend_model = model.backend_model
-        if backend_model is not None:
-            try:
-                backend_model.finalize()
-            except Exception:
-                log.exception("finalize of model '%s' failed", model.name)
-        raise
+    run_warmup(model, list(model.scheduler.instances))

@@ -117,8 +117,8 @@ class DynamicBatcher:
         self._check_inputs = bool(self._shape_inputs or self._same_input_set)
         self.order = OrderedDelivery() if db.preserve_ordering else None
         # a batch of one may run on the submitting thread (see the module docstring)
-        inline_ok = self.delay_ns == 0 and self.order is None
-        self._inline = [i for i in instances if i.inline_enabled] if inline_ok else []
+        self._inline_ok = self.delay_ns == 0 and self.order is None
+        self._inline = [i for i in instances if i.inline_enabled] if self._inline_ok else []
         self._timer: threading.Thread | None = None
         self._timer_wake = threading.Event()
         self._next_deadline = 0
@@ -255,13 +255,20 @@ class DynamicBatcher:
     # -- the instances' side --------------------------------------------------------------
 
     def _next_batch(self, instance: "ModelInstance") -> "list | None":
-        """Block until this instance should run a batch; None when the batcher stops."""
+        """Block until this instance should run a batch; None when it must end.
+
+        Before returning None the instance takes its own lock for good: an
+        inline run in progress on another thread finishes first and none starts
+        after, so its backend is finalized only once idle.
+        """
         cond = self.cond
         with cond:
             while True:
+                if getattr(instance, "retiring", False):
+                    break
                 if self.queues.size == 0:
                     if self.stopping:
-                        return None
+                        break
                     self.idle += 1
                     cond.wait()
                     self.idle -= 1
@@ -274,6 +281,35 @@ class DynamicBatcher:
                 self.idle += 1
                 cond.wait(wait_ns / 1e9)
                 self.idle -= 1
+        instance.lock.acquire()
+        return None
+
+    # -- instance group resizing (live reload) ----------------------------------------------
+
+    def add_instances(self, instances: "list[ModelInstance]") -> None:
+        """Start more instances on this batcher (an instance_group count grew)."""
+        from naiad.scheduling import register_rate_limits
+
+        register_rate_limits(getattr(self, "context", None), self.model, instances)
+        for inst in instances:
+            inst.start(functools.partial(self._next_batch, inst))
+        self.instances = self.instances + list(instances)
+        if self._inline_ok:
+            self._inline = self._inline + [i for i in instances if i.inline_enabled]
+
+    async def remove_instances(self, instances: "list[ModelInstance]") -> None:
+        """End these instances after their current batch (a count shrank); the queue stays."""
+        gone = set(map(id, instances))
+        self._inline = [i for i in self._inline if id(i) not in gone]
+        self.instances = [i for i in self.instances if id(i) not in gone]
+        with self.cond:
+            for inst in instances:
+                inst.retiring = True
+            self.cond.notify_all()
+        loop = asyncio.get_running_loop()
+        for inst in instances:
+            if inst.thread is not None:
+                await loop.run_in_executor(None, inst.thread.join)
 
     # -- timeouts --------------------------------------------------------------------------
 

@@ -151,7 +151,24 @@ class CachingScheduler:
         self.inner = inner
         self.cache = cache
         self.model = model
-        self.instances = getattr(inner, "instances", [])
+
+    @property
+    def instances(self) -> list:
+        return self.inner.instances
+
+    @property
+    def context(self):
+        return getattr(self.inner, "context", None)
+
+    @context.setter
+    def context(self, value) -> None:
+        self.inner.context = value
+
+    def add_instances(self, instances: list) -> None:
+        self.inner.add_instances(instances)
+
+    async def remove_instances(self, instances: list) -> None:
+        await self.inner.remove_instances(instances)
 
     def enqueue(self, request: "InferenceRequest") -> None:
         model = self.model

@@ -465,7 +465,7 @@ class SequenceBatcher:
                 ready = [s for s in lane.slots if s is not None and s.pending]
                 if not ready:
                     if self.stopping:
-                        return None
+                        break
                     lane.cond.wait()
                     continue
                 now = _monotonic_ns()
@@ -476,6 +476,8 @@ class SequenceBatcher:
                 if batch is not None:
                     return batch
                 lane.cond.wait(wait_ns / 1e9)
+        lane.instance.lock.acquire()  # ends idle: finalized only after its last batch
+        return None
 
     def _form_direct(self, lane: _Lane, ready: list, now: int) -> "tuple[list | None, int]":
         delay = self.delay_ns
