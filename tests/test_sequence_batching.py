@@ -112,6 +112,8 @@ MODELS = {
                               'data_file: "start.bin" name: "from file" }'),
     "visible_state": dict(outputs_extra=', { name: "STATE_OUT" data_type: TYPE_FP32 '
                                         'dims: [ 1 ] }'),
+    "util": dict(max_batch_size=2, strategy="direct { max_queue_delay_microseconds: 400000 "
+                                           "minimum_slot_utilization: 1.0 }"),
 }
 
 
@@ -351,3 +353,26 @@ def test_a_backlogged_sequence_gets_the_slot_an_idle_one_released(server):
     assert waited > 0.3  # it waited in the backlog until sequence 900 went idle (400 ms)
     gone = _sync_infer(server, "single", 1.0, 900)
     assert gone.status == "400"
+
+
+def test_minimum_slot_utilization_holds_a_batch_until_the_delay(server):
+    async def go():
+        client = aioclient.InferenceServerClient(server.http_url)
+        try:
+            t0 = time.monotonic()
+            alone = await _ainfer(client, "util", 1.0, 1001, start=True)
+            alone_s = time.monotonic() - t0
+            await _ainfer(client, "util", 1.0, 1002, start=True)  # both slots taken now
+            t0 = time.monotonic()
+            pair = await asyncio.gather(_ainfer(client, "util", 1.0, 1001, end=True),
+                                        _ainfer(client, "util", 1.0, 1002, end=True))
+            return alone, alone_s, pair, time.monotonic() - t0
+        finally:
+            await client.close()
+
+    alone, alone_s, pair, pair_s = asyncio.run(go())
+    # one ready slot of two is below the minimum utilization: it waited out the delay
+    assert alone.error is None and alone_s > 0.3
+    # both slots ready: full utilization, sent at once, as one execution of two rows
+    assert all(p.error is None and p.value("ROWS") == 2.0 for p in pair)
+    assert pair_s < 0.3
