@@ -148,7 +148,7 @@ def test_preferred_batch_size_is_sent_at_once_and_the_rest_after_the_delay(serve
     four = [r for r in results if r.batch == 4]
     two = [r for r in results if r.batch == 2]
     # the preferred size went as soon as it was reached; the rest waited out the delay (400 ms)
-    assert max(r.latency for r in four) < 0.3
+    assert max(r.latency for r in four) < 0.35
     assert min(r.latency for r in two) > 0.25
     assert max(r.done for r in four) + 0.15 < min(r.done for r in two)
 
