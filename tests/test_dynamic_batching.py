@@ -279,6 +279,12 @@ def test_queue_timeout_rejects_the_request_at_its_deadline(server):
     # answered when its 250 ms ran out, not when the busy instance freed up (1.2 s)
     assert 0.2 < late.latency < 0.9
     assert _stats(server, "timeout")["inference_stats"]["fail"]["count"] == before + 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as r:
+        metrics = r.read().decode()
+    rejected = [line for line in metrics.splitlines()
+                if line.startswith("nv_inference_request_failure{") and 'model="timeout"' in line
+                and 'reason="REJECTED"' in line]
+    assert rejected and float(rejected[0].split()[-1]) >= 1
 
 
 def test_request_timeout_applies_only_where_the_policy_allows_overrides(server):

@@ -174,6 +174,24 @@ class ModelStatistics:
             for listener in self.listeners:
                 listener.on_request(self, request, ok, end_ns)
 
+    def record_cache_hit(self, request: "InferenceRequest", lookup_ns: int,
+                         end_ns: int) -> None:
+        """A request answered from the response cache (Triton's UpdateSuccessCacheHit).
+
+        A success and a ``cache_hit`` (with the lookup time); no execution and
+        no ``inference_count``, since the model did not run.
+        """
+        with self._lock:
+            self.success_count += 1
+            self.success_ns += end_ns - request.arrival_ns
+            self.cache_hit_count += 1
+            self.cache_hit_ns += lookup_ns
+            self.last_inference_ns = end_ns
+        if self.listeners:
+            for listener in self.listeners:
+                listener.on_cache(self, True, lookup_ns)
+                listener.on_request(self, request, True, end_ns)
+
     def record_cache(self, hit: bool, ns: int) -> None:
         """A response-cache lookup (hit) or lookup-and-insert (miss) for this model."""
         with self._lock:

@@ -180,10 +180,9 @@ class CachingScheduler:
         if outputs is not None:
             response = InferenceResponse(outputs=list(outputs), model_name=model.name,
                                          model_version=model.version, id=request.id)
-            stats = model.stats
-            stats.record_cache(True, lookup_ns)
-            if request.respond(response, True):
-                stats.record_request(request, True, _monotonic_ns())
+            if not request.responded:
+                model.stats.record_cache_hit(request, lookup_ns, _monotonic_ns())
+                request.respond(response, True)
             return
 
         def make(original):
