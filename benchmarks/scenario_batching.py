@@ -27,6 +27,7 @@ what batching buys on this hardware.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from harness import models
@@ -63,6 +64,12 @@ def _stats(server, model: str) -> dict:
     if code != 200:
         raise RuntimeError(f"stats of {model}: HTTP {code}")
     return json.loads(body)["model_stats"][0]
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _batch_delta(before: dict, after: dict) -> dict:
@@ -167,10 +174,15 @@ def _measure_level(ctx, env, server, tr, c, seq, scn, inprocess) -> None:
             before_warm = _stats(server, name)
             tr.run(server, req, c, ctx.args.warmup)
         before = _stats(server, name)
+        cpu0 = _cpu_s(server.pid)
         row = ctx.measure(tr, server, req, c)
+        cpu1 = _cpu_s(server.pid)
         row["model"] = name
         row["seq"] = seq
         row["batching"] = _batch_delta(before, _stats(server, name))
+        done = row["batching"]["inferences"]
+        # the server's CPU time per inference (everything: HTTP, scheduling, onnxruntime)
+        row["cpu_ms_per_infer"] = round((cpu1 - cpu0) * 1e3 / done, 4) if done else None
         if before_warm is not None:
             row["warmup_batching"] = _batch_delta(before_warm, before)
         log(f"  {name} seq {seq}: mean executed batch {row['batching']['mean_batch']}, "
@@ -184,11 +196,17 @@ def _measure_level(ctx, env, server, tr, c, seq, scn, inprocess) -> None:
         reached = max(1, int(round(mean)))
         ip = inprocess(reached, seq)
         row["inprocess_at_reached_batch"] = (
-            {"batch": reached, **{k: ip[k] for k in ("infer_per_s", "p50_ms", "p99_ms")}}
+            {"batch": reached, **{k: ip.get(k) for k in ("infer_per_s", "p50_ms", "p99_ms",
+                                                        "cpu_ms_per_infer")}}
             if ip else None)
         rate = row.get("infer_per_s")
         ratio[f"{name}_over_inprocess_at_reached"] = (
             round(rate / ip["infer_per_s"], 3) if ip and rate else None)
+        # CPU efficiency: in-process CPU per inference / served CPU per inference
+        served_cpu = row.get("cpu_ms_per_infer")
+        ratio[f"{name}_cpu_efficiency_vs_inprocess"] = (
+            round(ip["cpu_ms_per_infer"] / served_cpu, 3)
+            if ip and ip.get("cpu_ms_per_infer") and served_cpu else None)
         ratio[f"{name}_over_inprocess_batch1"] = (
             round(rate / base["infer_per_s"], 3) if base and rate else None)
     unb = rows["minilm_unbatched"].get("infer_per_s")
@@ -204,12 +222,16 @@ def render(scn: dict) -> list[str]:
             "HTTP binary tensors, wrk): without a batcher, with `dynamic_batching {}` at "
             "max_batch_size 64, and at max_batch_size 8. *Reached batch* is what the batcher "
             "executed during the measurement (inference_count / execution_count); onnxruntime "
-            "in-process is re-measured on the same pinned CPU at that batch size."), ""]
+            "in-process is re-measured on the same pinned CPU at that batch size. CPU ms per "
+            "inference (the server process's CPU time over the measurement / inferences, and "
+            "the same for the in-process loop) is barely moved by other load on a shared "
+            "machine, unlike the rates."), ""]
     if scn.get("error"):
         out += [f"- scenario error: {scn['error']}", ""]
     out += ["| tokens | model | concurrency | infer/s | p50 ms | p99 ms | reached batch "
-            "| in-process infer/s at that batch | served / in-process | vs unbatched |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| in-process infer/s at that batch | served / in-process "
+            "| CPU ms per inference: served / in-process | vs unbatched |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     ratios = {(r["transport"], r["concurrency"], r.get("seq")): r
               for r in scn.get("ratios", [])}
     for row in scn.get("results", []):
@@ -225,6 +247,7 @@ def render(scn: dict) -> list[str]:
             f"| {row.get('batching', {}).get('mean_batch', '–')} "
             f"| {ip.get('infer_per_s', '–')} (batch {ip.get('batch', '–')}) "
             f"| {r.get(f'{name}_over_inprocess_at_reached', '–')} "
+            f"| {row.get('cpu_ms_per_infer', '–')} / {ip.get('cpu_ms_per_infer', '–')} "
             f"| {vs if vs is not None else '–'} |")
     if scn.get("inprocess"):
         out += ["", "onnxruntime in-process, same CPU: " + ", ".join(
