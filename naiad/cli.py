@@ -266,18 +266,13 @@ def options_from_args(argv: list[str]) -> ServerOptions:
 # Flags whose features are owned by later work: accepted, refused while unbuilt.
 # Each entry: (predicate on options, message).
 UNBUILT: list[tuple[Callable[[ServerOptions], bool], str]] = [
-    (lambda o: o.grpc_use_ssl or o.grpc_use_ssl_mutual, "--grpc-use-ssl is not supported yet"),
     (lambda o: o.allow_sagemaker, "--allow-sagemaker: the SageMaker endpoint is not served"),
     (lambda o: o.allow_vertex_ai, "--allow-vertex-ai: the Vertex AI endpoint is not served"),
     # accepted silently these would change nothing: refused until they are built
     (lambda o: o.model_namespacing, "--model-namespacing is not supported yet"),
     (lambda o: bool(o.http_restricted_api), "--http-restricted-api is not supported yet"),
-    (lambda o: bool(o.grpc_restricted_protocol),
-     "--grpc-restricted-protocol is not supported yet"),
     (lambda o: bool(o.http_header_forward_pattern),
      "--http-header-forward-pattern is not supported yet"),
-    (lambda o: bool(o.grpc_header_forward_pattern),
-     "--grpc-header-forward-pattern is not supported yet"),
 ]
 
 
@@ -414,6 +409,10 @@ async def run(options: ServerOptions) -> int:
         await server.stop(timeout=5)
         # "[Errno 98] ..." is noise: the message already names the address
         return _fail(exc.strerror if exc.errno is not None and exc.strerror else str(exc))
+    except NaiadError as exc:  # a frontend's settings are wrong (TLS files, restrictions)
+        stopping.cancel()
+        await server.stop(timeout=5)
+        return _fail(exc.message)
     await stopping
     clean = await server.stop()
     if not clean:

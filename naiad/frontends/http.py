@@ -28,6 +28,7 @@ from naiad.core.errors import (
     Unsupported,
     as_naiad_error,
 )
+from naiad.frontends import extensions
 from naiad.frontends.status import http_status
 from naiad.protocol import http_codec
 
@@ -482,9 +483,7 @@ class HttpApp:
     # -- trace and logging extensions -----------------------------------------------------------
 
     async def _trace_setting(self, model: str, method, scope, receive, send) -> None:
-        tracer = self.server.tracer
-        if tracer is None:
-            raise Unsupported("the trace extension is not available")
+        tracer = extensions.tracer(self.server)
         if method == "GET":
             await self._send_json(send, 200, tracer.get_settings(model))
         elif method == "POST":
@@ -494,9 +493,7 @@ class HttpApp:
             raise HttpError(405, "Method Not Allowed")
 
     async def _logging(self, method, scope, receive, send) -> None:
-        settings = getattr(self.server, "log_settings", None)
-        if settings is None:
-            raise Unsupported("the logging extension is not available")
+        settings = extensions.log_settings(self.server)
         if method == "GET":
             await self._send_json(send, 200, settings.get())
         elif method == "POST":

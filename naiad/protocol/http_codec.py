@@ -202,14 +202,11 @@ def _decode_full(body, header_length, model_name, model_version, shm):
         name = item.get("name")
         if not isinstance(name, str):
             raise InvalidArgument("each input must have a string 'name'")
-        datatype = item.get("datatype")
-        if not isinstance(datatype, str) or not datatypes.is_valid_wire(datatype):
-            raise InvalidArgument(f"invalid datatype for input {name}")
+        datatype = tensor_codec.check_datatype(item.get("datatype"), name)
         shape = tensor_codec.check_shape(item.get("shape"), name)
         iparams = _params(item, f"input '{name}'")
         if name in inputs:
-            raise InvalidArgument(f"[request id: {req_id or '<id_unknown>'}] input '{name}' "
-                                  "already exists in request")
+            raise tensor_codec.duplicate_input_error(name, req_id)
         if "shared_memory_region" in iparams:
             if "data" in item or "binary_data_size" in iparams:
                 raise InvalidArgument(_one_source_error(name))
@@ -343,8 +340,28 @@ def decode_raw_request(body, model, model_name: str, model_version: int) -> Infe
                             model_version=model_version)
 
 
+def read_shared_memory_input(params: dict[str, Any], shm_reader: ShmReader | None,
+                             datatype: str, shape: tuple, name: str) -> np.ndarray:
+    """An input given as a shared-memory region (HTTP and gRPC input parameters)."""
+    if shm_reader is None:
+        raise InvalidArgument("shared memory inputs are not supported by this endpoint")
+    region = params["shared_memory_region"]
+    byte_size = params.get("shared_memory_byte_size")
+    shm_offset = params.get("shared_memory_offset", 0)
+    if not isinstance(region, str) or type(byte_size) is not int or \
+            type(shm_offset) is not int:
+        raise InvalidArgument(
+            f"input '{name}': shared_memory_region must be a string and "
+            "shared_memory_byte_size/offset integers")
+    return shm_reader(region, shm_offset, byte_size, datatype, shape, name)
+
+
 def apply_request_parameters(request: InferenceRequest, params: dict[str, Any]) -> None:
-    """Consume the sequence and schedule-policy keys; pass the rest through."""
+    """Consume the sequence and schedule-policy keys; pass the rest through.
+
+    Keys starting with ``triton_`` are Triton's own: a frontend consumes the
+    ones it knows before calling this; any other is refused, as Triton does.
+    """
     passthrough = {}
     for key, value in params.items():
         if key.startswith(_RESERVED_PREFIX):

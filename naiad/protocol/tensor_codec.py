@@ -53,6 +53,18 @@ def check_shape(shape: Any, name: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def check_datatype(datatype: Any, name: str) -> str:
+    """A request input's wire datatype, refused unless it is one of the known names."""
+    if type(datatype) is not str or datatype not in datatypes.ELEMENT_SIZE:
+        raise InvalidArgument(f"invalid datatype for input {name}")
+    return datatype
+
+
+def duplicate_input_error(name: str, request_id: str = "") -> InvalidArgument:
+    return InvalidArgument(f"[request id: {request_id or '<id_unknown>'}] input '{name}' "
+                           "already exists in request")
+
+
 # ---------------------------------------------------------------------------
 # raw bytes
 # ---------------------------------------------------------------------------
@@ -131,6 +143,18 @@ def count_bytes_elements(buf, name: str) -> int:
             raise InvalidArgument(f"truncated BYTES element in input '{name}'")
         n += 1
     return n
+
+
+def bytes_tensor(items: list, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """A BYTES tensor from a list of ``bytes`` elements (gRPC ``bytes_contents``)."""
+    n = element_count(shape)
+    if len(items) != n:
+        raise InvalidArgument(
+            f"expected {n} string elements for inference input '{name}' of shape "
+            f"{list(shape)}, got {len(items)}")
+    arr = np.empty(n, dtype=np.object_)
+    arr[:] = items
+    return arr.reshape(shape)
 
 
 def encode_bytes_elements(arr: np.ndarray) -> bytes:
