@@ -6,6 +6,7 @@ import datetime
 import gzip
 import ipaddress
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -96,10 +97,16 @@ def certs(tmp_path_factory):
     return _certificates(tmp_path_factory.mktemp("certs"))
 
 
-def test_tls(certs):
+@pytest.fixture(params=["native", "grpcio"])
+def transport(request) -> dict:
+    """The environment selecting one of naiad's two gRPC transports."""
+    return {"NAIAD_GRPC_SERVER": request.param}
+
+
+def test_tls(certs, transport):
     with NaiadProcess(EXAMPLES, "--grpc-use-ssl=true",
                       f"--grpc-server-cert={certs['server_cert']}",
-                      f"--grpc-server-key={certs['server_key']}") as server:
+                      f"--grpc-server-key={certs['server_key']}", env=transport) as server:
         secure = grpcclient.InferenceServerClient(url=server.grpc_url, ssl=True,
                                                   root_certificates=certs["ca"])
         try:
@@ -116,11 +123,11 @@ def test_tls(certs):
             plain.close()
 
 
-def test_mutual_tls(certs):
+def test_mutual_tls(certs, transport):
     with NaiadProcess(EXAMPLES, "--grpc-use-ssl-mutual=true",
                       f"--grpc-server-cert={certs['server_cert']}",
                       f"--grpc-server-key={certs['server_key']}",
-                      f"--grpc-root-cert={certs['ca']}") as server:
+                      f"--grpc-root-cert={certs['ca']}", env=transport) as server:
         with_cert = grpcclient.InferenceServerClient(
             url=server.grpc_url, ssl=True, root_certificates=certs["ca"],
             private_key=certs["client_key"], certificate_chain=certs["client_cert"])
@@ -236,7 +243,7 @@ def test_response_compression_shrinks_the_wire(tmp_path):
     assert compressed < zeros.size // 20
 
 
-def test_busy_grpc_port_is_a_clear_error():
+def test_busy_grpc_port_is_a_clear_error(transport):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
@@ -246,7 +253,8 @@ def test_busy_grpc_port_is_a_clear_error():
              f"--http-port={free_port()}", f"--grpc-port={port}",
              f"--metrics-port={free_port()}", "--http-address=127.0.0.1",
              "--grpc-address=127.0.0.1"],
-            cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+            cwd=str(ROOT), capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, **transport))
     assert proc.returncode != 0
     assert f"unable to bind 127.0.0.1:{port}" in proc.stderr
 
@@ -258,12 +266,12 @@ def test_allow_grpc_false_serves_no_grpc():
             assert s.connect_ex(("127.0.0.1", server.grpc_port)) != 0
 
 
-def test_restricted_protocol(tmp_path):
+def test_restricted_protocol(tmp_path, transport):
     repo = tmp_path / "models"
     repo.mkdir()
     copy_example(repo, "add_sub")
-    with NaiadProcess(repo, "--grpc-restricted-protocol=inference,model-config:admin-key=s3cret"
-                      ) as server:
+    with NaiadProcess(repo, "--grpc-restricted-protocol=inference,model-config:admin-key=s3cret",
+                      env=transport) as server:
         client = grpcclient.InferenceServerClient(url=server.grpc_url)
         try:
             assert client.is_server_live()  # health is not restricted
@@ -293,9 +301,9 @@ def test_bad_restricted_protocol_is_refused():
     assert "unknown protocol 'teleport'" in proc.stderr
 
 
-def test_header_forward_pattern(tmp_path):
+def test_header_forward_pattern(tmp_path, transport):
     repo = build_repository(tmp_path / "models")
-    with NaiadProcess(repo, "--grpc-header-forward-pattern=x-fwd-.*") as server:
+    with NaiadProcess(repo, "--grpc-header-forward-pattern=x-fwd-.*", env=transport) as server:
         client = grpcclient.InferenceServerClient(url=server.grpc_url)
         try:
             inp = grpcclient.InferInput("IN", [1], "INT32")

@@ -33,10 +33,11 @@ NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.
          "BYTES": np.object_}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["native", "grpcio"])
+def server(request, tmp_path_factory):
+    """naiad on both gRPC transports: its own core on grpcio's C layer, and grpcio's server."""
     repo = build_repository(tmp_path_factory.mktemp("grpc") / "models")
-    with NaiadProcess(repo) as proc:
+    with NaiadProcess(repo, env={"NAIAD_GRPC_SERVER": request.param}) as proc:
         yield proc
 
 

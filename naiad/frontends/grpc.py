@@ -159,9 +159,9 @@ class InferenceService:
         with self.pool.waiting():
             return fut.result()
 
-    def _forward_headers(self, request: InferenceRequest, context: Any) -> None:
+    def _forward_headers(self, request: InferenceRequest, metadata: Any) -> None:
         match = self.forward.fullmatch
-        for key, value in context.invocation_metadata():
+        for key, value in metadata:
             if match(key) is not None and isinstance(value, str):
                 request.parameters[key] = value
 
@@ -220,7 +220,7 @@ class InferenceService:
             shm_reader, shm_writer = self._shm()
             request, _ = codec.decode_infer_request(msg, shm_reader)
             if self.forward is not None:
-                self._forward_headers(request, context)
+                self._forward_headers(request, context.invocation_metadata())
             model = self.server.get_model(request.model_name, request.model_version)
             if model.decoupled:
                 raise Unsupported(DECOUPLED_MESSAGE)
@@ -251,7 +251,7 @@ class InferenceService:
         return True
 
     def ModelStreamInfer(self, request_iterator, context):
-        return _Stream(self, request_iterator, context).responses()
+        return _ThreadedStream(self, request_iterator, context).responses()
 
     # -- repository ----------------------------------------------------------------------------
 
@@ -384,102 +384,47 @@ class InferenceService:
         return iter(())
 
 
-_END = object()
+END = object()  # marks the end of a stream's responses
 
 
-class _Stream:
-    """One ModelStreamInfer call: a reader thread submits, the handler thread writes.
+class StreamSession:
+    """One ModelStreamInfer call, whatever carries it: submitting, ordering, ending.
 
     Many requests may be in flight at once. Responses of decoupled models go
     out as they come; those of other models in the order their requests
     arrived, as Triton sends them. A request the server refuses is answered
-    with ``error_message`` and the stream stays open.
+    with ``error_message`` and the stream stays open. A transport subclass
+    feeds requests to ``submit`` and ``end_of_requests`` and sends what
+    ``_emit`` receives: a message, a callable making one, or ``END``.
+    ``_emit`` is always called with ``lock`` held, so emissions keep their order.
     """
 
-    def __init__(self, service: InferenceService, requests: Iterator, context: Any):
+    def __init__(self, service: InferenceService, metadata: Any = ()):
         self.service = service
-        self.requests = requests
-        self.context = context
+        self.metadata = metadata
         self.lock = threading.Lock()
-        self.outbox: collections.deque = collections.deque()
-        self.ready = threading.Semaphore(0)
         self.in_order: collections.deque = collections.deque()  # [message or None] slots
         self.in_flight: set[InferenceRequest] = set()
         self.reading = True
         self.closed = False
 
-    # -- writer (the RPC's own thread) ---------------------------------------------------------
+    def _emit(self, item: Any) -> None:  # pragma: no cover - transports override
+        raise NotImplementedError
 
-    def responses(self) -> Iterator[Any]:
-        pool = self.service.pool
-        with pool.waiting():
-            try:
-                pool.submit(self._read)
-                while True:
-                    self.ready.acquire()
-                    with self.lock:
-                        item = self.outbox.popleft()
-                    if item is _END:
-                        return
-                    yield item if not callable(item) else item()
-            finally:
-                self._close()
+    # -- requests in ------------------------------------------------------------------
 
-    def _post(self, item: Any) -> None:
-        """Queue one outgoing message (or a callable making it) for the writer."""
-        self.outbox.append(item)
-        self.ready.release()
-
-    def _close(self) -> None:
-        with self.lock:
-            self.closed = True
-            pending = list(self.in_flight)
-            self.in_flight.clear()
-        for request in pending:
-            request.cancelled = True
-
-    # -- reader --------------------------------------------------------------------------
-
-    def _read(self) -> None:
-        with self.service.pool.waiting():
-            broken = False
-            try:
-                for msg in self.requests:
-                    if self.closed:
-                        break
-                    self._submit(msg)
-            except Exception as exc:  # the client cancelled or the connection broke
-                broken = True
-                if not isinstance(exc, grpc.RpcError):
-                    log.exception("reading a gRPC stream failed")
-            finally:
-                pending: list[InferenceRequest] = []
-                with self.lock:
-                    self.reading = False
-                    if broken and not self.closed:
-                        # nobody will read the responses: stop the work, end the writer
-                        self.closed = True
-                        pending = list(self.in_flight)
-                        self.in_flight.clear()
-                        self.in_order.clear()
-                        self._post(_END)
-                    elif not self.closed and not self.in_flight and not self.in_order:
-                        self._post(_END)
-                for request in pending:
-                    request.cancelled = True
-
-    def _submit(self, msg: Any) -> None:
+    def submit(self, msg: Any) -> None:
         service = self.service
         slot = None
         try:
             shm_reader, shm_writer = service._shm()
             request, empty_final = codec.decode_infer_request(msg, shm_reader)
             if service.forward is not None:
-                service._forward_headers(request, self.context)
+                service._forward_headers(request, self.metadata)
             model = service.server.get_model(request.model_name, request.model_version)
         except Exception as exc:
             err = exc if isinstance(exc, NaiadError) else as_naiad_error(exc)
-            self._refuse(None, err, msg.id)
+            self.refuse(err, msg.id)
             return
         decoupled = model.decoupled
         version_text = msg.model_version
@@ -511,15 +456,17 @@ class _Stream:
             err = exc if isinstance(exc, NaiadError) else as_naiad_error(exc)
             with self.lock:
                 self.in_flight.discard(request)
-            self._refuse(slot, err, msg.id, ordered=not decoupled)
+            self.refuse(err, msg.id, slot, ordered=not decoupled)
 
-    def _refuse(self, slot: list | None, error: NaiadError, request_id: str,
-                ordered: bool = True) -> None:
+    def refuse(self, error: NaiadError, request_id: str, slot: list | None = None,
+               ordered: bool = True) -> None:
         """A request refused before it ran: its error (in order unless decoupled)."""
         message = codec.stream_error(error.message, request_id)
         with self.lock:
+            if self.closed:
+                return
             if not ordered:
-                self._post(message)
+                self._emit(message)
             else:
                 if slot is None:
                     slot = [None]
@@ -527,12 +474,32 @@ class _Stream:
                 slot[0] = message
             self._flush_locked()
 
+    def end_of_requests(self) -> None:
+        """The client sent its last request: END follows the last response."""
+        with self.lock:
+            self.reading = False
+            if not self.closed:
+                self._flush_locked()
+
+    def abort(self) -> None:
+        """Nobody will read the responses: cancel what is in flight, send nothing more."""
+        with self.lock:
+            self.reading = False
+            self.closed = True
+            pending = list(self.in_flight)
+            self.in_flight.clear()
+            self.in_order.clear()
+        for request in pending:
+            request.cancelled = True
+
+    # -- responses out ------------------------------------------------------------------
+
     def _deliver(self, slot: list | None, item: Any) -> None:
         with self.lock:
             if self.closed:
                 return
             if slot is None:
-                self._post(item)
+                self._emit(item)
             else:
                 slot[0] = item
                 self._flush_locked()
@@ -544,7 +511,7 @@ class _Stream:
                 return
             if item is not None:
                 if slot is None:
-                    self._post(item)
+                    self._emit(item)
                 else:
                     slot[0] = item
             self._flush_locked()
@@ -552,9 +519,55 @@ class _Stream:
     def _flush_locked(self) -> None:
         order = self.in_order
         while order and order[0][0] is not None:
-            self._post(order.popleft()[0])
+            self._emit(order.popleft()[0])
         if not self.reading and not self.in_flight and not order:
-            self._post(_END)
+            self.closed = True
+            self._emit(END)
+
+
+class _ThreadedStream(StreamSession):
+    """A stream on grpcio's own server: a reader thread submits, the RPC's thread writes."""
+
+    def __init__(self, service: InferenceService, requests: Iterator, context: Any):
+        super().__init__(service, context.invocation_metadata())
+        self.requests = requests
+        self.outbox: collections.deque = collections.deque()
+        self.ready = threading.Semaphore(0)
+
+    def _emit(self, item: Any) -> None:
+        self.outbox.append(item)
+        self.ready.release()
+
+    def responses(self) -> Iterator[Any]:
+        pool = self.service.pool
+        with pool.waiting():
+            try:
+                pool.submit(self._read)
+                while True:
+                    self.ready.acquire()
+                    with self.lock:
+                        item = self.outbox.popleft()
+                    if item is END:
+                        return
+                    yield item if not callable(item) else item()
+            finally:
+                self.abort()
+
+    def _read(self) -> None:
+        with self.service.pool.waiting():
+            try:
+                for msg in self.requests:
+                    if self.closed:
+                        break
+                    self.submit(msg)
+            except Exception as exc:  # the client cancelled or the connection broke
+                if not isinstance(exc, grpc.RpcError):
+                    log.exception("reading a gRPC stream failed")
+                self.abort()
+                with self.lock:
+                    self._emit(END)  # wake the writer: nothing more will come
+            else:
+                self.end_of_requests()
 
 
 class GrpcFrontend:
@@ -569,6 +582,7 @@ class GrpcFrontend:
         self.options = options if options is not None else server.options
         self.pool: ElasticPool | None = None
         self.service: InferenceService | None = None
+        self.kind = ""  # "native" (naiad's core on grpcio's C layer) or "grpcio"
         self._grpc: Any = None
 
     # -- configuration ------------------------------------------------------------------
@@ -619,8 +633,8 @@ class GrpcFrontend:
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=root,
                                            require_client_auth=bool(o.grpc_use_ssl_mutual))
 
-    def _handlers(self, service: InferenceService) -> tuple[dict, dict]:
-        restricted = parse_restricted_protocols(list(self.options.grpc_restricted_protocol or []))
+    def _handlers(self, service: InferenceService,
+                  restricted: dict[str, tuple[str, str]]) -> tuple[dict, dict]:
         unary = grpc.unary_unary_rpc_method_handler
 
         def guard(method: str, fn: Callable) -> Callable:
@@ -691,11 +705,37 @@ class GrpcFrontend:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        threads = int(os.environ.get("NAIAD_GRPC_THREADS", "4") or 4)
+        from naiad.frontends import grpc_native
+
+        kind = os.environ.get("NAIAD_GRPC_SERVER", "native")
+        if kind not in ("native", "grpcio"):
+            raise InvalidArgument(f"NAIAD_GRPC_SERVER must be 'native' or 'grpcio', got '{kind}'")
+        if kind == "native" and not grpc_native.available():
+            log.warning("this grpcio lacks the internal API of naiad's gRPC core: serving with "
+                        "grpcio's synchronous server instead (slower)")
+            kind = "grpcio"
+        threads = int(os.environ.get("NAIAD_GRPC_THREADS", "") or (2 if kind == "native" else 4))
         pool = ElasticPool(core=threads, name="naiad-grpc")
         service = InferenceService(self.server, pool, self.options)
-        inference, health = self._handlers(service)
         credentials = self.credentials()
+        restricted = parse_restricted_protocols(list(self.options.grpc_restricted_protocol or []))
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        target = f"{host}:{self.port}"
+        if kind == "native":
+            native = grpc_native.NativeServer(service, pool, self.channel_options(), credentials,
+                                              restricted)
+            port = native.add_port(target)
+            if not port:
+                pool.shutdown(wait=False)
+                raise OSError(errno.EADDRINUSE, f"unable to bind {self.address}:{self.port}")
+            self.port = port
+            native.begin()
+            self._grpc = native
+            self.pool = pool
+            self.service = service
+            self.kind = kind
+            return
+        inference, health = self._handlers(service, restricted)
         server = grpc.server(pool, options=self.channel_options(), maximum_concurrent_rpcs=None)
         if hasattr(server, "add_registered_method_handlers"):
             server.add_registered_method_handlers(SERVICE, inference)
@@ -704,8 +744,6 @@ class GrpcFrontend:
             server.add_generic_rpc_handlers((
                 grpc.method_handlers_generic_handler(SERVICE, inference),
                 grpc.method_handlers_generic_handler(HEALTH_SERVICE, health)))
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        target = f"{host}:{self.port}"
         try:
             if credentials is None:
                 port = server.add_insecure_port(target)
@@ -723,6 +761,7 @@ class GrpcFrontend:
         self._grpc = server
         self.pool = pool
         self.service = service
+        self.kind = kind
 
     async def stop(self) -> None:
         server, self._grpc = self._grpc, None
