@@ -41,7 +41,8 @@ REPO_ROOT = HERE.parent
 WORK = HERE / ".work"
 RESULTS = HERE / "results"
 LOGS = WORK / "logs"
-REFERENCE_SCRIPT = REPO_ROOT.parent / "shared" / "reference" / "triton.sh"
+REFERENCE_SCRIPT = Path(os.environ.get("NAIAD_REFERENCE_SCRIPT") or
+                        REPO_ROOT.parent / "shared" / "reference" / "triton.sh")
 PROJECT_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 EXPORT_VENV_PYTHON = WORK / "venv-export" / "bin" / "python"
 
@@ -366,7 +367,7 @@ def parse_args(argv=None):
     ap.add_argument("--concurrency", default="1,16,64",
                     help="comma-separated concurrency levels (default 1,16,64)")
     ap.add_argument("--transport", action="append", choices=sorted(loadgen.TRANSPORTS),
-                    help="transport(s) to measure (default: http)")
+                    help="transport(s) to measure (default: http and grpc)")
     ap.add_argument("--server-cpus", default="0", help="taskset CPU list for servers (0)")
     ap.add_argument("--client-cpus", default="1", help="taskset CPU list for wrk (1)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin anything")
@@ -375,7 +376,7 @@ def parse_args(argv=None):
     a.duration = a.duration or (4 if a.quick else 15)
     a.warmup = a.warmup if a.warmup is not None else (2 if a.quick else 5)
     a.concurrency = [int(x) for x in a.concurrency.split(",") if x.strip()]
-    a.transport = a.transport or ["http"]
+    a.transport = a.transport or ["http", "grpc"]
     a.only = a.only or list(SCENARIOS)
     if not a.no_pin and (os.cpu_count() or 1) < 2:
         print("[bench] fewer than 2 CPUs: running unpinned", file=sys.stderr)

@@ -121,7 +121,7 @@ def render_markdown(res: dict) -> str:
         (f"Pinning: servers (and their child processes) on CPU "
          f"{pin.get('server_cpus') or 'unpinned'}"
         f", load generator on CPU {pin.get('client_cpus') or 'unpinned'}"
-        f" ({res.get('tools', {}).get('wrk', 'wrk')})."),
+        f" ({'; '.join(res.get('tools', {}).values()) or 'wrk'})."),
         "",
     ]
     sc = res.get("scenarios", {})
@@ -131,9 +131,11 @@ def render_markdown(res: dict) -> str:
 
     a = sc.get("add_sub")
     if a:
-        out += ["## add_sub — python backend, HTTP binary tensors (overhead-bound)", "",
-                ("infer/s = successful responses per second; latencies in ms as wrk measures "
-                "them (request sent to response received)."), ""]
+        out += ["## add_sub — python backend, HTTP binary tensors and gRPC (overhead-bound)",
+                "",
+                ("infer/s = successful responses per second; latencies in ms as the load "
+                "generator measures them (request sent to response received): wrk for http, "
+                "h2load for grpc (ModelInfer with raw_input_contents)."), ""]
         out += [_server_note(k, a.get("servers", {}).get(k)) for k in ("naiad", "reference")]
         if a.get("error"):
             out.append(f"- scenario error: {a['error']}")
@@ -156,7 +158,8 @@ def render_markdown(res: dict) -> str:
         req = b.get("request", {})
         out += ["## MiniLM-L6-v2 — ONNX on onnxruntime (compute-bound)", "",
                 (f"Batch {req.get('batch', '?')} × sequence {req.get('seq', '?')} tokens per "
-                "request over HTTP binary tensors, vs the same ONNX model called in-process "
+                "request over HTTP binary tensors or gRPC raw tensors, vs the same ONNX model "
+                "called in-process "
                 "with the same onnxruntime session options "
                 f"({_sessopts(b)}) on the same pinned CPU, back to back (concurrency does not "
                 "apply to it: it is re-measured next to each served level)."), ""]

@@ -467,14 +467,18 @@ class NativeServer:
         import time
 
         pollers = self._pollers
+        idle_checks = 0
         while not self._shutting_down:
             seen = self._events
-            time.sleep(STALL_CHECK_S)
-            if self._events != seen or self._shutting_down:
-                continue
+            # every poller waiting for work: nothing can be stuck, look again later
+            time.sleep(STALL_CHECK_S if idle_checks < 20 else STALL_CHECK_S * 10)
+            if self._shutting_down:
+                return
             with self._pollers_lock:
-                stuck = bool(pollers) and not any(pollers.values())
-            if stuck:
+                busy = [t for t, polling in pollers.items() if not polling]
+                stuck = bool(pollers) and len(busy) == len(pollers)
+            idle_checks = 0 if busy else idle_checks + 1
+            if stuck and self._events == seen:
                 self._add_poller()
 
     # -- starting batches ---------------------------------------------------------------
