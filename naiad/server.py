@@ -28,7 +28,13 @@ from naiad.core.errors import (
     Unavailable,
     Unsupported,
 )
-from naiad.core.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
+from naiad.core.types import (
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    ResponseCallback,
+    Tensor,
+)
 from naiad.options import MODE_EXPLICIT, MODE_NONE, MODE_POLL, ServerOptions
 from naiad.protocol import datatypes
 from naiad.repository.manager import ModelRepositoryManager
@@ -305,6 +311,35 @@ class Server:
     def get_model(self, name: str, version: int = -1):
         return self.manager.get_model(name, version)
 
+    def submit(self, request: InferenceRequest, on_response: ResponseCallback,
+               stream: bool = False):
+        """Hand a request to its model; every response goes to ``on_response``.
+
+        The synchronous core call under ``infer``/``infer_stream``, also used
+        directly by frontends that wait on their own threads (gRPC). A call
+        that expects one response (``stream=False``) refuses decoupled models
+        with Triton's text; a version retired by a reload between lookup and
+        submit is retried on its successor. Returns the model; raises
+        NaiadError with nothing submitted.
+        """
+        model = self.manager.get_model(request.model_name, request.model_version)
+        if model.decoupled and not stream:
+            # Triton's texts (UNSUPPORTED: HTTP 501, gRPC UNIMPLEMENTED)
+            raise Unsupported(
+                "ModelInfer RPC doesn't support models with decoupled transaction policy"
+                if request.origin == "grpc" else
+                "HTTP end point doesn't support models with decoupled transaction policy")
+        request.set_response_callback(on_response)
+        try:
+            model.submit(request)
+        except Unavailable:
+            if model.accepting:
+                raise
+            # the version retired between lookup and submit (a reload): the new one serves
+            model = self.manager.get_model(request.model_name, request.model_version)
+            model.submit(request)
+        return model
+
     async def infer(self, request: InferenceRequest,
                     on_wait: Callable[[Any, InferenceRequest], Any] | None = None,
                     ) -> InferenceResponse:
@@ -315,13 +350,6 @@ class Server:
         that is called when the response arrives (frontends watch for client
         disconnects this way, paying nothing for requests answered inline).
         """
-        model = self.manager.get_model(request.model_name, request.model_version)
-        if model.decoupled:
-            # Triton's texts (UNSUPPORTED: HTTP 501, gRPC UNIMPLEMENTED)
-            raise Unsupported(
-                "ModelInfer RPC doesn't support models with decoupled transaction policy"
-                if request.origin == "grpc" else
-                "HTTP end point doesn't support models with decoupled transaction policy")
         loop = self._loop or asyncio.get_running_loop()
         fut = loop.create_future()
         loop_thread = self._loop_thread
@@ -333,15 +361,7 @@ class Server:
                 else:
                     loop.call_soon_threadsafe(_set_future, fut, response)
 
-        request.set_response_callback(on_response)
-        try:
-            model.submit(request)
-        except Unavailable:
-            if model.accepting:
-                raise
-            # the version retired between lookup and submit (a reload): the new one serves
-            model = self.manager.get_model(request.model_name, request.model_version)
-            model.submit(request)
+        model = self.submit(request, on_response)
         watcher = on_wait(model, request) if on_wait is not None and not fut.done() else None
         try:
             response = await fut
@@ -363,21 +383,13 @@ class Server:
         Errors arrive as responses with ``error`` set; the iterator ends after
         the final one.
         """
-        model = self.manager.get_model(request.model_name, request.model_version)
         loop = self._loop or asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
         def on_response(response: InferenceResponse | None, final: bool) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, (response, final))
 
-        request.set_response_callback(on_response)
-        try:
-            model.submit(request)
-        except Unavailable:
-            if model.accepting:
-                raise
-            model = self.manager.get_model(request.model_name, request.model_version)
-            model.submit(request)
+        model = self.submit(request, on_response, stream=True)
         try:
             while True:
                 response, final = await queue.get()

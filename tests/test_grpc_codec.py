@@ -124,7 +124,7 @@ def test_data_sources_follow_tritons_rules():
     dup = _request(A=("FP32", np.zeros(2, np.float32)))
     dup.inputs.add(name="A", datatype="FP32", shape=[2])
     dup.raw_input_contents.append(b"\x00" * 8)
-    with pytest.raises(InvalidArgument, match="more than once"):
+    with pytest.raises(InvalidArgument, match="input .A. already exists in request"):
         codec.decode_infer_request(dup)
 
 
@@ -209,7 +209,7 @@ def test_repository_and_settings_helpers():
     load.parameters["config"].string_param = "{}"
     load.parameters["file:1/model.py"].bytes_param = b"\x00\x01"
     assert codec.repository_load_parameters(load.parameters) == {
-        "config": "{}", "file:1/model.py": "AAE="}
+        "config": "{}", "file:1/model.py": b"\x00\x01"}
     load.parameters["config"].bool_param = True
     with pytest.raises(InvalidArgument, match="expected string_param"):
         codec.repository_load_parameters(load.parameters)

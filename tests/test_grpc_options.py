@@ -346,6 +346,19 @@ def test_repository_load_and_unload(tmp_path):
                 client.load_model("no_such_model")
             assert "no_such_model" in e.value.message()
             _add_sub(client)
+            # a model sent whole in the request: config plus files as raw bytes
+            model_py = (EXAMPLES / "add_sub" / "1" / "model.py").read_bytes()
+            config["name"] = "shipped"
+            config.pop("parameters")
+            client.load_model("shipped", config=json.dumps(config),
+                              files={"file:1/model.py": model_py})
+            assert client.is_model_ready("shipped")
+            a = np.ones(4, np.float32)
+            inputs = [grpcclient.InferInput(n, [4], "FP32") for n in ("INPUT0", "INPUT1")]
+            for i in inputs:
+                i.set_data_from_numpy(a)
+            np.testing.assert_array_equal(
+                client.infer("shipped", inputs).as_numpy("OUTPUT1"), np.zeros(4, np.float32))
         finally:
             client.close()
 

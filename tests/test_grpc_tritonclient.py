@@ -170,7 +170,7 @@ def test_repository_control_refused_when_not_explicit(client):
     with pytest.raises(InferenceServerException) as e:
         client.load_model("add_sub")
     assert code_of(e.value) == "UNAVAILABLE"
-    assert "explicit model load is not allowed" in e.value.message()
+    assert "explicit model load / unload is not allowed" in e.value.message()
     with pytest.raises(InferenceServerException) as e:
         client.unload_model("add_sub")
     assert code_of(e.value) == "UNAVAILABLE"

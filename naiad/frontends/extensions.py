@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from naiad.core.errors import NotFound, Unsupported
+from naiad.core.errors import NotFound, Unavailable, Unsupported
+
+# new inference is refused from the moment the server starts stopping
+SHUTTING_DOWN = "Server is shutting down: new inference requests are not accepted"
+
+
+def refuse_if_shutting_down(server: Any) -> None:
+    if server.shutting_down:
+        raise Unavailable(SHUTTING_DOWN)
 
 
 def system_shared_memory(server: Any) -> Any:

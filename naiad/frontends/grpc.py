@@ -62,8 +62,6 @@ STOP_GRACE_S = 5.0
 
 _STATUS: dict[ErrorKind, grpc.StatusCode] = {kind: grpc_status(kind) for kind in ErrorKind}
 _COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
-DECOUPLED_MESSAGE = ("ModelInfer RPC doesn't support models with decoupled transaction "
-                     "policy")
 
 # Triton's groups of RPCs for --grpc-restricted-protocol
 PROTOCOL_GROUPS: dict[str, tuple[str, ...]] = {
@@ -217,16 +215,14 @@ class InferenceService:
 
     def ModelInfer(self, msg, context):
         try:
+            server = self.server
+            extensions.refuse_if_shutting_down(server)
             shm_reader, shm_writer = self._shm()
             request, _ = codec.decode_infer_request(msg, shm_reader)
             if self.forward is not None:
                 self._forward_headers(request, context.invocation_metadata())
-            model = self.server.get_model(request.model_name, request.model_version)
-            if model.decoupled:
-                raise Unsupported(DECOUPLED_MESSAGE)
             waiter = _Waiter()
-            request.set_response_callback(waiter.on_response)
-            model.submit(request)
+            model = server.submit(request, waiter.on_response)
             if not waiter.done and not self._wait(waiter, request, context):
                 return codec.ModelInferResponse()  # the client is gone
             response = waiter.response
@@ -415,13 +411,16 @@ class StreamSession:
 
     def submit(self, msg: Any) -> None:
         service = self.service
+        server = service.server
         slot = None
         try:
+            extensions.refuse_if_shutting_down(server)
             shm_reader, shm_writer = service._shm()
             request, empty_final = codec.decode_infer_request(msg, shm_reader)
             if service.forward is not None:
                 service._forward_headers(request, self.metadata)
-            model = service.server.get_model(request.model_name, request.model_version)
+            # decoupled or not decides where responses queue: known before any arrives
+            model = server.get_model(request.model_name, request.model_version)
         except Exception as exc:
             err = exc if isinstance(exc, NaiadError) else as_naiad_error(exc)
             self.refuse(err, msg.id)
@@ -449,9 +448,8 @@ class StreamSession:
             else:
                 self._deliver(slot, make)
 
-        request.set_response_callback(on_response)
         try:
-            model.submit(request)
+            server.submit(request, on_response, stream=True)
         except Exception as exc:
             err = exc if isinstance(exc, NaiadError) else as_naiad_error(exc)
             with self.lock:

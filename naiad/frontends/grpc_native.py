@@ -44,8 +44,9 @@ from typing import Any
 
 import grpc
 
-from naiad.core.errors import NaiadError, Unsupported, as_naiad_error
+from naiad.core.errors import NaiadError, Unavailable, as_naiad_error
 from naiad.core.types import InferenceRequest, InferenceResponse
+from naiad.frontends.extensions import SHUTTING_DOWN
 from naiad.protocol import grpc_codec as codec
 from naiad.protocol import grpc_service_pb2 as pb
 from naiad.protocol import health_pb2
@@ -540,6 +541,7 @@ class NativeServer:
             self.send(call, (_CLOSE(_NO_FLAGS),))
             return
         service = self.service
+        server = service.server
         try:
             if self._infer_rule is not None and not _allowed(self._infer_rule, metadata):
                 self.send(call, _status_ops(
@@ -547,21 +549,17 @@ class NativeServer:
                     f"This protocol is restricted, expecting header '{self._infer_rule[0]}'")
                     + (_CLOSE(_NO_FLAGS),))
                 return
+            if server.shutting_down:
+                raise Unavailable(SHUTTING_DOWN)
             msg = pb.ModelInferRequest.FromString(data)
-            shm = service.server.shared_memory
+            shm = server.shared_memory
             request, _ = codec.decode_infer_request(
                 msg, shm.read_input if shm is not None else None)
             if service.forward is not None:
                 service._forward_headers(request, metadata)
-            model = service.server.get_model(request.model_name, request.model_version)
-            if model.decoupled:
-                from naiad.frontends.grpc import DECOUPLED_MESSAGE
-
-                raise Unsupported(DECOUPLED_MESSAGE)
             pending = _Infer(self, call, request,
                              shm.write_output if shm is not None else None)
-            request.set_response_callback(pending.on_response)
-            model.submit(request)
+            server.submit(request, pending.on_response)
         except Exception as exc:
             self.send(call, _error_ops(exc) + (_CLOSE(_NO_FLAGS),))
             return

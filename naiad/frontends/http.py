@@ -39,7 +39,7 @@ OCTET = (b"Content-Type", b"application/octet-stream")
 TEXT = (b"Content-Type", b"text/plain")
 
 # The answer to new inference once a graceful shutdown has begun (503)
-SHUTTING_DOWN = "Server is shutting down: new inference requests are not accepted"
+SHUTTING_DOWN = extensions.SHUTTING_DOWN
 
 
 class HttpError(Exception):

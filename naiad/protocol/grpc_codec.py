@@ -12,7 +12,6 @@ what is particular to the protobuf messages lives here: typed ``contents``,
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import numpy as np
@@ -234,6 +233,7 @@ def decode_infer_request(msg: Any, shm_reader: ShmReader | None = None
     requested = _requested_outputs(msg.outputs) if msg.outputs else None
     request = InferenceRequest(model_name, inputs, model_version=version, id=msg.id,
                                requested_outputs=requested)
+    request.origin = "grpc"
     empty_final = False
     if msg.parameters:
         params = {}
@@ -324,26 +324,18 @@ def stream_error(message: str, request_id: str) -> Any:
 
 
 def repository_load_parameters(params: Any) -> dict[str, Any]:
-    """RepositoryModelLoad parameters as the core takes them (the HTTP JSON form).
+    """RepositoryModelLoad parameters as Python values for the core.
 
-    ``config`` must be a string; ``file:<path>`` contents arrive as bytes here
-    and are base64-encoded, as they arrive over HTTP.
+    ``config`` must be a string (Triton's check); ``file:<path>`` contents
+    arrive as raw bytes, which the core takes as they are.
     """
     out: dict[str, Any] = {}
     for key, p in params.items():
         which = p.WhichOneof("parameter_choice")
-        if key == "config":
-            if which != "string_param":
-                raise InvalidArgument("invalid value type for load parameter 'config', "
-                                      "expected string_param.")
-            out[key] = p.string_param
-        elif key.startswith("file:"):
-            if which == "bytes_param":
-                out[key] = base64.b64encode(p.bytes_param).decode("ascii")
-            else:
-                out[key] = getattr(p, which) if which else None
-        elif which is not None:
-            out[key] = getattr(p, which)
+        if key == "config" and which != "string_param":
+            raise InvalidArgument("invalid value type for load parameter 'config', "
+                                  "expected string_param.")
+        out[key] = getattr(p, which) if which else None
     return out
 
 
