@@ -303,3 +303,52 @@ def test_status_table_covers_every_error_kind():
     assert set(_STATUS) == set(ErrorKind)
     assert _STATUS[ErrorKind.INVALID_ARG].name == "INVALID_ARGUMENT"
     assert _STATUS[ErrorKind.UNSUPPORTED].name == "UNIMPLEMENTED"
+
+
+# ---------------------------------------------------------------------------
+# the native core's pollers
+# ---------------------------------------------------------------------------
+
+
+def test_native_core_adds_a_poller_when_a_handler_blocks():
+    """Two calls whose handlers (run on the polling thread) wait for each other.
+
+    They can only both finish if the watchdog starts a second poller while
+    the first one is stuck; afterwards the core goes back to one poller.
+    """
+    import types
+
+    import grpc
+
+    from naiad.frontends import grpc_native
+    from naiad.frontends.grpc import InferenceService
+    from naiad.protocol import grpc_service_pb2_grpc as pbg
+
+    if not grpc_native.available():
+        pytest.skip("this grpcio lacks the internal API of the native core")
+    barrier = threading.Barrier(2, timeout=20)
+
+    class Blocking(InferenceService):
+        def ServerLive(self, msg, context):
+            barrier.wait()
+            return pb.ServerLiveResponse(live=True)
+
+    pool = ElasticPool(core=1)
+    options = types.SimpleNamespace(grpc_header_forward_pattern="")
+    service = Blocking(types.SimpleNamespace(shared_memory=None), pool, options)
+    core = grpc_native.NativeServer(service, pool, [], None, {})
+    port = core.add_port("127.0.0.1:0")
+    core.begin()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pbg.GRPCInferenceServiceStub(channel)
+            calls = [stub.ServerLive.future(pb.ServerLiveRequest(), timeout=30)
+                     for _ in range(2)]
+            assert [c.result().live for c in calls] == [True, True]
+        deadline = time.monotonic() + 10
+        while len(core._pollers) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(core._pollers) == 1
+    finally:
+        core.stop(0).wait(10)
+        pool.shutdown()
