@@ -1,18 +1,24 @@
 """The gRPC frontend: Triton's ``inference.GRPCInferenceService`` and ``grpc.health.v1``.
 
-Served by grpcio's synchronous server on a small elastic thread pool
-(``grpc_pool.ElasticPool``), beside the HTTP event loop rather than on it.
-A ModelInfer handler thread decodes the request, hands it straight to
-``Model.submit`` with a callback that releases a lock, and waits: no asyncio
-hop at all, and a cheap python model runs right on the handler thread (the
-core's inline execution). docs/grpc.md has the measurements behind this
-choice (grpc.aio on the HTTP loop was about half as fast).
+Two transports carry the same handlers (``InferenceService``) and stream
+logic (``StreamSession``):
 
+* ``grpc_native.NativeServer`` (the default): naiad's own server core on
+  grpcio's C layer, one polling thread, ModelInfer handed straight to
+  ``Server.submit`` with no thread hop (a cheap python model runs inline on
+  the polling thread);
+* grpcio's public synchronous server (``NAIAD_GRPC_SERVER=grpcio``, or when
+  this grpcio lacks what the native core needs): a handler thread per call on
+  an elastic pool (``grpc_pool.ElasticPool``), waiting on a lock the response
+  callback releases.
+
+Both run beside the HTTP event loop, not on it; docs/grpc.md has the
+measurements behind the choice (``grpc.aio`` on the HTTP loop was slowest).
 Everything else is translation: ``protocol/grpc_codec.py`` converts messages,
 ``naiad.server.Server`` does the work, ``frontends/status.py`` maps error
 kinds to status codes, ``frontends/extensions.py`` answers for subsystems not
 plugged in. Calls into the asynchronous parts of the core (model load and
-unload) run on the server's event loop and the handler waits for them.
+unload) run on the server's event loop while the handler waits.
 """
 
 from __future__ import annotations
