@@ -137,13 +137,21 @@ def test_shared_memory_input_without_subsystem():
         codec.decode_infer_request(msg)
     seen = []
 
-    def reader(region, offset, byte_size, datatype, shape, name):
-        seen.append((region, offset, byte_size, datatype, shape, name))
-        return np.zeros(shape, np.float32)
+    class Registry:
+        def read_input(self, region, offset, byte_size, datatype, shape, name):
+            seen.append((region, offset, byte_size, datatype, shape, name))
+            return np.zeros(shape, np.float32)
 
-    req, _ = codec.decode_infer_request(msg, reader)
-    assert seen == [("r", 0, 8, "FP32", (2,), "A")]
+        def check_output(self, params, name):
+            seen.append(("check", params["shared_memory_region"], name))
+
+    out = msg.outputs.add(name="B")
+    out.parameters["shared_memory_region"].string_param = "o"
+    out.parameters["shared_memory_byte_size"].int64_param = 8
+    req, _ = codec.decode_infer_request(msg, Registry())
+    assert seen == [("r", 0, 8, "FP32", (2,), "A"), ("check", "o", "B")]
     assert req.inputs["A"].data.shape == (2,)
+    assert req.requested_outputs["B"].parameters["shared_memory_region"] == "o"
 
 
 def test_parameters_and_requested_outputs():

@@ -386,3 +386,32 @@ def test_repository_parameter_types_are_checked(tmp_path):
                 stub.RepositoryModelUnload(unload)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "expected bool_param" in e.value.details()
+
+
+def test_grpc_requests_are_traced(tmp_path, transport):
+    repo = tmp_path / "models"
+    repo.mkdir()
+    copy_example(repo, "add_sub")
+    trace_file = tmp_path / "trace.json"
+    proc = NaiadProcess(repo, "--trace-config", f"triton,file={trace_file}",
+                        "--trace-config", "level=TIMESTAMPS", "--trace-config", "rate=1",
+                        env=transport)
+    with proc:
+        client = grpcclient.InferenceServerClient(url=proc.grpc_url)
+        try:
+            _add_sub(client, request_id="traced")
+            settings = client.get_trace_settings(as_json=True)["settings"]
+            assert settings["trace_level"]["value"] == ["TIMESTAMPS"]
+        finally:
+            client.close()
+        assert proc.stop() == 0  # the trace array is closed at shutdown
+    items = json.loads(trace_file.read_text())
+    meta = [i for i in items if "model_name" in i]
+    assert [(m["model_name"], m["request_id"]) for m in meta] == [("add_sub", "traced")]
+    events = dict((s["name"], s["ns"]) for i in items if "timestamps" in i
+                  for s in i["timestamps"])
+    order = ["GRPC_WAITREAD_START", "GRPC_WAITREAD_END", "REQUEST_START", "QUEUE_START",
+             "COMPUTE_START", "COMPUTE_END", "REQUEST_END", "GRPC_SEND_START", "GRPC_SEND_END"]
+    assert set(order) <= set(events), sorted(events)
+    stamps = [events[n] for n in order]
+    assert stamps == sorted(stamps), events

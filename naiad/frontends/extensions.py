@@ -1,17 +1,16 @@
-"""The protocol extensions both frontends serve, and how each answers while absent.
+"""The protocol extensions the frontends serve, and how each answers while absent.
 
 Shared memory, tracing and the logging settings are subsystems that plug into
-the ``Server`` (``server.shared_memory``, ``server.tracer``,
-``server.log_settings``); until one is there, HTTP and gRPC refuse its calls
-with the same error from here. CUDA shared memory needs a GPU, which naiad
-does not drive: no region can exist and registering one is refused.
+the ``Server`` (``server.shared_memory``, ``server.cuda_shared_memory``,
+``server.tracer``, ``server.log_settings``); a server without one (an
+embedding that never installed it) refuses its calls with these errors.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from naiad.core.errors import NotFound, Unavailable, Unsupported
+from naiad.core.errors import Unavailable, Unsupported
 
 # new inference is refused from the moment the server starts stopping
 SHUTTING_DOWN = "Server is shutting down: new inference requests are not accepted"
@@ -25,7 +24,7 @@ def refuse_if_shutting_down(server: Any) -> None:
 def system_shared_memory(server: Any) -> Any:
     shm = getattr(server, "shared_memory", None)
     if shm is None:
-        raise Unsupported("system shared memory is not supported yet")
+        raise Unsupported("system shared memory is not supported by this server")
     return shm
 
 
@@ -43,22 +42,8 @@ def log_settings(server: Any) -> Any:
     return settings
 
 
-class NoCudaSharedMemory:
-    """CUDA shared memory on a server without GPU support."""
-
-    @staticmethod
-    def status(name: str = "") -> list[dict]:
-        if name:
-            raise NotFound(f"Unable to find cuda shared memory region: '{name}'")
-        return []
-
-    @staticmethod
-    def register(name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
-        raise Unsupported("CUDA shared memory is not supported: this server has no GPU support")
-
-    @staticmethod
-    def unregister(name: str = "") -> None:
-        """Nothing is registered, so there is nothing to remove (Triton answers OK too)."""
-
-
-cuda_shared_memory = NoCudaSharedMemory()
+def cuda_shared_memory(server: Any) -> Any:
+    cuda = getattr(server, "cuda_shared_memory", None)
+    if cuda is None:
+        raise Unsupported("CUDA shared memory is not supported by this server")
+    return cuda

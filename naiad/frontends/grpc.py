@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -169,11 +170,6 @@ class InferenceService:
             if match(key) is not None and isinstance(value, str):
                 request.parameters[key] = value
 
-    def _shm(self) -> tuple[Any, Any]:
-        shm = self.server.shared_memory
-        if shm is None:
-            return None, None
-        return shm.read_input, shm.write_output
 
     # -- health and metadata ---------------------------------------------------------
 
@@ -220,27 +216,41 @@ class InferenceService:
     # -- inference ---------------------------------------------------------------------------
 
     def ModelInfer(self, msg, context):
+        server = self.server
+        tracer = server.tracer
+        received = time.monotonic_ns() if tracer is not None and tracer.active else 0
+        trace = request = None
         try:
-            server = self.server
             extensions.refuse_if_shutting_down(server)
-            shm_reader, shm_writer = self._shm()
-            request, _ = codec.decode_infer_request(msg, shm_reader)
+            shm = server.shared_memory
+            request, _ = codec.decode_infer_request(msg, shm)
             if self.forward is not None:
                 self._forward_headers(request, context.invocation_metadata())
+            if received:
+                trace = tracer.sample(request, "GRPC", received, received)
             waiter = _Waiter()
             model = server.submit(request, waiter.on_response)
-            if not waiter.done and not self._wait(waiter, request, context):
+            if not waiter.done and not self._wait(waiter, model, request, context):
                 return codec.ModelInferResponse()  # the client is gone
             response = waiter.response
             if response is None:
                 raise NaiadError(f"model '{model.name}' sent no response")
             if response.error is not None:
                 raise response.error
-            return codec.encode_infer_response(response, request, shm_writer)
+            if trace is not None:
+                trace.response(response)
+            if trace is not None:
+                trace.stamp("GRPC_SEND_START")
+            return codec.encode_infer_response(response, request, shm)
         except Exception as exc:
             return _fail(context, exc, codec.ModelInferResponse())
+        finally:
+            if trace is not None:
+                trace.stamp("GRPC_SEND_END")  # handed to grpcio, which sends it now
+                tracer.finish(trace, request)
 
-    def _wait(self, waiter: _Waiter, request: InferenceRequest, context: Any) -> bool:
+    def _wait(self, waiter: _Waiter, model: Any, request: InferenceRequest,
+              context: Any) -> bool:
         """Wait for the response; False if the client went away first."""
         lock = waiter.lock
         if lock.acquire(timeout=SHORT_WAIT_S):
@@ -248,7 +258,7 @@ class InferenceService:
         with self.pool.waiting():
             while not lock.acquire(timeout=CLIENT_CHECK_S):
                 if not context.is_active():
-                    request.cancelled = True
+                    model.cancel(request)
                     return False
         return True
 
@@ -321,7 +331,7 @@ class InferenceService:
     def CudaSharedMemoryStatus(self, msg, context):
         try:
             resp = pb.CudaSharedMemoryStatusResponse()
-            for region in extensions.cuda_shared_memory.status(msg.name):
+            for region in extensions.cuda_shared_memory(self.server).status(msg.name):
                 r = resp.regions[region["name"]]
                 r.name = region["name"]
                 r.device_id = int(region.get("device_id", 0))
@@ -332,15 +342,15 @@ class InferenceService:
 
     def CudaSharedMemoryRegister(self, msg, context):
         try:
-            extensions.cuda_shared_memory.register(msg.name, msg.raw_handle, msg.device_id,
-                                                   msg.byte_size)
+            cuda = extensions.cuda_shared_memory(self.server)
+            cuda.register(msg.name, msg.raw_handle, msg.device_id, msg.byte_size)
             return pb.CudaSharedMemoryRegisterResponse()
         except Exception as exc:
             return _fail(context, exc, pb.CudaSharedMemoryRegisterResponse())
 
     def CudaSharedMemoryUnregister(self, msg, context):
         try:
-            extensions.cuda_shared_memory.unregister(msg.name)
+            extensions.cuda_shared_memory(self.server).unregister(msg.name)
             return pb.CudaSharedMemoryUnregisterResponse()
         except Exception as exc:
             return _fail(context, exc, pb.CudaSharedMemoryUnregisterResponse())
@@ -406,7 +416,7 @@ class StreamSession:
         self.metadata = metadata
         self.lock = threading.Lock()
         self.in_order: collections.deque = collections.deque()  # [message or None] slots
-        self.in_flight: set[InferenceRequest] = set()
+        self.in_flight: dict[InferenceRequest, Any] = {}  # request -> its model
         self.reading = True
         self.closed = False
 
@@ -418,11 +428,13 @@ class StreamSession:
     def submit(self, msg: Any) -> None:
         service = self.service
         server = service.server
+        tracer = server.tracer
+        received = time.monotonic_ns() if tracer is not None and tracer.active else 0
         slot = None
         try:
             extensions.refuse_if_shutting_down(server)
-            shm_reader, shm_writer = service._shm()
-            request, empty_final = codec.decode_infer_request(msg, shm_reader)
+            shm = server.shared_memory
+            request, empty_final = codec.decode_infer_request(msg, shm)
             if service.forward is not None:
                 service._forward_headers(request, self.metadata)
             # decoupled or not decides where responses queue: known before any arrives
@@ -433,21 +445,26 @@ class StreamSession:
             return
         decoupled = model.decoupled
         version_text = msg.model_version
+        trace = tracer.sample(request, "GRPC", received, received) if received else None
         with self.lock:
             if not decoupled:
                 slot = [None]
                 self.in_order.append(slot)
-            self.in_flight.add(request)
+            self.in_flight[request] = model
 
         def on_response(response: InferenceResponse | None, final: bool) -> None:
+            if trace is not None:
+                if response is not None:
+                    trace.response(response)
+                if final:
+                    tracer.finish(trace, request)
             if response is None and not (final and empty_final):
                 if final:
                     self._finished(request, None, None)
                 return
 
             def make() -> Any:
-                return codec.stream_response(response, request, version_text, final,
-                                             shm_writer)
+                return codec.stream_response(response, request, version_text, final, shm)
 
             if final:
                 self._finished(request, slot, make)
@@ -457,9 +474,11 @@ class StreamSession:
         try:
             server.submit(request, on_response, stream=True)
         except Exception as exc:
+            if trace is not None:
+                tracer.finish(trace, request)
             err = exc if isinstance(exc, NaiadError) else as_naiad_error(exc)
             with self.lock:
-                self.in_flight.discard(request)
+                self.in_flight.pop(request, None)
             self.refuse(err, msg.id, slot, ordered=not decoupled)
 
     def refuse(self, error: NaiadError, request_id: str, slot: list | None = None,
@@ -490,11 +509,11 @@ class StreamSession:
         with self.lock:
             self.reading = False
             self.closed = True
-            pending = list(self.in_flight)
+            pending = list(self.in_flight.items())
             self.in_flight.clear()
             self.in_order.clear()
-        for request in pending:
-            request.cancelled = True
+        for request, model in pending:
+            model.cancel(request)
 
     # -- responses out ------------------------------------------------------------------
 
@@ -510,7 +529,7 @@ class StreamSession:
 
     def _finished(self, request: InferenceRequest, slot: list | None, item: Any) -> None:
         with self.lock:
-            self.in_flight.discard(request)
+            self.in_flight.pop(request, None)
             if self.closed:
                 return
             if item is not None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import _thread
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -155,28 +156,34 @@ def _allowed(rule: tuple[str, str] | None, metadata: Any) -> bool:
 class _Infer:
     """One ModelInfer call from its message to its status."""
 
-    __slots__ = ("core", "call", "request", "shm_writer", "lock", "done", "watching")
+    __slots__ = ("core", "call", "request", "shm", "lock", "done", "watching", "model",
+                 "trace")
 
-    def __init__(self, core: NativeServer, call: Any, request: InferenceRequest,
-                 shm_writer: Any):
+    def __init__(self, core: NativeServer, call: Any, request: InferenceRequest, shm: Any,
+                 trace: Any):
         self.core = core
         self.call = call
         self.request = request
-        self.shm_writer = shm_writer
+        self.shm = shm
         self.lock = _thread.allocate_lock()
         self.done = False
         self.watching = False  # a receive-close batch is out (slow requests only)
+        self.model: Any = None
+        self.trace = trace
 
     def on_response(self, response: InferenceResponse | None, final: bool) -> None:
         if not final:
             return
+        trace = self.trace
         try:
             if response is None:
                 raise NaiadError(f"model '{self.request.model_name}' sent no response")
             if response.error is not None:
                 raise response.error
+            if trace is not None:
+                trace.response(response)
             body = codec.encode_infer_response(response, self.request,
-                                               self.shm_writer).SerializeToString()
+                                               self.shm).SerializeToString()
             ops: tuple = (_META(None, _NO_FLAGS), _SEND(body, _NO_FLAGS),
                           _STATUS(None, _OK, b"", _NO_FLAGS))
         except Exception as exc:
@@ -185,7 +192,13 @@ class _Infer:
             self.done = True
             if not self.watching:
                 ops += (_CLOSE(_NO_FLAGS),)
+        if trace is None:
+            self.core.send(self.call, ops)
+            return
+        trace.stamp("GRPC_SEND_START")
         self.core.send(self.call, ops)
+        trace.stamp("GRPC_SEND_END")
+        self.core.service.server.tracer.finish(trace, self.request)
 
     def watch(self) -> None:
         """Still running after submit: learn if the client goes away meanwhile."""
@@ -197,8 +210,8 @@ class _Infer:
 
     def on_close(self, event: Any) -> None:
         op = event.batch_operations[0] if event.batch_operations else None
-        if op is not None and op.cancelled():
-            self.request.cancelled = True
+        if op is not None and op.cancelled() and self.model is not None:
+            self.model.cancel(self.request)
 
 
 class _NativeStream:
@@ -410,8 +423,6 @@ class NativeServer:
         return t
 
     def _poll(self, placeholder: int) -> None:
-        import time
-
         cq = self.cq
         queue_shutdown = cygrpc.CompletionType.queue_shutdown
         queue_timeout = cygrpc.CompletionType.queue_timeout
@@ -465,8 +476,6 @@ class NativeServer:
 
     def _watch(self) -> None:
         """Add a poller when every poller is stuck in a handler."""
-        import time
-
         pollers = self._pollers
         idle_checks = 0
         while not self._shutting_down:
@@ -542,6 +551,7 @@ class NativeServer:
             return
         service = self.service
         server = service.server
+        trace = None
         try:
             if self._infer_rule is not None and not _allowed(self._infer_rule, metadata):
                 self.send(call, _status_ops(
@@ -551,16 +561,19 @@ class NativeServer:
                 return
             if server.shutting_down:
                 raise Unavailable(SHUTTING_DOWN)
+            tracer = server.tracer
+            received = time.monotonic_ns() if tracer is not None and tracer.active else 0
             msg = pb.ModelInferRequest.FromString(data)
             shm = server.shared_memory
-            request, _ = codec.decode_infer_request(
-                msg, shm.read_input if shm is not None else None)
+            request, _ = codec.decode_infer_request(msg, shm)
             if service.forward is not None:
                 service._forward_headers(request, metadata)
-            pending = _Infer(self, call, request,
-                             shm.write_output if shm is not None else None)
-            server.submit(request, pending.on_response)
+            trace = tracer.sample(request, "GRPC", received, received) if received else None
+            pending = _Infer(self, call, request, shm, trace)
+            pending.model = server.submit(request, pending.on_response)
         except Exception as exc:
+            if trace is not None:
+                server.tracer.finish(trace, request)
             self.send(call, _error_ops(exc) + (_CLOSE(_NO_FLAGS),))
             return
         if not pending.done:

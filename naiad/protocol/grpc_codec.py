@@ -21,8 +21,9 @@ from naiad.core.types import InferenceRequest, InferenceResponse, RequestedOutpu
 from naiad.protocol import grpc_service_pb2 as pb
 from naiad.protocol import tensor_codec
 from naiad.protocol.http_codec import (
-    ShmReader,
+    SharedMemory,
     apply_request_parameters,
+    check_shared_memory_output,
     read_shared_memory_input,
 )
 
@@ -161,7 +162,7 @@ def decode_contents(contents: Any, datatype: str, shape: tuple[int, ...], name: 
     return tensor_codec.decode_raw(memoryview(arr).cast("B"), datatype, shape, name)
 
 
-def _requested_outputs(outputs: Any) -> dict[str, RequestedOutput]:
+def _requested_outputs(outputs: Any, shm: SharedMemory | None) -> dict[str, RequestedOutput]:
     requested: dict[str, RequestedOutput] = {}
     for out in outputs:
         params = None
@@ -180,11 +181,13 @@ def _requested_outputs(outputs: Any) -> dict[str, RequestedOutput]:
                             f"'{out.name}', expected value >= 0")
                 else:
                     params[key] = parameter_value(key, p)
+            if "shared_memory_region" in params:
+                check_shared_memory_output(params, shm, out.name)
         requested[out.name] = RequestedOutput(out.name, params or None, class_count)
     return requested
 
 
-def decode_infer_request(msg: Any, shm_reader: ShmReader | None = None
+def decode_infer_request(msg: Any, shm: SharedMemory | None = None
                          ) -> tuple[InferenceRequest, bool]:
     """A core request from a ModelInferRequest.
 
@@ -214,7 +217,7 @@ def decode_infer_request(msg: Any, shm_reader: ShmReader | None = None
                 raise InvalidArgument(
                     f"unexpected 'content' provided when using shared memory for input tensor "
                     f"'{name}' for model '{model_name}'")
-            arr = read_shared_memory_input(parameters_dict(t.parameters), shm_reader,
+            arr = read_shared_memory_input(parameters_dict(t.parameters), shm,
                                            datatype, shape, name)
         elif t.HasField("contents"):
             if nraw:
@@ -230,7 +233,7 @@ def decode_infer_request(msg: Any, shm_reader: ShmReader | None = None
                 f"unable to find data for input tensor '{name}' for model '{model_name}' in "
                 "request.")
         inputs[name] = Tensor(name, datatype, arr)
-    requested = _requested_outputs(msg.outputs) if msg.outputs else None
+    requested = _requested_outputs(msg.outputs, shm) if msg.outputs else None
     request = InferenceRequest(model_name, inputs, model_version=version, id=msg.id,
                                requested_outputs=requested)
     request.origin = "grpc"
@@ -252,7 +255,7 @@ def decode_infer_request(msg: Any, shm_reader: ShmReader | None = None
 
 
 def encode_infer_response(response: InferenceResponse, request: InferenceRequest,
-                          shm_writer: Any = None) -> Any:
+                          shm: SharedMemory | None = None) -> Any:
     """A ModelInferResponse: every output's bytes in ``raw_output_contents``.
 
     As Triton, each output has a ``raw_output_contents`` entry (empty when the
@@ -267,10 +270,10 @@ def encode_infer_response(response: InferenceResponse, request: InferenceRequest
         data = t.data
         ro = requested.get(t.name) if requested else None
         if ro is not None and ro.parameters and "shared_memory_region" in ro.parameters:
-            if shm_writer is None:
+            if shm is None:
                 raise InvalidArgument("shared memory outputs are not supported by this endpoint")
             out = OutputTensor(name=t.name, datatype=t.datatype, shape=data.shape)
-            set_parameters(out.parameters, shm_writer(t, ro.parameters) or {})
+            set_parameters(out.parameters, shm.write_output(t, ro.parameters) or {})
             outs.append(out)
             raws.append(b"")
             continue
@@ -286,7 +289,7 @@ def encode_infer_response(response: InferenceResponse, request: InferenceRequest
 
 
 def stream_response(response: InferenceResponse | None, request: InferenceRequest,
-                    model_version: str, final: bool, shm_writer: Any = None) -> Any:
+                    model_version: str, final: bool, shm: SharedMemory | None = None) -> Any:
     """One ModelStreamInferResponse, marked with ``triton_final_response`` as Triton does.
 
     ``response`` None is the empty final response a client may ask for.
@@ -296,7 +299,7 @@ def stream_response(response: InferenceResponse | None, request: InferenceReques
     error = None
     if response is not None and response.error is None:
         try:
-            infer = encode_infer_response(response, request, shm_writer)
+            infer = encode_infer_response(response, request, shm)
         except NaiadError as exc:
             error = exc.message
         except Exception as exc:  # an output the codec cannot encode

@@ -210,17 +210,7 @@ def _decode_full(body, header_length, model_name, model_version, shm):
         if "shared_memory_region" in iparams:
             if "data" in item or "binary_data_size" in iparams:
                 raise InvalidArgument(_one_source_error(name))
-            if shm is None:
-                raise InvalidArgument("shared memory inputs are not supported by this endpoint")
-            region = iparams["shared_memory_region"]
-            byte_size = iparams.get("shared_memory_byte_size")
-            shm_offset = iparams.get("shared_memory_offset", 0)
-            if not isinstance(region, str) or type(byte_size) is not int or \
-                    type(shm_offset) is not int:
-                raise InvalidArgument(
-                    f"input '{name}': shared_memory_region must be a string and "
-                    "shared_memory_byte_size/offset integers")
-            arr = shm.read_input(region, shm_offset, byte_size, datatype, shape, name)
+            arr = read_shared_memory_input(iparams, shm, datatype, shape, name)
             cacheable = False
         elif "binary_data_size" in iparams:
             size = iparams["binary_data_size"]
@@ -273,10 +263,7 @@ def _decode_full(body, header_length, model_name, model_version, shm):
                 if oparams.get("binary_data") is True:
                     raise InvalidArgument(
                         "Output can't set both 'shared_memory_region' and 'binary_data'")
-                if shm is None:
-                    raise InvalidArgument(
-                        "shared memory outputs are not supported by this endpoint")
-                shm.check_output(oparams, item["name"])
+                check_shared_memory_output(oparams, shm, item["name"])
                 cacheable = False  # placement is checked against the registry every time
             requested[item["name"]] = RequestedOutput(item["name"], oparams, cls)
         if not requested:
@@ -340,10 +327,10 @@ def decode_raw_request(body, model, model_name: str, model_version: int) -> Infe
                             model_version=model_version)
 
 
-def read_shared_memory_input(params: dict[str, Any], shm_reader: ShmReader | None,
+def read_shared_memory_input(params: dict[str, Any], shm: SharedMemory | None,
                              datatype: str, shape: tuple, name: str) -> np.ndarray:
     """An input given as a shared-memory region (HTTP and gRPC input parameters)."""
-    if shm_reader is None:
+    if shm is None:
         raise InvalidArgument("shared memory inputs are not supported by this endpoint")
     region = params["shared_memory_region"]
     byte_size = params.get("shared_memory_byte_size")
@@ -353,7 +340,15 @@ def read_shared_memory_input(params: dict[str, Any], shm_reader: ShmReader | Non
         raise InvalidArgument(
             f"input '{name}': shared_memory_region must be a string and "
             "shared_memory_byte_size/offset integers")
-    return shm_reader(region, shm_offset, byte_size, datatype, shape, name)
+    return shm.read_input(region, shm_offset, byte_size, datatype, shape, name)
+
+
+def check_shared_memory_output(params: dict[str, Any], shm: SharedMemory | None,
+                               name: str) -> None:
+    """An output to be written to a shared-memory region: its placement, checked now."""
+    if shm is None:
+        raise InvalidArgument("shared memory outputs are not supported by this endpoint")
+    shm.check_output(params, name)
 
 
 def apply_request_parameters(request: InferenceRequest, params: dict[str, Any]) -> None:
