@@ -14,9 +14,11 @@ idle and its recent executions were short.
 The rules: an instance's first ``WARMUP_EXECUTIONS`` batches run on its
 thread, and inline runs start only while the moving average of execution time
 stays under ``INLINE_MAX_AVG_NS`` (so a model that sleeps or blocks never
-holds the loop, not even once). Two inline runs slower than ``INLINE_SLOW_NS``
-close together (one may be the machine preempting us) send the instance back
-to its thread for a back-off period that doubles on each repeat. Batches
+holds the loop, not even once: its thread runs are timed by the wall clock).
+Inline runs feed the average with their CPU time, which a busy core's
+preemption does not inflate; two inline runs slower than ``INLINE_SLOW_NS`` by
+the wall clock close together (one may be the machine preempting us) send the
+instance back to its thread for a back-off period that doubles on each repeat. Batches
 already queued for the instance run first when it goes inline, so order is
 kept and two threads never take turns at the GIL over one model's queue.
 """
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("naiad.instance")
 
 INLINE_MAX_AVG_NS = 200_000
-INLINE_SLOW_NS = 2_000_000
+INLINE_SLOW_NS = 10_000_000
 INLINE_BACKOFF_START_NS = 100_000_000
 INLINE_BACKOFF_MAX_NS = 300_000_000_000
 WARMUP_EXECUTIONS = 3
@@ -147,10 +149,8 @@ class ModelInstance:
     def run(self, requests: "list[InferenceRequest]", inline: bool = False) -> None:
         """Execute one batch and deliver its responses. Never raises.
 
-        ``inline``: running on the submitting thread (the wall time then decides
-        whether inline runs may continue); on the worker thread the CPU time
-        feeds the average instead, because wall time there includes waiting for
-        the GIL.
+        ``inline``: running on the submitting thread. See ``_observe`` for how
+        each kind of run is timed.
         """
         for r in requests:
             if r.cancelled:
@@ -160,6 +160,7 @@ class ModelInstance:
                 break
         model = self.model
         start = time.monotonic_ns()
+        cpu_start = time.thread_time_ns() if inline else 0
         for r in requests:
             r.compute_start_ns = start
         error: NaiadError | None = None
@@ -175,7 +176,7 @@ class ModelInstance:
         self.executions += 1
         if self.inline_enabled:
             if inline:
-                self._observe(end - start, end)
+                self._observe(end - start, time.thread_time_ns() - cpu_start, end)
             else:
                 self._observe_threaded(end - start)
         first = requests[0]
@@ -209,19 +210,24 @@ class ModelInstance:
         avg = self._avg_ns
         self._avg_ns = wall_ns if avg == 0.0 else avg * 0.9 + wall_ns * 0.1
 
-    def _observe(self, duration_ns: int, now_ns: int) -> None:
-        """Track an inline run's wall time for the inline decision."""
+    def _observe(self, wall_ns: int, cpu_ns: int, now_ns: int) -> None:
+        """Track an inline run for the inline decision.
+
+        The average takes the run's CPU time: on a busy core the wall time of
+        an inline run also holds time the thread was preempted or waited for
+        the GIL, which says nothing about the model. The wall time only counts
+        as a strike when it is long (``INLINE_SLOW_NS``); a model that blocks
+        (sleeps, waits on I/O) shows it there, and so does a thread preempted
+        long, which is why one strike alone is forgiven.
+        """
         avg = self._avg_ns
-        self._avg_ns = duration_ns if avg == 0.0 else avg * 0.9 + duration_ns * 0.1
-        if duration_ns <= INLINE_SLOW_NS:
+        self._avg_ns = cpu_ns if avg == 0.0 else avg * 0.9 + cpu_ns * 0.1
+        if wall_ns <= INLINE_SLOW_NS:
             self._fast_runs += 1
             if self._fast_runs >= 8:  # strikes fade after a run of fast executions
                 self._fast_runs = 0
                 self._strikes = max(0, self._strikes - 1)
             return
-        # A lone slow run may be the machine preempting us; a second one soon after
-        # means the model is slow: keep its batches on the worker thread for a while.
-        # Repeats double the wait; a long quiet spell forgets them.
         self._strikes += 1
         if self._strikes < INLINE_SLOW_STRIKES:
             return
