@@ -260,7 +260,25 @@ def options_from_args(argv: list[str]) -> ServerOptions:
             opts.trace_config.setdefault("triton" if key == "file" else "", {})[key] = str(value)
     if ns.response_cache_byte_size:
         opts.cache_config.setdefault("local", {})["size"] = str(ns.response_cache_byte_size)
+    _check_access_flags(opts)
     return opts
+
+
+def _check_access_flags(opts: ServerOptions) -> None:
+    """Refuse malformed restriction and header-forwarding flags before anything starts."""
+    from naiad.core.errors import NaiadError
+    from naiad.frontends import restrictions
+
+    try:
+        restrictions.parse_restrictions(opts.http_restricted_api, "--http-restricted-api")
+        restrictions.parse_restrictions(opts.grpc_restricted_protocol,
+                                        "--grpc-restricted-protocol", "protocol")
+        restrictions.compile_forward_pattern(opts.http_header_forward_pattern,
+                                             "--http-header-forward-pattern")
+        restrictions.compile_forward_pattern(opts.grpc_header_forward_pattern,
+                                             "--grpc-header-forward-pattern")
+    except NaiadError as exc:
+        raise CliError(exc.message) from None
 
 
 # Flags whose features are owned by later work: accepted, refused while unbuilt.
@@ -270,9 +288,6 @@ UNBUILT: list[tuple[Callable[[ServerOptions], bool], str]] = [
     (lambda o: o.allow_vertex_ai, "--allow-vertex-ai: the Vertex AI endpoint is not served"),
     # accepted silently these would change nothing: refused until they are built
     (lambda o: o.model_namespacing, "--model-namespacing is not supported yet"),
-    (lambda o: bool(o.http_restricted_api), "--http-restricted-api is not supported yet"),
-    (lambda o: bool(o.http_header_forward_pattern),
-     "--http-header-forward-pattern is not supported yet"),
 ]
 
 

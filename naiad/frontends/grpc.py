@@ -29,7 +29,6 @@ import collections
 import errno
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +45,7 @@ from naiad.core.errors import (
     as_naiad_error,
 )
 from naiad.core.types import InferenceRequest, InferenceResponse
-from naiad.frontends import extensions
+from naiad.frontends import extensions, restrictions
 from naiad.frontends.grpc_pool import ElasticPool
 from naiad.frontends.status import grpc_status
 from naiad.protocol import grpc_codec as codec
@@ -116,30 +115,11 @@ class _Waiter:
 
 
 def parse_restricted_protocols(entries: list[str]) -> dict[str, tuple[str, str]]:
-    """``--grpc-restricted-protocol=<protocol>[,<protocol>...]:<key>=<value>`` entries.
-
-    Returns {rpc method name: (metadata key, value)}.
-    """
-    out: dict[str, tuple[str, str]] = {}
-    for entry in entries:
-        groups, sep, kv = entry.partition(":")
-        key, eq, value = kv.partition("=")
-        if not sep or not eq or not key or not groups:
-            raise InvalidArgument(
-                f"--grpc-restricted-protocol expects <protocols>:<key>=<value>, got '{entry}'")
-        for group in groups.split(","):
-            group = group.strip()
-            if group not in PROTOCOL_GROUPS:
-                raise InvalidArgument(
-                    f"unknown protocol '{group}' in --grpc-restricted-protocol; expected one "
-                    f"of {', '.join(PROTOCOL_GROUPS)}")
-            for method in PROTOCOL_GROUPS[group]:
-                if method in out:
-                    raise InvalidArgument(
-                        f"protocol '{group}' is restricted more than once in "
-                        "--grpc-restricted-protocol")
-                out[method] = (key.strip().lower(), value)
-    return out
+    """``--grpc-restricted-protocol`` entries as {rpc method name: (metadata key, value)}."""
+    by_group = restrictions.parse_restrictions(entries, "--grpc-restricted-protocol",
+                                              "protocol")
+    return {method: rule for group, rule in by_group.items()
+            for method in PROTOCOL_GROUPS[group]}
 
 
 class InferenceService:
@@ -149,8 +129,9 @@ class InferenceService:
         self.server = server
         self.pool = pool
         opts = options if options is not None else server.options
-        pattern = getattr(opts, "grpc_header_forward_pattern", "") or ""
-        self.forward = re.compile(pattern) if pattern else None
+        self.forward = restrictions.compile_forward_pattern(
+            getattr(opts, "grpc_header_forward_pattern", "") or "",
+            "--grpc-header-forward-pattern")
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -165,7 +146,7 @@ class InferenceService:
             return fut.result()
 
     def _forward_headers(self, request: InferenceRequest, metadata: Any) -> None:
-        match = self.forward.fullmatch
+        match = self.forward.search
         for key, value in metadata:
             if match(key) is not None and isinstance(value, str):
                 request.parameters[key] = value
@@ -665,7 +646,7 @@ class GrpcFrontend:
             if rule is None:
                 return fn
             key, value = rule
-            detail = f"This protocol is restricted, expecting header '{key}'"
+            detail = restrictions.restricted_message("protocol", key)
 
             def checked(msg, context):
                 for k, v in context.invocation_metadata():

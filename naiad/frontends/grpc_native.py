@@ -47,6 +47,7 @@ import grpc
 
 from naiad.core.errors import NaiadError, Unavailable, as_naiad_error
 from naiad.core.types import InferenceRequest, InferenceResponse
+from naiad.frontends import restrictions
 from naiad.frontends.extensions import SHUTTING_DOWN
 from naiad.protocol import grpc_codec as codec
 from naiad.protocol import grpc_service_pb2 as pb
@@ -556,7 +557,7 @@ class NativeServer:
             if self._infer_rule is not None and not _allowed(self._infer_rule, metadata):
                 self.send(call, _status_ops(
                     grpc.StatusCode.UNAVAILABLE,
-                    f"This protocol is restricted, expecting header '{self._infer_rule[0]}'")
+                    restrictions.restricted_message("protocol", self._infer_rule[0]))
                     + (_CLOSE(_NO_FLAGS),))
                 return
             if server.shutting_down:
@@ -586,7 +587,7 @@ class NativeServer:
         if not _allowed(rule, metadata):
             self.send(call, _status_ops(
                 grpc.StatusCode.UNAVAILABLE,
-                f"This protocol is restricted, expecting header '{rule[0]}'")
+                restrictions.restricted_message("protocol", rule[0]))
                 + (_CLOSE(_NO_FLAGS),))
             return
         _NativeStream(self, call, metadata).start()
@@ -605,7 +606,7 @@ class NativeServer:
             try:
                 if rule is not None and not _allowed(rule, metadata):
                     context.abort(grpc.StatusCode.UNAVAILABLE,
-                                  f"This protocol is restricted, expecting header '{rule[0]}'")
+                                  restrictions.restricted_message("protocol", rule[0]))
                 response = handler(request_cls.FromString(data), context)
             except _Abort:
                 response = None

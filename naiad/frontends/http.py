@@ -28,7 +28,7 @@ from naiad.core.errors import (
     Unsupported,
     as_naiad_error,
 )
-from naiad.frontends import extensions
+from naiad.frontends import extensions, restrictions
 from naiad.frontends.status import http_status
 from naiad.protocol import http_codec
 
@@ -121,6 +121,12 @@ class HttpApp:
     def __init__(self, server: Any, max_input_size: int = 64 * 1024 * 1024):
         self.server = server
         self.max_input_size = max_input_size
+        opts = getattr(server, "options", None)
+        self.restricted = restrictions.parse_restrictions(
+            list(getattr(opts, "http_restricted_api", None) or []), "--http-restricted-api")
+        self.forward = restrictions.compile_forward_pattern(
+            getattr(opts, "http_header_forward_pattern", "") or "",
+            "--http-header-forward-pattern")
 
     # -- ASGI entry --------------------------------------------------------------
 
@@ -139,6 +145,8 @@ class HttpApp:
         method = scope["method"]
         parts = path.split("/")
         try:
+            if self.restricted:
+                self._check_restricted(parts, scope["headers"])
             if len(parts) >= 5 and parts[1] == "v2" and parts[2] == "models":
                 await self._model_route(parts, method, scope, receive, send)
             else:
@@ -153,6 +161,26 @@ class HttpApp:
             log.exception("unhandled error serving %s %s", method, path)
             err = as_naiad_error(exc)
             await self._send_json(send, 500, {"error": err.message})
+
+    # -- restricted APIs ------------------------------------------------------------------
+
+    def _check_restricted(self, parts: list[str], headers: list) -> None:
+        rule = self.restricted.get(_api_group(parts))
+        if rule is None:
+            return
+        key, value = rule
+        want = (key.encode("latin-1"), value.encode("latin-1"))
+        for pair in headers:
+            if pair == want:
+                return
+        raise HttpError(403, restrictions.restricted_message("API", key))
+
+    def _forward_headers(self, request, headers: list) -> None:
+        search = self.forward.search
+        for name, value in headers:
+            text = name.decode("latin-1")
+            if search(text) is not None:
+                request.parameters[text] = value.decode("latin-1")
 
     # -- routing ------------------------------------------------------------------------
 
@@ -281,6 +309,8 @@ class HttpApp:
         else:
             request, binary_default = http_codec.decode_infer_request(
                 body, header_len, name, version, shm)
+        if self.forward is not None:
+            self._forward_headers(request, headers)
         trace = tracer.sample(request, "HTTP", recv_start, recv_end) if traced else None
         watch = functools.partial(_watch_disconnect, receive)
         if trace is None:
@@ -501,6 +531,44 @@ class HttpApp:
             await self._send_json(send, 200, settings.update(body))
         else:
             raise HttpError(405, "Method Not Allowed")
+
+
+_MODEL_ACTION_GROUPS = {
+    "": "metadata",
+    "ready": "health",
+    "config": "model-config",
+    "infer": "inference",
+    "generate": "inference",
+    "generate_stream": "inference",
+    "stats": "statistics",
+    "trace": "trace",
+}
+_SECTION_GROUPS = {
+    "health": "health",
+    "repository": "model-repository",
+    "systemsharedmemory": "shared-memory",
+    "cudasharedmemory": "shared-memory",
+    "logging": "logging",
+    "trace": "trace",
+}
+
+
+def _api_group(parts: list[str]) -> str | None:
+    """Triton's API group of a request path (for --http-restricted-api)."""
+    if len(parts) < 2 or parts[1] != "v2":
+        return None
+    if len(parts) == 2:
+        return "metadata"
+    section = parts[2]
+    if section != "models":
+        return _SECTION_GROUPS.get(section)
+    rest = parts[3:]
+    if rest == ["stats"]:
+        return "statistics"
+    rest = rest[1:]
+    if rest[:1] == ["versions"]:
+        rest = rest[2:]
+    return _MODEL_ACTION_GROUPS.get(rest[0] if rest else "")
 
 
 def bind_socket(address: str, port: int, reuse_port: bool = False) -> socket.socket:
