@@ -218,8 +218,8 @@ def _measure_level(ctx, env, server, tr, c, seq, scn, inprocess) -> None:
 
 def render(scn: dict) -> list[str]:
     out = ["## Dynamic batching — MiniLM ONNX at high concurrency", "",
-           ("Same model served three ways by one naiad (batch-1 requests of 128 tokens over "
-            "HTTP binary tensors, wrk): without a batcher, with `dynamic_batching {}` at "
+           ("Same model served three ways by one naiad (batch-1 requests of 128 tokens, then "
+            "16, over HTTP binary tensors with wrk and over gRPC with h2load): without a batcher, with `dynamic_batching {}` at "
             "max_batch_size 64, and at max_batch_size 8. *Reached batch* is what the batcher "
             "executed during the measurement (inference_count / execution_count); onnxruntime "
             "in-process is re-measured on the same pinned CPU at that batch size. CPU ms per "
@@ -228,10 +228,10 @@ def render(scn: dict) -> list[str]:
             "machine, unlike the rates."), ""]
     if scn.get("error"):
         out += [f"- scenario error: {scn['error']}", ""]
-    out += ["| tokens | model | concurrency | infer/s | p50 ms | p99 ms | reached batch "
+    out += ["| transport | tokens | model | concurrency | infer/s | p50 ms | p99 ms | reached batch "
             "| in-process infer/s at that batch | served / in-process "
             "| CPU ms per inference: served / in-process | vs unbatched |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     ratios = {(r["transport"], r["concurrency"], r.get("seq")): r
               for r in scn.get("ratios", [])}
     for row in scn.get("results", []):
@@ -241,7 +241,7 @@ def render(scn: dict) -> list[str]:
         vs = r.get(f"{name}_over_unbatched")
         rate = row.get("infer_per_s")
         out.append(
-            f"| {row.get('seq')} | {name} | {row.get('concurrency')} "
+            f"| {row.get('transport', 'http')} | {row.get('seq')} | {name} | {row.get('concurrency')} "
             f"| {rate if rate is not None else '–'} "
             f"| {row.get('p50_ms', '–')} | {row.get('p99_ms', '–')} "
             f"| {row.get('batching', {}).get('mean_batch', '–')} "

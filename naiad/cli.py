@@ -181,8 +181,8 @@ _LISTS: list[tuple[str, str, Callable, str]] = [
     ("--cuda-memory-pool-byte-size", "cuda_memory_pool_byte_size", _S, "Accepted."),
     ("--cuda-virtual-address-size", "cuda_virtual_address_size", _S, "Accepted."),
     ("--model-load-gpu-limit", "model_load_gpu_limit", _S, "Accepted."),
-    ("--http-restricted-api", "http_restricted_api", _S, "Restricted API groups."),
-    ("--grpc-restricted-protocol", "grpc_restricted_protocol", _S, "Restricted protocols."),
+    ("--http-restricted-api", "http_restricted_api", _S, "<groups>:<key>=<value>: requests to those API groups need the header (else 403)."),
+    ("--grpc-restricted-protocol", "grpc_restricted_protocol", _S, "<groups>:<key>=<value>: those RPC groups need the metadata (else UNAVAILABLE)."),
 ]
 
 

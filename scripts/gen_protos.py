@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import filecmp
-import os
 import re
 import shutil
 import subprocess
