@@ -322,7 +322,46 @@ def test_python_models_can_hand_their_trace_to_bls_requests(tmp_path):
         np.testing.assert_array_equal(out, np.arange(4, dtype=np.float32) * 2)
         proc.stop()
     traces = _traces(json.loads(trace_file.read_text()))
-    assert [t["meta"]["model_name"] for t in traces.values()] == ["bls_caller"]
+    # the BLS call is traced as a child of the request that made it, as Triton does
+    metas = sorted((t["meta"] for t in traces.values()), key=lambda m: m["id"])
+    assert [m["model_name"] for m in metas] == ["bls_caller", "add_sub"]
+    parent, child = metas
+    assert "parent_id" not in parent and child["parent_id"] == parent["id"]
+    child_events = dict(traces[child["id"]]["events"])
+    parent_events = dict(traces[parent["id"]]["events"])
+    assert set(child_events) == set(CORE_EVENTS)  # no frontend events for a child
+    # the call happens inside the caller's execution
+    assert parent_events["COMPUTE_START"] <= child_events["REQUEST_START"]
+    assert child_events["REQUEST_END"] <= parent_events["COMPUTE_END"]
+
+
+def test_ensemble_steps_are_traced_as_children(tmp_path):
+    from tests.pipeline_models import step, write_affine, write_ensemble
+
+    write_affine(tmp_path, "double", mul=2.0)
+    write_affine(tmp_path, "inc", add=1.0)
+    write_ensemble(tmp_path, "pipe", [("X", "TYPE_FP32", "1")], [("Y", "TYPE_FP32", "1")],
+                   [step("double", {"X": "X"}, {"Y": "mid"}),
+                    step("inc", {"X": "mid"}, {"Y": "Y"})])
+    trace_file = tmp_path / "trace.json"
+    with NaiadProcess(tmp_path, "--trace-config", f"triton,file={trace_file}",
+                      "--trace-config", "level=TIMESTAMPS", "--trace-config", "rate=1") as proc:
+        client = httpclient.InferenceServerClient(proc.http_url)
+        inp = httpclient.InferInput("X", [1], "FP32")
+        inp.set_data_from_numpy(np.array([3], dtype=np.float32))
+        assert client.infer("pipe", [inp]).as_numpy("Y").tolist() == [7.0]
+        proc.stop()
+    traces = _traces(json.loads(trace_file.read_text()))
+    metas = {t["meta"]["model_name"]: t["meta"] for t in traces.values()}
+    assert sorted(metas) == ["double", "inc", "pipe"]
+    root = metas["pipe"]
+    assert "parent_id" not in root
+    assert metas["double"]["parent_id"] == root["id"] == metas["inc"]["parent_id"]
+    ev = {name: dict(traces[m["id"]]["events"]) for name, m in metas.items()}
+    assert set(ev["double"]) == set(CORE_EVENTS)
+    # the second step starts after the first one's response
+    assert ev["double"]["INFER_RESPONSE_COMPLETE"] <= ev["inc"]["REQUEST_START"]
+    assert ev["pipe"]["REQUEST_START"] <= ev["double"]["REQUEST_START"]
 
 
 def test_trace_flags_old_and_new_spellings():

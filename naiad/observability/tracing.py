@@ -470,6 +470,34 @@ class Tracer:
         request.trace = trace
         return trace
 
+    def child(self, parent: Trace | None, request: "InferenceRequest") -> Trace | None:
+        """Trace ``request``, made on behalf of the traced request ``parent`` (an
+        ensemble step, a BLS call), as Triton does: a trace of its own whose
+        ``parent_id`` is the parent's id, with the parent's settings. Call it after
+        the request's response callback is set: the trace records each response
+        and is written when the final one is delivered.
+        """
+        if parent is None:
+            return None
+        trace = Trace(next(self._ids), parent.protocol, parent.scope)
+        trace.parent_id = parent.id
+        if trace.tensors:
+            trace.inputs = [_tensor_text(t) for t in request.inputs.values()]
+        request.trace = trace
+        deliver = request._callback
+        finish = self.finish
+
+        def traced(response: "InferenceResponse | None", final: bool) -> None:
+            if response is not None:
+                trace.response(response)
+            if final:
+                finish(trace, request)
+            if deliver is not None:
+                deliver(response, final)
+
+        request._callback = traced
+        return trace
+
     def finish(self, trace: Trace, request: "InferenceRequest") -> None:
         """The trace is complete (response sent, or the request failed): write it out."""
         try:

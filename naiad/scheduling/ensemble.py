@@ -521,6 +521,11 @@ class EnsembleScheduler:
             self._on_step_response(run, branch, step, response, final)
 
         sub.set_response_callback(on_response)
+        tracer = child = None
+        if request.trace is not None:
+            tracer = getattr(getattr(self.manager, "server", None), "tracer", None)
+            if tracer is not None:
+                child = tracer.child(request.trace, sub)
         if not have_slot:
             with run.lock:
                 run.inflight += 1
@@ -530,6 +535,8 @@ class EnsembleScheduler:
             model = self.manager.get_model(step.model_name, step.version)
             model.submit(sub)
         except NaiadError as exc:
+            if child is not None:
+                tracer.finish(child, sub)
             with run.lock:
                 run.inflight -= 1
             if step.limit:

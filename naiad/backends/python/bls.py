@@ -80,6 +80,9 @@ def _build(pb_request: pb_utils.InferenceRequest) -> core.InferenceRequest:
         correlation_id=pb_request._correlation_id, flags=pb_request._flags,
         timeout_us=int(pb_request._timeout or 0),
     )
+    trace = pb_request._trace
+    if isinstance(trace, pb_utils.InferenceTrace):
+        request.trace = trace._trace  # the parent's; _submit gives the call its own
     return request
 
 
@@ -150,9 +153,18 @@ class _Waiter:
 
 def _submit(model: Model, request: core.InferenceRequest) -> pb_utils.InferenceResponse | None:
     """Submit; an error response if the target refuses the request."""
+    parent = request.trace  # the caller's trace, from InferenceRequest(trace=request.trace())
+    tracer = child = None
+    if parent is not None:
+        request.trace = None
+        tracer = getattr(pb_utils._current_server(), "tracer", None)
+        if tracer is not None:
+            child = tracer.child(parent, request)
     try:
         model.submit(request)
     except NaiadError as exc:
+        if child is not None:
+            tracer.finish(child, request)
         return _error_response(_RUN_ERROR.format(name=request.model_name, message=exc.message),
                                pb_utils.TritonError._CODES.get(exc.kind,
                                                                pb_utils.TritonError.INTERNAL))

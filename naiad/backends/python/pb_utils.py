@@ -417,7 +417,9 @@ class InferenceResponseSender:
 
 
 class InferenceTrace:
-    """``request.trace()``: the trace of a request (naiad does not trace BLS children yet)."""
+    """``request.trace()``: the trace of a request; pass it to a BLS request
+    (``pb_utils.InferenceRequest(..., trace=request.trace())``) to trace the call as
+    its child."""
 
     __slots__ = ("_trace",)
 
@@ -461,6 +463,7 @@ class InferenceRequest:
             parameters = json.loads(parameters) if parameters else {}
         self._parameters = dict(parameters or {})
         self._sender: InferenceResponseSender | None = None
+        self._trace = trace
 
     @classmethod
     def _wrap(cls, core: _core.InferenceRequest, runner: Any) -> "InferenceRequest":
@@ -470,6 +473,7 @@ class InferenceRequest:
         self._runner = runner
         self._inputs = None
         self._sender = None
+        self._trace = None
         return self
 
     # accessors ----------------------------------------------------------------
