@@ -450,3 +450,32 @@ def test_ensemble_metadata_config_and_statistics_over_http(dag_repo):
         double = client.get_inference_statistics("double")["model_stats"][0]
         assert double["inference_stats"]["success"]["count"] == 1
         client.close()
+
+
+def test_ensemble_statistics_sum_the_steps_compute_times(dag_repo):
+    """As Triton 2.51 reports them: one execution (batch size 1) per ensemble request,
+    whose compute input / infer / output times are the sums of its steps'."""
+    x = np.array([1, 2, 3], np.float32)
+
+    async def go(server):
+        for _ in range(3):
+            await server.infer_numpy("linear", {"IN": x})
+        return {m: server.model_statistics(m)["model_stats"][0]
+                for m in ("linear", "double", "inc")}
+
+    stats = run(dag_repo, go)
+    ens = stats["linear"]
+    assert ens["inference_count"] == 3 and ens["execution_count"] == 3
+    assert [(b["batch_size"], b["compute_infer"]["count"]) for b in ens["batch_stats"]] == \
+        [(1, 3)]
+    inf = ens["inference_stats"]
+    for field in ("compute_input", "compute_infer", "compute_output"):
+        steps = stats["double"]["inference_stats"][field]["ns"] + \
+            stats["inc"]["inference_stats"][field]["ns"]
+        assert inf[field]["count"] == 3
+        assert inf[field]["ns"] == steps, field
+    assert inf["compute_infer"]["ns"] > 0
+    # the parts still fit in the requests' total time
+    parts = sum(inf[f]["ns"] for f in ("queue", "compute_input", "compute_infer",
+                                       "compute_output"))
+    assert parts <= inf["success"]["ns"]

@@ -211,7 +211,8 @@ def _tensor_text(t: "Tensor") -> dict:
 class Trace:
     """One sampled request's trace, filled in by its frontend and the core's stamps."""
 
-    __slots__ = ("id", "protocol", "scope", "stamps", "inputs", "outputs", "parent_id")
+    __slots__ = ("id", "protocol", "scope", "stamps", "inputs", "outputs", "parent_id",
+                 "ensemble")
 
     def __init__(self, trace_id: int, protocol: str, scope: _Scope):
         self.id = trace_id
@@ -221,6 +222,7 @@ class Trace:
         self.inputs: list[dict] = []
         self.outputs: list[dict] = []
         self.parent_id = 0
+        self.ensemble = False  # an ensemble's trace has no compute events (as Triton's)
 
     @property
     def tensors(self) -> bool:
@@ -321,6 +323,9 @@ def _triton_json(trace: Trace, request: "InferenceRequest") -> str:
             for t in trace.inputs:
                 items.append(dumps({"id": tid, "activity": "TENSOR_QUEUE_INPUT",
                                     "tensor": t}, separators=(",", ":")))
+    for t in trace.outputs:  # a child trace's outputs (it has no response stamp)
+        items.append(dumps({"id": tid, "activity": "TENSOR_BACKEND_OUTPUT", "tensor": t},
+                           separators=(",", ":")))
     if not emitted_head:
         items.insert(0, dumps(head, separators=(",", ":")))
     return ",".join(items)
@@ -488,8 +493,9 @@ class Tracer:
         finish = self.finish
 
         def traced(response: "InferenceResponse | None", final: bool) -> None:
-            if response is not None:
-                trace.response(response)
+            # Triton's child traces have no INFER_RESPONSE_COMPLETE: keep only the tensors
+            if response is not None and response.error is None and trace.tensors:
+                trace.outputs.extend(_tensor_text(t) for t in response.outputs)
             if final:
                 finish(trace, request)
             if deliver is not None:
@@ -502,12 +508,15 @@ class Tracer:
         """The trace is complete (response sent, or the request failed): write it out."""
         try:
             stamps = trace.stamps
-            for name, ns in (("REQUEST_START", request.arrival_ns),
-                             ("QUEUE_START", request.queue_start_ns),
-                             ("COMPUTE_START", request.compute_start_ns),
-                             ("COMPUTE_INPUT_END", request.compute_input_end_ns),
-                             ("COMPUTE_OUTPUT_START", request.compute_output_start_ns),
-                             ("COMPUTE_END", request.compute_end_ns)):
+            core = ((("REQUEST_START", request.arrival_ns),
+                     ("QUEUE_START", request.queue_start_ns)) if trace.ensemble else
+                    (("REQUEST_START", request.arrival_ns),
+                     ("QUEUE_START", request.queue_start_ns),
+                     ("COMPUTE_START", request.compute_start_ns),
+                     ("COMPUTE_INPUT_END", request.compute_input_end_ns),
+                     ("COMPUTE_OUTPUT_START", request.compute_output_start_ns),
+                     ("COMPUTE_END", request.compute_end_ns)))
+            for name, ns in core:
                 if ns:
                     stamps.append((name, ns))
             if request.queue_start_ns and not any(n == "REQUEST_END" for n, _ in stamps):

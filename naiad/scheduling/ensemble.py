@@ -408,11 +408,14 @@ class _Branch:
 class _Run:
     """One ensemble request in flight."""
 
-    __slots__ = ("request", "lock", "inflight", "done", "sent", "retired")
+    __slots__ = ("request", "lock", "inflight", "done", "sent", "retired", "compute")
 
     def __init__(self, request: InferenceRequest):
         self.request = request
         self.lock = threading.Lock()
+        # the steps' compute input / infer / output ns, summed (Triton reports these
+        # sums as the ensemble's compute times)
+        self.compute = [0, 0, 0]
         # step requests in flight, plus one while the scheduler itself is still
         # launching the first steps (so a step finishing inline cannot end the run early)
         self.inflight = 1
@@ -457,6 +460,8 @@ class EnsembleScheduler:
 
     def enqueue(self, request: InferenceRequest) -> None:
         run = _Run(request)
+        if request.trace is not None:
+            request.trace.ensemble = True
         with self._active_lock:
             self.active += 1
         request.compute_start_ns = time.monotonic_ns()
@@ -518,6 +523,8 @@ class EnsembleScheduler:
         )
 
         def on_response(response: InferenceResponse | None, final: bool) -> None:
+            if final:
+                _add_compute(run, sub)
             self._on_step_response(run, branch, step, response, final)
 
         sub.set_response_callback(on_response)
@@ -629,7 +636,7 @@ class EnsembleScheduler:
                 if run.done:
                     return
                 run.done = True
-            run.request.compute_end_ns = time.monotonic_ns()
+            self._account(run)
             self.model.deliver(run.request, response, True)
             return
         with run.lock:
@@ -659,13 +666,46 @@ class EnsembleScheduler:
             self.active -= 1
         if not finished_now:
             return
-        run.request.compute_end_ns = time.monotonic_ns()
         if self.decoupled:
+            self._account(run)
             self.model.deliver(run.request, None, True)
-        else:
-            self.model.deliver(run.request, InferenceResponse(error=NaiadError(
-                f"in ensemble '{self.name}', the steps finished without producing every "
-                "ensemble output")), True)
+            return
+        run.request.compute_end_ns = time.monotonic_ns()
+        self.model.deliver(run.request, InferenceResponse(error=NaiadError(
+            f"in ensemble '{self.name}', the steps finished without producing every "
+            "ensemble output")), True)
+
+    def _account(self, run: _Run) -> None:
+        """A successful ensemble request: count it as one execution whose compute
+        input / infer / output times are the sums of its steps', as Triton does.
+
+        The request's compute stamps are set from those sums (starting at the real
+        compute start) so the request statistics add up the same way; its trace
+        leaves the compute events out, as Triton's ensemble traces do.
+        """
+        request = run.request
+        cs = request.compute_start_ns
+        with run.lock:
+            c_in, c_infer, c_out = run.compute
+        ie = request.compute_input_end_ns = cs + c_in
+        os_ = request.compute_output_start_ns = ie + c_infer
+        ce = request.compute_end_ns = os_ + c_out
+        self.model.stats.record_execution((request,), request.batch_size or 1, cs, ie, os_, ce)
+
+
+def _add_compute(run: _Run, sub: InferenceRequest) -> None:
+    """Add a finished step request's compute times to its ensemble request's."""
+    cs = sub.compute_start_ns
+    if not cs:
+        return  # never executed (refused, cancelled, answered from the cache)
+    ie = sub.compute_input_end_ns or cs
+    os_ = sub.compute_output_start_ns or ie
+    ce = sub.compute_end_ns or os_
+    with run.lock:
+        c = run.compute
+        c[0] += ie - cs
+        c[1] += os_ - ie
+        c[2] += ce - os_
 
 
 def describe(model: "Model") -> dict[str, Any]:
