@@ -42,6 +42,10 @@ def _http_status(url: str, timeout: float = 1.0) -> int | None:
         return None
 
 
+class _PortTaken(Exception):
+    pass
+
+
 class NaiadProcess:
     """A ``naiad`` server in a child process, on free loopback ports."""
 
@@ -49,11 +53,22 @@ class NaiadProcess:
                  startup_timeout: float = 60.0):
         if isinstance(repositories, (str, Path)):
             repositories = [repositories]
-        self.http_port = free_port()
-        self.grpc_port = free_port()
-        self.metrics_port = free_port()
+        self._repositories = list(repositories)
+        self._flags = flags
+        self._pick_ports()
+        self.wait = wait
+        self.env = dict(os.environ, **(env or {}))
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    def _pick_ports(self) -> None:
+        ports: set[int] = set()
+        while len(ports) < 3:
+            ports.add(free_port())
+        self.http_port, self.grpc_port, self.metrics_port = sorted(ports)
         self.args = [sys.executable, "-m", "naiad"]
-        self.args += [f"--model-repository={r}" for r in repositories]
+        self.args += [f"--model-repository={r}" for r in self._repositories]
         self.args += [
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
@@ -61,13 +76,8 @@ class NaiadProcess:
             "--http-address=127.0.0.1",
             "--grpc-address=127.0.0.1",
             "--metrics-address=127.0.0.1",
-            *flags,
+            *self._flags,
         ]
-        self.wait = wait
-        self.env = dict(os.environ, **(env or {}))
-        self.startup_timeout = startup_timeout
-        self.proc: subprocess.Popen | None = None
-        self.log_path: Path | None = None
 
     @property
     def http_url(self) -> str:
@@ -82,6 +92,18 @@ class NaiadProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self) -> "NaiadProcess":
+        # A port picked free can be taken (by any process's outgoing connection) before
+        # the server binds it: the server then exits with "unable to bind"; pick again.
+        for attempt in range(3):
+            try:
+                return self._start()
+            except _PortTaken:
+                if attempt == 2:
+                    raise RuntimeError(f"naiad could not bind its ports:\n{self.output()}")
+                self._pick_ports()
+        raise AssertionError("unreachable")
+
+    def _start(self) -> "NaiadProcess":
         import tempfile
 
         fd, path = tempfile.mkstemp(prefix="naiad-test-", suffix=".log")
@@ -95,7 +117,10 @@ class NaiadProcess:
         probe = "/v2/health/ready" if self.wait == "ready" else "/v2/health/live"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"naiad exited with {self.proc.returncode}:\n{self.output()}")
+                out = self.output()
+                if "unable to bind" in out:
+                    raise _PortTaken(out)
+                raise RuntimeError(f"naiad exited with {self.proc.returncode}:\n{out}")
             if _http_status(self.base + probe) == 200:
                 return self
             time.sleep(0.05)
