@@ -24,7 +24,6 @@ import numpy as np
 from naiad import __version__
 from naiad.core.errors import (
     InvalidArgument,
-    NaiadError,
     Unavailable,
     Unsupported,
 )
@@ -34,6 +33,7 @@ from naiad.core.types import (
     RequestedOutput,
     ResponseCallback,
     Tensor,
+    successful,
 )
 from naiad.options import MODE_EXPLICIT, MODE_NONE, MODE_POLL, ServerOptions
 from naiad.protocol import datatypes
@@ -371,11 +371,7 @@ class Server:
         finally:
             if watcher is not None:
                 watcher.cancel()
-        if response is None:
-            raise NaiadError(f"model '{model.name}' sent no response")
-        if response.error is not None:
-            raise response.error
-        return response
+        return successful(response, model.name)
 
     async def infer_stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
         """Every response of a request (several for decoupled models), as they come.

@@ -67,6 +67,15 @@ class RequestedOutput:
         return f"RequestedOutput({self.name!r}, class_count={self.class_count})"
 
 
+def successful(response: "InferenceResponse | None", model_name: str) -> "InferenceResponse":
+    """A request's final response, or raise what it failed with."""
+    if response is None:
+        raise NaiadError(f"model '{model_name}' sent no response")
+    if response.error is not None:
+        raise response.error
+    return response
+
+
 class InferenceResponse:
     """One response to one request; ``error`` set means the request failed."""
 

@@ -42,6 +42,20 @@ _STATUS_LINES: dict[int, bytes] = {
 }
 
 
+async def answer_lifespan(scope: dict, receive: Callable, send: Callable) -> None:
+    """For an app's non-HTTP scopes: acknowledge a server's lifespan events (uvicorn
+    sends them; this server does not) and ignore anything else."""
+    if scope["type"] != "lifespan":
+        return
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def _status_line(code: int) -> bytes:
     line = _STATUS_LINES.get(code)
     if line is None:

@@ -44,7 +44,7 @@ from naiad.core.errors import (
     Unsupported,
     as_naiad_error,
 )
-from naiad.core.types import InferenceRequest, InferenceResponse
+from naiad.core.types import InferenceRequest, InferenceResponse, successful
 from naiad.frontends import extensions, restrictions
 from naiad.frontends.grpc_pool import ElasticPool
 from naiad.frontends.status import grpc_status
@@ -213,14 +213,9 @@ class InferenceService:
             model = server.submit(request, waiter.on_response)
             if not waiter.done and not self._wait(waiter, model, request, context):
                 return codec.ModelInferResponse()  # the client is gone
-            response = waiter.response
-            if response is None:
-                raise NaiadError(f"model '{model.name}' sent no response")
-            if response.error is not None:
-                raise response.error
+            response = successful(waiter.response, model.name)
             if trace is not None:
                 trace.response(response)
-            if trace is not None:
                 trace.stamp("GRPC_SEND_START")
             return codec.encode_infer_response(response, request, shm)
         except Exception as exc:

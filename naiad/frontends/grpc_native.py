@@ -46,7 +46,7 @@ from typing import Any
 import grpc
 
 from naiad.core.errors import NaiadError, Unavailable, as_naiad_error
-from naiad.core.types import InferenceRequest, InferenceResponse
+from naiad.core.types import InferenceRequest, InferenceResponse, successful
 from naiad.frontends import restrictions
 from naiad.frontends.extensions import SHUTTING_DOWN
 from naiad.protocol import grpc_codec as codec
@@ -177,10 +177,7 @@ class _Infer:
             return
         trace = self.trace
         try:
-            if response is None:
-                raise NaiadError(f"model '{self.request.model_name}' sent no response")
-            if response.error is not None:
-                raise response.error
+            response = successful(response, self.request.model_name)
             if trace is not None:
                 trace.response(response)
             body = codec.encode_infer_response(response, self.request,

@@ -29,6 +29,7 @@ from naiad.core.errors import (
     as_naiad_error,
 )
 from naiad.frontends import extensions, restrictions
+from naiad.frontends.asgi_server import AsgiServer, answer_lifespan
 from naiad.frontends.status import http_status
 from naiad.protocol import http_codec
 
@@ -132,14 +133,7 @@ class HttpApp:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                while True:
-                    msg = await receive()
-                    if msg["type"] == "lifespan.startup":
-                        await send({"type": "lifespan.startup.complete"})
-                    elif msg["type"] == "lifespan.shutdown":
-                        await send({"type": "lifespan.shutdown.complete"})
-                        return
+            await answer_lifespan(scope, receive, send)
             return
         path = scope["path"]
         method = scope["method"]
@@ -612,7 +606,6 @@ class HttpFrontend:
         if os.environ.get("NAIAD_HTTP_SERVER", "").lower() == "uvicorn":
             await self._start_uvicorn()
             return
-        from naiad.frontends.asgi_server import AsgiServer
 
         self._own = AsgiServer(self.app, max_body_size=self.max_input_size)
         await self._own.start(self._sock)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
+from naiad.frontends.asgi_server import answer_lifespan
 from naiad.frontends.http import HttpFrontend
 
 log = logging.getLogger("naiad.metrics")
@@ -25,14 +26,7 @@ class MetricsApp:
 
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                while True:
-                    msg = await receive()
-                    if msg["type"] == "lifespan.startup":
-                        await send({"type": "lifespan.startup.complete"})
-                    elif msg["type"] == "lifespan.shutdown":
-                        await send({"type": "lifespan.shutdown.complete"})
-                        return
+            await answer_lifespan(scope, receive, send)
             return
         path = scope["path"]
         if path != "/metrics":

@@ -197,13 +197,6 @@ class PythonModel(BackendModel):
 
     # -- used by pb_utils (response senders) -------------------------------------
 
-    def convert_response(self, request: core.InferenceRequest,
-                         response: pb_utils.InferenceResponse) -> core.InferenceResponse:
-        if not isinstance(response, pb_utils.InferenceResponse):
-            raise pb_utils.TritonModelException(
-                f"expected a pb_utils.InferenceResponse, got {type(response).__name__}")
-        return response._to_core()
-
     def deliver(self, request: core.InferenceRequest, response: core.InferenceResponse | None,
                 final: bool) -> None:
         model = self.model
@@ -340,7 +333,7 @@ class PythonInstance(BackendInstance):
                 out.append(None)
                 continue
             try:
-                out.append(model.convert_response(None, resp))
+                out.append(pb_utils._response_to_core(resp))
             except Exception as exc:
                 out.append(core.InferenceResponse(error=_model_error(self.name, exc)))
         return out

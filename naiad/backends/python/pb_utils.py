@@ -388,6 +388,14 @@ def using_decoupled_model_transaction_policy(model_config: dict) -> bool:
 # -- requests -----------------------------------------------------------------------------
 
 
+def _response_to_core(response: Any) -> _core.InferenceResponse:
+    """What a model returned or sent, as the core response (a model's mistake raises)."""
+    if not isinstance(response, InferenceResponse):
+        raise TritonModelException(
+            f"expected a pb_utils.InferenceResponse, got {type(response).__name__}")
+    return response._to_core()
+
+
 class InferenceResponseSender:
     """Sends a decoupled model's responses (``request.get_response_sender()``)."""
 
@@ -406,8 +414,7 @@ class InferenceResponseSender:
         if response is None and not final:
             raise TritonModelException(
                 "response must be set unless the final flag is sent")
-        core = None if response is None else self._runner.convert_response(self._request,
-                                                                             response)
+        core = None if response is None else _response_to_core(response)
         if final:
             self._closed = True
         self._runner.deliver(self._request, core, final)

@@ -481,14 +481,6 @@ class _WorkerRunner:
         with self.send_lock:
             self.conn.send(msg)
 
-    def convert_response(self, request, response):
-        from naiad.backends.python import pb_utils
-
-        if not isinstance(response, pb_utils.InferenceResponse):
-            raise pb_utils.TritonModelException(
-                f"expected a pb_utils.InferenceResponse, got {type(response).__name__}")
-        return response._to_core()
-
     def deliver(self, request: core.InferenceRequest, response: core.InferenceResponse | None,
                 final: bool) -> None:
         rid = request.origin
@@ -598,7 +590,7 @@ def worker_main(fd: int) -> int:
                 spans.append(None)
                 continue
             try:
-                core_resp = runner.convert_response(None, resp)
+                core_resp = pb_utils._response_to_core(resp)
             except Exception as exc:
                 items.append({"error": _error_tuple(exc, instance_name)})
                 spans.append(None)
