@@ -21,7 +21,7 @@ import numpy as np
 
 from naiad.core import classification
 from naiad.core.errors import InvalidArgument, NaiadError, Unavailable
-from naiad.core.types import InferenceRequest, InferenceResponse, Tensor
+from naiad.core.types import DEFERRED, InferenceRequest, InferenceResponse, Tensor
 from naiad.observability.statistics import ModelStatistics
 from naiad.protocol import datatypes
 from naiad.protocol import model_config_pb2 as mc
@@ -332,9 +332,9 @@ class Model:
                 resp = InferenceResponse(error=error)
             else:
                 resp = responses[i] if responses is not None else None
-                if resp is None:
-                    if responses is None:
-                        continue  # the model answers this request itself
+                if resp is None or resp is DEFERRED:
+                    if responses is None or resp is DEFERRED:
+                        continue  # the model answers this request itself (or it runs again)
                     resp = InferenceResponse(
                         error=NaiadError(f"model '{self.name}' returned no response")
                     )

@@ -10,9 +10,7 @@ server beats Triton's stub-process design.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
-import itertools
 import json
 import logging
 import os
@@ -29,9 +27,9 @@ from naiad.backends.base import (
     InstanceSpec,
     ModelLoadContext,
 )
-from naiad.backends.python import pb_utils
+from naiad.backends.python import execution, isolation, pb_utils
 from naiad.core import types as core
-from naiad.core.errors import ErrorKind, InvalidArgument, NaiadError
+from naiad.core.errors import InvalidArgument, NaiadError
 from naiad.protocol import model_config_pb2 as mc
 
 log = logging.getLogger("naiad.backends.python")
@@ -39,40 +37,9 @@ log = logging.getLogger("naiad.backends.python")
 # Models import the API under Triton's name.
 sys.modules.setdefault("triton_python_backend_utils", pb_utils)
 
-_module_ids = itertools.count()
-
-
 def _import_model_file(path: str, label: str):
-    """Import a model.py as a uniquely named module (several models, one process)."""
-    if not os.path.isfile(path):
-        raise InvalidArgument(f"python model file '{path}' not found")
-    folder = os.path.dirname(os.path.abspath(path))
-    name = f"_naiad_model_{next(_module_ids)}_{label}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise InvalidArgument(f"unable to import python model file '{path}'")
-    module = importlib.util.module_from_spec(spec)
-    # Helper modules beside model.py import the way they do under Triton.
-    sys.path.insert(0, folder)
-    try:
-        spec.loader.exec_module(module)
-    except NaiadError:
-        raise
-    except Exception as exc:
-        log.exception("importing '%s' failed", path)
-        raise InvalidArgument(
-            f"failed to import python model file '{path}': {type(exc).__name__}: {exc}"
-        ) from None
-    finally:
-        try:
-            sys.path.remove(folder)
-        except ValueError:
-            pass
-    if folder not in sys.path:
-        sys.path.append(folder)
-    cls = getattr(module, "TritonPythonModel", None)
-    if cls is None:
-        raise InvalidArgument(f"python model file '{path}' does not define class TritonPythonModel")
+    """Import a model.py in its own import scope (``isolation``): (module, class)."""
+    module, cls, _scope = isolation.import_model_file(path, label)
     return module, cls
 
 
@@ -97,16 +64,7 @@ def _source_uses_bls(path: str) -> bool:
     return False
 
 
-def _model_error(instance_name: str, exc: BaseException) -> NaiadError:
-    if isinstance(exc, NaiadError):
-        return exc
-    if isinstance(exc, pb_utils.TritonModelException):
-        kind = pb_utils.TritonError._KINDS.get(exc.code(), ErrorKind.INTERNAL)
-        return NaiadError(exc.message(), kind)
-    return NaiadError(
-        f"Failed to process the request(s) for model instance '{instance_name}', message: "
-        f"{type(exc).__name__}: {exc}"
-    )
+_model_error = execution.model_error
 
 
 # model.py modules imported for auto-complete, handed to the load that follows
@@ -120,9 +78,17 @@ def _import_once(path: str, label: str):
     except OSError:
         mtime = -1.0
     cached = _imported.pop(os.path.abspath(path), None)
-    if cached is not None and cached[0] == mtime:
-        return cached[1], cached[2]
+    if cached is not None:
+        if cached[0] == mtime:
+            return cached[1], cached[2]
+        _close_scope(cached[1])
     return _import_model_file(path, label)
+
+
+def _close_scope(module) -> None:
+    scope = isolation.scope_of(module)
+    if scope is not None:
+        scope.close()
 
 
 class PythonBackend(Backend):
@@ -139,6 +105,9 @@ class PythonBackend(Backend):
         if not os.path.isfile(path):
             return
         module, cls = _import_model_file(path, f"{config.name}_{os.path.basename(version_dir)}")
+        previous = _imported.pop(os.path.abspath(path), None)
+        if previous is not None:  # imported for a load that did not happen
+            _close_scope(previous[1])
         _imported[os.path.abspath(path)] = (os.stat(path).st_mtime, module, cls)
         hook = getattr(cls, "auto_complete_config", None)
         if hook is None:
@@ -148,9 +117,10 @@ class PythonBackend(Backend):
         wrapper = pb_utils.ModelConfig(config_to_dict(config))
         try:
             result = hook(wrapper)
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() in model code included
             raise InvalidArgument(
-                f"auto_complete_config of model '{config.name}' failed: {exc}") from None
+                f"auto_complete_config of model '{config.name}' failed: "
+                f"{isolation.describe_exception(exc)}") from None
         completed = (result if result is not None else wrapper).as_dict()
         new = mc.ModelConfig()
         try:
@@ -175,6 +145,11 @@ class PythonBackend(Backend):
         return PythonModel(ctx)
 
 
+def iterative_sequence(config: mc.ModelConfig) -> bool:
+    """``sequence_batching { iterative_sequence: true }``: requests may be rescheduled."""
+    return config.HasField("sequence_batching") and config.sequence_batching.iterative_sequence
+
+
 class PythonModel(BackendModel):
     """One version of a python model; also the delivery path its senders use."""
 
@@ -191,9 +166,17 @@ class PythonModel(BackendModel):
         # A model that makes BLS calls blocks in execute while they run: it must
         # never run inline on the submitting thread (which may be the event loop).
         self.uses_bls = _source_uses_bls(ctx.model_file)
+        self.iterative = iterative_sequence(ctx.config)
+        # response senders of rescheduled requests, until their next execution
+        self.kept_senders: dict[int, pb_utils.InferenceResponseSender] = {}
+
+    request_key = staticmethod(id)
 
     def create_instance(self, spec: InstanceSpec) -> "PythonInstance":
         return PythonInstance(self, spec)
+
+    def finalize(self) -> None:
+        _close_scope(self.module)  # a later load imports the model's modules afresh
 
     # -- used by pb_utils (response senders) -------------------------------------
 
@@ -212,7 +195,6 @@ class PythonInstance(BackendInstance):
         self.spec = spec
         self.name = spec.name
         ctx = model.ctx
-        self.obj = model.cls()
         self._loop: asyncio.AbstractEventLoop | None = None
         kind = "GPU" if spec.kind == "KIND_GPU" else ("MODEL" if spec.kind == "KIND_MODEL" else "CPU")
         args = {
@@ -225,26 +207,32 @@ class PythonInstance(BackendInstance):
             "model_name": ctx.name,
         }
         pb_utils._context.server = ctx.server
-        init = getattr(self.obj, "initialize", None)
-        if init is not None:
-            try:
+        try:
+            self.obj = model.cls()
+            init = getattr(self.obj, "initialize", None)
+            if init is not None:
                 result = init(args)
                 if inspect.isawaitable(result):
                     self._run_coroutine(result)
-            except NaiadError:
-                raise
-            except Exception as exc:
-                log.exception("initialize of model '%s' failed", ctx.name)
-                raise InvalidArgument(
-                    f"failed to initialize model instance '{spec.name}': "
-                    f"{type(exc).__name__}: {exc}") from None
+        except NaiadError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() in initialize included
+            log.error("initialize of model '%s' failed: %s", ctx.name,
+                      isolation.describe_exception(exc), exc_info=isinstance(exc, Exception))
+            raise InvalidArgument(
+                f"failed to initialize model instance '{spec.name}': "
+                f"{isolation.describe_exception(exc)}") from None
         self._execute = self.obj.execute
+        self._settler = execution.Settler(spec.name, model.name, model.decoupled,
+                                          model.iterative, model)
         self._is_async = inspect.iscoroutinefunction(self._execute)
         # async execute runs on the instance's own event loop: never on the server's;
         # a model making BLS calls waits on them inside execute: never inline either
         self.inline_capable = not self._is_async and not model.uses_bls
         # decoupled async models run their executions concurrently on a loop thread
-        self._concurrent = self._is_async and model.decoupled
+        # (not with iterative sequences: a rescheduled request runs again after
+        # its execution, which must end first)
+        self._concurrent = self._is_async and model.decoupled and not model.iterative
         self._bg_loop: asyncio.AbstractEventLoop | None = None
         self._bg_thread: threading.Thread | None = None
 
@@ -262,7 +250,7 @@ class PythonInstance(BackendInstance):
             self._bg_thread.start()
         return loop
 
-    def _execute_concurrently(self, requests: list[core.InferenceRequest], wrapped) -> None:
+    def _execute_concurrently(self, wrapped: list) -> None:
         """A decoupled model's async execute: start it and return at once.
 
         Triton runs a decoupled model's coroutines concurrently; their
@@ -270,27 +258,19 @@ class PythonInstance(BackendInstance):
         """
         server = self.model.ctx.server
         instance = self
+        settler = self._settler
 
         async def run():
             pb_utils._context.server = server
             pb_utils._context.instance = instance
-            return await self._execute(wrapped)
-
-        fut = asyncio.run_coroutine_threadsafe(run(), self._background_loop())
-        model = self.model
-
-        def done(f) -> None:
-            exc = f.exception()
-            if exc is None:
+            try:
+                result = await self._execute(wrapped)
+            except BaseException as exc:  # noqa: BLE001 - must not stop the loop thread
+                settler.settle(wrapped, None, exc)
                 return
-            log.error("model instance '%s' execute failed: %s: %s", self.name,
-                      type(exc).__name__, exc)
-            err = _model_error(self.name, exc)
-            for r in requests:
-                if not r.responded:
-                    model.deliver(r, core.InferenceResponse(error=err), True)
+            settler.settle(wrapped, result)
 
-        fut.add_done_callback(done)
+        asyncio.run_coroutine_threadsafe(run(), self._background_loop())
 
     def execute(self, requests: list[core.InferenceRequest]):
         model = self.model
@@ -298,45 +278,30 @@ class PythonInstance(BackendInstance):
         pb_utils._context.instance = self
         wrap = pb_utils.InferenceRequest._wrap
         wrapped = [wrap(r, model) for r in requests]
+        kept = model.kept_senders
+        if kept:  # rescheduled requests: their senders carry over
+            for w in wrapped:
+                w._sender = kept.pop(id(w._core), None)
         t_in = time.monotonic_ns()
         for r in requests:
             r.compute_input_end_ns = t_in
         if self._concurrent:
-            self._execute_concurrently(requests, wrapped)
+            self._execute_concurrently(wrapped)
             return None
+        result = exc = None
         try:
             result = self._execute(wrapped)
             if self._is_async or inspect.isawaitable(result):
                 result = self._run_coroutine(result)
-        except BaseException as exc:  # noqa: BLE001
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            log.error("model instance '%s' execute failed: %s: %s", self.name,
-                      type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-            raise _model_error(self.name, exc) from None
+        except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt too
+            exc = e
         t_out = time.monotonic_ns()
         for r in requests:
             r.compute_output_start_ns = t_out
-        if model.decoupled:
-            if result is not None:
-                log.warning("decoupled model '%s' returned responses from execute(); they are "
-                            "ignored (use the response sender)", model.name)
-            return None
-        if not isinstance(result, (list, tuple)):
-            raise NaiadError(
-                f"Failed to process the request(s) for model instance '{self.name}', message: "
-                f"execute() must return a list of pb_utils.InferenceResponse, got "
-                f"{type(result).__name__}")
-        out: list[core.InferenceResponse | None] = []
-        for resp in result:
-            if resp is None:
-                out.append(None)
-                continue
-            try:
-                out.append(pb_utils._response_to_core(resp))
-            except Exception as exc:
-                out.append(core.InferenceResponse(error=_model_error(self.name, exc)))
-        return out
+        responses, again = self._settler.settle(wrapped, result, exc)
+        for i in again:
+            requests[i].reschedule = True
+        return responses
 
     def finalize(self) -> None:
         fin = getattr(self.obj, "finalize", None)
@@ -345,8 +310,9 @@ class PythonInstance(BackendInstance):
                 result = fin()
                 if inspect.isawaitable(result):
                     self._run_coroutine(result)
-            except Exception:
-                log.exception("finalize of model instance '%s' failed", self.name)
+            except BaseException as exc:  # noqa: BLE001 - sys.exit() in finalize included
+                log.error("finalize of model instance '%s' failed: %s", self.name,
+                          isolation.describe_exception(exc), exc_info=isinstance(exc, Exception))
         if self._loop is not None:
             self._loop.close()
             self._loop = None

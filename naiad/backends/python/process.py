@@ -44,6 +44,8 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from naiad.backends.base import BackendInstance, BackendModel, InstanceSpec, ModelLoadContext
+from naiad.backends.python.execution import Settler, model_error
+from naiad.backends.python.isolation import describe_exception, import_model_file
 from naiad.core import types as core
 from naiad.core.errors import ErrorKind, InvalidArgument, NaiadError, Unavailable
 from naiad.protocol import datatypes
@@ -172,6 +174,8 @@ class ProcessPythonModel(BackendModel):
         self.decoupled = bool(ctx.config.model_transaction_policy.decoupled)
         self.output_names = [o.name for o in ctx.config.output]
         self.config_json = json.dumps(config_to_dict(ctx.config))
+        self.iterative = ctx.config.HasField("sequence_batching") and \
+            ctx.config.sequence_batching.iterative_sequence
         self.model = None
 
     def create_instance(self, spec: InstanceSpec) -> "ProcessInstance":
@@ -239,8 +243,8 @@ class ProcessInstance(BackendInstance):
             child.close()
         self.conn = Connection(parent.detach())
         self.conn.send(("init", self.init_args, self.model.ctx.model_file,
-                        f"{self.model.name}_v{self.model.ctx.version}",
-                        self.model.decoupled, self.model.output_names))
+                        f"{self.model.name}_{self.model.ctx.version}",
+                        self.model.decoupled, self.model.output_names, self.model.iterative))
         if not self.conn.poll(INIT_TIMEOUT_S):
             self._kill()
             raise InvalidArgument(f"model instance '{self.name}' worker did not start in time")
@@ -261,14 +265,18 @@ class ProcessInstance(BackendInstance):
         self.generation += 1
         self.dead = False
         self.results = queue.SimpleQueue()
-        if self.model.decoupled:
-            # responses arrive whenever the model sends them: a thread reads them all
-            self.reader = threading.Thread(target=self._read,
-                                           args=(self.conn, self.results, self.generation),
-                                           name=f"naiad-{self.name}-reader", daemon=True)
-            self.reader.start()
-        else:
-            self.reader = None  # execute() reads its result itself: one hand-off fewer
+        self.reader = None
+        if self.model.decoupled or self.streams:
+            self._start_reader()
+        # else execute() reads its result itself (one hand-off fewer) until a response
+        # sender answers a request after execute returned
+
+    def _start_reader(self) -> None:
+        """Responses arrive whenever the model sends them: a thread reads them all."""
+        self.reader = threading.Thread(target=self._read,
+                                       args=(self.conn, self.results, self.generation),
+                                       name=f"naiad-{self.name}-reader", daemon=True)
+        self.reader.start()
 
     def _kill(self) -> None:
         proc = self.proc
@@ -383,9 +391,8 @@ class ProcessInstance(BackendInstance):
             start = index[i]
             end = index[i + 1] if i + 1 < len(index) else len(tensors)
             rid = id(r)
-            if self.model.decoupled:
-                with self.streams_lock:
-                    self.streams[rid] = r
+            with self.streams_lock:  # responses its sender may send come back by its id
+                self.streams[rid] = r
             metas.append({
                 "rid": rid, "id": r.id, "model_name": r.model_name,
                 "model_version": r.model_version, "correlation_id": r.correlation_id,
@@ -402,7 +409,13 @@ class ProcessInstance(BackendInstance):
         t_in = time.monotonic_ns()
         for r in requests:
             r.compute_input_end_ns = t_in
-        msg = self.results.get() if self.reader is not None else self._recv()
+        if self.reader is not None:
+            msg = self.results.get()
+        else:
+            msg = self._recv()
+            while msg[0] == "response":  # a response sender's, before execute returned
+                self._on_stream_response(*msg[1:])
+                msg = self._recv()
         if msg[0] == "dead":
             self._after_death(requests)
             raise self._death_error()
@@ -415,13 +428,28 @@ class ProcessInstance(BackendInstance):
         for r in requests:
             r.compute_output_start_ns = t_out
         if status == "error":
+            self._forget(requests)
             raise NaiadError(payload[0], ErrorKind(payload[1]))
         if self.model.decoupled:
+            for i in payload:  # rescheduled: they come back with a later execution
+                requests[i].reschedule = True
+                with self.streams_lock:
+                    self.streams.pop(id(requests[i]), None)
             return None
-        out: list[core.InferenceResponse | None] = []
-        for item in payload:
-            if item is None:
-                out.append(None)
+        out: list = []
+        deferred = False
+        with self.streams_lock:
+            for r, item in zip(requests, payload):
+                if item.get("deferred") and not item.get("again"):
+                    # its response sender answers it; still open: it will, later
+                    deferred = deferred or id(r) in self.streams
+                else:
+                    self.streams.pop(id(r), None)
+        for r, item in zip(requests, payload):
+            if "deferred" in item:
+                if item["again"]:
+                    r.reschedule = True
+                out.append(core.DEFERRED)
             elif "error" in item:
                 msg_text, kind = item["error"]
                 out.append(core.InferenceResponse(error=NaiadError(msg_text, ErrorKind(kind))))
@@ -429,7 +457,14 @@ class ProcessInstance(BackendInstance):
                 out.append(core.InferenceResponse(
                     unpack_tensors(item["outputs"], self.out_region, copy=True),
                     parameters=item.get("parameters") or None))
+        if deferred and self.reader is None:
+            self._start_reader()
         return out
+
+    def _forget(self, requests: list[core.InferenceRequest]) -> None:
+        with self.streams_lock:
+            for r in requests:
+                self.streams.pop(id(r), None)
 
     def _recv(self):
         try:
@@ -476,6 +511,12 @@ class _WorkerRunner:
         self.decoupled = decoupled
         self.output_names = output_names
         self.send_lock = threading.Lock()
+        # response senders of rescheduled requests, until their next execution
+        self.kept_senders: dict = {}
+
+    @staticmethod
+    def request_key(request: core.InferenceRequest):
+        return request.origin  # the server's id of the request: the same on each run
 
     def send(self, msg) -> None:
         with self.send_lock:
@@ -499,25 +540,23 @@ class _WorkerRunner:
 
 
 def _error_tuple(exc: BaseException, instance: str) -> tuple[str, str]:
-    from naiad.backends.python.backend import _model_error
-
-    err = _model_error(instance, exc)
+    err = model_error(instance, exc)
     return err.message, err.kind.value
 
 
 def worker_main(fd: int) -> int:
     """The worker process: import the model, then serve exec messages until told to stop."""
     conn = Connection(fd)
-    from naiad.backends.python import backend as pyb
     from naiad.backends.python import pb_utils
 
     msg = conn.recv()
-    _, args, model_file, label, decoupled, output_names = msg
+    _, args, model_file, label, decoupled, output_names, iterative = msg
     instance_name = args["model_instance_name"]
     runner = _WorkerRunner(conn, decoupled, output_names)
+    settler = Settler(instance_name, args["model_name"], decoupled, iterative, runner)
     loop: asyncio.AbstractEventLoop | None = None
     try:
-        _, cls = pyb._import_model_file(model_file, label)
+        _, cls, _scope = import_model_file(model_file, label)
         obj = cls()
         init = getattr(obj, "initialize", None)
         if init is not None:
@@ -527,12 +566,14 @@ def worker_main(fd: int) -> int:
                 loop.run_until_complete(result)
     except BaseException as exc:  # noqa: BLE001 - reported to the server, which fails the load
         message = exc.message if isinstance(exc, NaiadError) else \
-            f"failed to initialize model instance '{instance_name}': {type(exc).__name__}: {exc}"
-        traceback.print_exc()
+            f"failed to initialize model instance '{instance_name}': {describe_exception(exc)}"
+        if isinstance(exc, Exception):
+            traceback.print_exc()
         conn.send(("error", message))
         return 1
     conn.send(("ready", os.getpid()))
     execute = obj.execute
+    kept = runner.kept_senders
     in_region: Region | None = None
     out_region: Region | None = None
     previous_out: Region | None = None
@@ -560,50 +601,40 @@ def worker_main(fd: int) -> int:
             req.origin = m["rid"]
             requests.append(req)
         wrapped = [pb_utils.InferenceRequest._wrap(r, runner) for r in requests]
+        if kept:  # rescheduled requests: their senders carry over
+            for w in wrapped:
+                w._sender = kept.pop(w._core.origin, None)
+        result = failure = None
         try:
             result = execute(wrapped)
             if inspect.isawaitable(result):
                 if loop is None:
                     loop = asyncio.new_event_loop()
                 result = loop.run_until_complete(result)
-        except BaseException as exc:  # noqa: BLE001
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            traceback.print_exc()
-            runner.send(("result", batch_id, "error", _error_tuple(exc, instance_name), None))
-            continue
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker lives on
+            if isinstance(exc, Exception):
+                traceback.print_exc()
+            failure = exc
+        responses, again = settler.settle(wrapped, result, failure)
         if decoupled:
-            runner.send(("result", batch_id, "ok", None, None))
-            continue
-        if not isinstance(result, (list, tuple)):
-            runner.send(("result", batch_id, "error", (
-                f"Failed to process the request(s) for model instance '{instance_name}', "
-                f"message: execute() must return a list of pb_utils.InferenceResponse, got "
-                f"{type(result).__name__}", ErrorKind.INTERNAL.value), None))
+            runner.send(("result", batch_id, "ok", again, None))
             continue
         items: list = []
         outputs_all: list[core.Tensor] = []
         spans = []
-        for i, resp in enumerate(result):
-            if resp is None:
-                items.append(None)
-                spans.append(None)
-                continue
-            try:
-                core_resp = pb_utils._response_to_core(resp)
-            except Exception as exc:
-                items.append({"error": _error_tuple(exc, instance_name)})
-                spans.append(None)
+        for i, core_resp in enumerate(responses):
+            spans.append(None)
+            if core_resp is core.DEFERRED:
+                items.append({"deferred": True, "again": i in again})
                 continue
             if core_resp.error is not None:
                 items.append({"error": (core_resp.error.message, core_resp.error.kind.value)})
-                spans.append(None)
                 continue
             outs = core_resp.outputs
-            wanted = requests[i].requested_outputs if i < len(requests) else None
+            wanted = requests[i].requested_outputs
             if wanted:
                 outs = [t for t in outs if t.name in wanted]
-            spans.append((len(outputs_all), len(outs)))
+            spans[i] = (len(outputs_all), len(outs))
             outputs_all.extend(outs)
             items.append({"parameters": core_resp.parameters})
         descs, out_region, grown = pack_tensors(outputs_all, out_region, "out")
@@ -621,7 +652,7 @@ def worker_main(fd: int) -> int:
             result = fin()
             if inspect.isawaitable(result):
                 (loop or asyncio.new_event_loop()).run_until_complete(result)
-        except Exception:
+        except BaseException:  # noqa: BLE001
             traceback.print_exc()
     return 0
 

@@ -1,0 +1,217 @@
+"""What a python model's ``execute`` produced, settled by Triton's rules.
+
+Shared by in-process instances (``backend.py``) and worker processes
+(``process.py``), so both answer alike:
+
+* A model that is not decoupled returns one ``InferenceResponse`` per request,
+  or ``None`` for a request it answers through its response sender (now or
+  from another thread later) or reschedules. A returned response for a request
+  whose sender already sent one, a list of the wrong length or type, or a
+  response for a rescheduled request fails the whole batch with Triton's
+  message; a request whose response the sender still holds (sent without the
+  final flag) gets that response instead of the error.
+* A decoupled model returns ``None``; anything else is an error response with
+  the final flag for every request whose sender is still open (Triton: "...
+  is using the decoupled mode and the execute function must return None.").
+* ``request.set_release_flags(TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)`` runs
+  the request again, for models with ``sequence_batching { iterative_sequence:
+  true }``; elsewhere the request is answered with Triton's error instead of
+  being left without an answer.
+* Any exception, ``SystemExit`` and ``KeyboardInterrupt`` included, fails the
+  batch's open requests with an error naming the model and the exception; the
+  instance stays usable.
+
+This module imports nothing beyond pb_utils and the core (worker processes in
+another Python environment import it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from naiad.backends.python import pb_utils
+from naiad.backends.python.isolation import describe_exception
+from naiad.core import types as core
+from naiad.core.errors import ErrorKind, NaiadError
+
+log = logging.getLogger("naiad.backends.python")
+
+RESCHEDULE = pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
+RESCHEDULE_UNSUPPORTED = (
+    "Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, while the model is "
+    "not configured to handle such a flag.")
+
+
+def model_error(instance_name: str, exc: BaseException, model_name: str | None = None
+                ) -> NaiadError:
+    """The error a model's exception gives the requests it was running."""
+    if isinstance(exc, NaiadError):
+        return exc
+    if isinstance(exc, pb_utils.TritonModelException):
+        kind = pb_utils.TritonError._KINDS.get(exc.code(), ErrorKind.INTERNAL)
+        return NaiadError(exc.message(), kind)
+    who = f"model instance '{instance_name}'"
+    if model_name and not isinstance(exc, Exception):  # an exit: say which model did it
+        who += f" of model '{model_name}'"
+    return NaiadError(
+        f"Failed to process the request(s) for {who}, message: {describe_exception(exc)}")
+
+
+class Settler:
+    """Settles the executions of one instance. ``runner`` delivers (``deliver(request,
+    response, final)``) and keeps the senders of rescheduled requests
+    (``kept_senders``, keyed by ``request_key(core_request)``)."""
+
+    def __init__(self, instance_name: str, model_name: str, decoupled: bool, iterative: bool,
+                 runner: Any):
+        self.instance = instance_name
+        self.model = model_name
+        self.decoupled = decoupled
+        self.iterative = iterative
+        self.runner = runner
+
+    def _error(self, exc: BaseException) -> NaiadError:
+        err = model_error(self.instance, exc, self.model)
+        log.error("model instance '%s' of model '%s' execute failed: %s", self.instance,
+                  self.model, err.message,
+                  exc_info=log.isEnabledFor(logging.DEBUG) and isinstance(exc, Exception))
+        return err
+
+    def _keep_sender(self, request: pb_utils.InferenceRequest) -> None:
+        sender = request._sender
+        if sender is not None:
+            self.runner.kept_senders[self.runner.request_key(request._core)] = sender
+
+    def settle(self, requests: list, result: Any, exc: BaseException | None = None
+               ) -> tuple[list | None, list[int]]:
+        """(responses for ``Model.complete`` — None when the model answers every
+        request itself — and the indices of the requests to run again)."""
+        if self.decoupled:
+            return self._settle_decoupled(requests, result, exc)
+        return self._settle(requests, result, exc)
+
+    # -- decoupled ---------------------------------------------------------------------
+
+    def _settle_decoupled(self, requests: list, result: Any, exc: BaseException | None
+                          ) -> tuple[None, list[int]]:
+        if exc is None and result is not None:
+            exc = pb_utils.TritonModelException(
+                f"Python model '{self.instance}' is using the decoupled mode and the execute "
+                "function must return None.")
+        if exc is not None:
+            err = self._error(exc)
+            for r in requests:
+                self._fail_open(r, err)
+            return None, []
+        again: list[int] = []
+        for i, r in enumerate(requests):
+            if r._release_flags != RESCHEDULE:
+                continue
+            sender = r._sender
+            if sender is not None and sender._done:
+                continue  # finished already: nothing to run again
+            if self.iterative:
+                self._keep_sender(r)
+                again.append(i)
+            else:
+                log.error("model instance '%s': %s", self.instance, RESCHEDULE_UNSUPPORTED)
+                self._fail_open(r, NaiadError(RESCHEDULE_UNSUPPORTED, ErrorKind.INVALID_ARG))
+        return None, again
+
+    def _fail_open(self, request: pb_utils.InferenceRequest, err: NaiadError) -> None:
+        """Close the request's sender; answer the request with ``err`` unless its
+        final response went out already."""
+        sender = request._sender
+        if sender is not None:
+            done, _held = sender._close()
+            if done:
+                return
+        self.runner.deliver(request._core, core.InferenceResponse(error=err), True)
+
+    # -- not decoupled -------------------------------------------------------------------
+
+    def _settle(self, requests: list, result: Any, exc: BaseException | None
+                ) -> tuple[list, list[int]]:
+        n = len(requests)
+        entries: list = []
+        if exc is None:
+            if result is None:
+                entries = [None] * n
+            elif isinstance(result, (list, tuple)):
+                entries = list(result)
+                if len(entries) != n:
+                    exc = pb_utils.TritonModelException(
+                        "Number of InferenceResponse objects do not match the number of "
+                        f"InferenceRequest objects. InferenceRequest(s) size is:{n}, and "
+                        f"InferenceResponse(s) size is:{len(entries)}")
+            else:
+                exc = pb_utils.TritonModelException(
+                    f"Expected a list in the execute return, found type '{type(result)}'.")
+        if exc is None:
+            exc = self._check(requests, entries)
+        if exc is not None:
+            err = self._error(exc)
+            out: list = []
+            for r in requests:
+                sender = r._sender
+                if sender is not None:
+                    done, held = sender._close()
+                    if done:
+                        out.append(core.DEFERRED)  # answered already
+                        continue
+                    if held is not None:
+                        out.append(held)  # the client gets the one response it was sent
+                        continue
+                out.append(core.InferenceResponse(error=err))
+            return out, []
+        out = []
+        again: list[int] = []
+        for i, (r, entry) in enumerate(zip(requests, entries)):
+            if entry is not None:
+                try:
+                    out.append(entry._to_core())
+                except Exception as bad:  # noqa: BLE001 - a malformed response fails its request
+                    out.append(core.InferenceResponse(error=model_error(self.instance, bad)))
+                continue
+            sender = r._sender
+            if r._release_flags == RESCHEDULE and not (sender is not None and sender._done):
+                if self.iterative:
+                    self._keep_sender(r)
+                    again.append(i)
+                    out.append(core.DEFERRED)
+                else:
+                    log.error("model instance '%s': %s", self.instance, RESCHEDULE_UNSUPPORTED)
+                    if sender is not None:
+                        sender._close()
+                    out.append(core.InferenceResponse(
+                        error=NaiadError(RESCHEDULE_UNSUPPORTED, ErrorKind.INVALID_ARG)))
+            elif sender is not None:
+                out.append(core.DEFERRED)  # its sender answers, now or later
+            else:
+                out.append(core.InferenceResponse(error=NaiadError(
+                    f"Failed to process the request(s) for model instance '{self.instance}', "
+                    "message: the execute function returned None for a request and sent no "
+                    "response for it")))
+        return out, again
+
+    @staticmethod
+    def _check(requests: list, entries: list) -> BaseException | None:
+        """Triton's checks on the returned list that fail the whole batch."""
+        for r, entry in zip(requests, entries):
+            if entry is None:
+                continue
+            if r._release_flags == RESCHEDULE:
+                return pb_utils.TritonModelException(
+                    "Expected a None object in the execute function return list for "
+                    f"reschduled request, found type '{type(entry)}'.")
+            if not isinstance(entry, pb_utils.InferenceResponse):
+                return pb_utils.TritonModelException(
+                    "Expected an 'InferenceResponse' object in the execute function return "
+                    f"list, found type '{type(entry)}'.")
+            sender = r._sender
+            if sender is not None and not sender._claim_final():
+                return pb_utils.TritonModelException(
+                    "Unable to send response. Non-decoupled model cannot send more than one "
+                    "response.")
+        return None
