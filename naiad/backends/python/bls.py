@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from naiad.backends.python import pb_utils
@@ -180,14 +180,14 @@ def execute(pb_request: pb_utils.InferenceRequest, decoupled: bool = False):
     request = _build(pb_request)
     model, error = _target(pb_request, decoupled)
     if error is not None:
-        return iter([error]) if decoupled else error
+        return _SingleResponse(error) if decoupled else error
     _guard_loop_thread()
     if decoupled:
         stream = ResponseIterator(request)
         request.set_response_callback(stream._on_response)
         error = _submit(model, request)
         if error is not None:
-            return iter([error])
+            return _SingleResponse(error)
         return stream
     waiter = _Waiter()
     request.set_response_callback(waiter)
@@ -207,14 +207,14 @@ async def async_execute(pb_request: pb_utils.InferenceRequest, decoupled: bool =
     request = _build(pb_request)
     model, error = _target(pb_request, decoupled)
     if error is not None:
-        return _single_async(error) if decoupled else error
+        return _SingleResponse(error) if decoupled else error
     loop = asyncio.get_running_loop()
     loop_thread = threading.get_ident()
     if decoupled:
         stream = AsyncResponseIterator(request, loop, loop_thread)
         request.set_response_callback(stream._on_response)
         error = _submit(model, request)
-        return _single_async(error) if error is not None else stream
+        return _SingleResponse(error) if error is not None else stream
     fut = loop.create_future()
 
     def on_response(response: core.InferenceResponse | None, final: bool) -> None:
@@ -249,11 +249,6 @@ async def async_execute(pb_request: pb_utils.InferenceRequest, decoupled: bool =
 def _resolve(fut: asyncio.Future, value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
-
-
-async def _single_async(response: pb_utils.InferenceResponse
-                        ) -> AsyncIterator[pb_utils.InferenceResponse]:
-    yield response
 
 
 class ResponseIterator(Iterator):
@@ -295,22 +290,30 @@ class ResponseIterator(Iterator):
         self._request.cancelled = True
 
 
-class AsyncResponseIterator:
-    """The async counterpart of :class:`ResponseIterator` (``async for``)."""
+class AsyncResponseIterator(ResponseIterator):
+    """What ``await request.async_exec(decoupled=True)`` returns.
+
+    Triton returns its ordinary response iterator there, and models loop over
+    it with a plain ``for`` (each step waits for the next response, as it does
+    after ``exec``); naiad's also supports ``async for``, which waits without
+    blocking the model's event loop.
+    """
 
     def __init__(self, request: core.InferenceRequest, loop: asyncio.AbstractEventLoop,
                  loop_thread: int):
-        self._request = request
+        super().__init__(request)
         self._loop = loop
         self._loop_thread = loop_thread
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._done = False
+        self._waiter: asyncio.Future | None = None
 
     def _on_response(self, response: core.InferenceResponse | None, final: bool) -> None:
-        if threading.get_ident() == self._loop_thread:
-            self._queue.put_nowait((response, final))
-        else:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, (response, final))
+        self._queue.put((response, final))
+        waiter = self._waiter
+        if waiter is not None:
+            if threading.get_ident() == self._loop_thread:
+                _resolve(waiter, None)
+            else:
+                self._loop.call_soon_threadsafe(_resolve, waiter, None)
 
     def __aiter__(self) -> "AsyncResponseIterator":
         return self
@@ -318,13 +321,60 @@ class AsyncResponseIterator:
     async def __anext__(self) -> pb_utils.InferenceResponse:
         if self._done:
             raise StopAsyncIteration
-        response, final = await self._queue.get()
+        timeout = _timeout_s(self._request)
+        while True:
+            try:
+                response, final = self._queue.get_nowait()
+                break
+            except queue.Empty:
+                pass
+            waiter = self._waiter = self._loop.create_future()
+            if not self._queue.empty():  # arrived before the waiter was set
+                self._waiter = None
+                continue
+            try:
+                if timeout > 0:
+                    await asyncio.wait_for(waiter, timeout)
+                else:
+                    await waiter
+            except asyncio.TimeoutError:
+                self._done = True
+                self._request.cancelled = True
+                return _error_response(_RUN_ERROR.format(
+                    name=self._request.model_name, message="Request timeout expired"),
+                    pb_utils.TritonError.CANCELLED)
+            finally:
+                self._waiter = None
         if final:
             self._done = True
         return _from_core(response)
 
+
+class _SingleResponse(ResponseIterator):
+    """A call that failed before it started: one error response, for ``for`` and
+    ``async for`` alike."""
+
+    def __init__(self, response: pb_utils.InferenceResponse):
+        self._response = response
+        self._done = False
+
+    def __next__(self) -> pb_utils.InferenceResponse:
+        if self._done:
+            raise StopIteration
+        self._done = True
+        return self._response
+
+    def __aiter__(self) -> "_SingleResponse":
+        return self
+
+    async def __anext__(self) -> pb_utils.InferenceResponse:
+        try:
+            return self.__next__()
+        except StopIteration:
+            raise StopAsyncIteration from None
+
     def cancel(self) -> None:
-        self._request.cancelled = True
+        pass
 
 
 # -- model management from BLS -------------------------------------------------------
