@@ -27,7 +27,7 @@ from naiad.backends.base import (
     InstanceSpec,
     ModelLoadContext,
 )
-from naiad.backends.python import execution, isolation, pb_utils
+from naiad.backends.python import environments, execution, isolation, pb_utils
 from naiad.core import types as core
 from naiad.core.errors import InvalidArgument, NaiadError
 from naiad.protocol import model_config_pb2 as mc
@@ -104,24 +104,19 @@ class PythonBackend(Backend):
         path = os.path.join(version_dir, fname)
         if not os.path.isfile(path):
             return
-        module, cls = _import_model_file(path, f"{config.name}_{os.path.basename(version_dir)}")
-        previous = _imported.pop(os.path.abspath(path), None)
-        if previous is not None:  # imported for a load that did not happen
-            _close_scope(previous[1])
-        _imported[os.path.abspath(path)] = (os.stat(path).st_mtime, module, cls)
-        hook = getattr(cls, "auto_complete_config", None)
-        if hook is None:
-            return
         from naiad.repository.config import config_to_dict
 
-        wrapper = pb_utils.ModelConfig(config_to_dict(config))
-        try:
-            result = hook(wrapper)
-        except BaseException as exc:  # noqa: BLE001 - sys.exit() in model code included
-            raise InvalidArgument(
-                f"auto_complete_config of model '{config.name}' failed: "
-                f"{isolation.describe_exception(exc)}") from None
-        completed = (result if result is not None else wrapper).as_dict()
+        label = f"{config.name}_{os.path.basename(version_dir)}"
+        env_path = environments.requested(config)
+        if env_path:  # the model's own environment: its import belongs there, not here
+            env = environments.prepare(env_path, model_dir, config.name, backend_config)
+            completed = environments.auto_complete(env, path, label, config_to_dict(config))
+            if completed is None:
+                return
+        else:
+            completed = self._auto_complete_here(config, path, label)
+            if completed is None:
+                return
         new = mc.ModelConfig()
         try:
             json_format.ParseDict(completed, new)
@@ -131,16 +126,44 @@ class PythonBackend(Backend):
                 f"configuration: {exc}") from None
         config.CopyFrom(new)
 
+    @staticmethod
+    def _auto_complete_here(config: mc.ModelConfig, path: str, label: str) -> dict | None:
+        module, cls = _import_model_file(path, label)
+        previous = _imported.pop(os.path.abspath(path), None)
+        if previous is not None:  # imported for a load that did not happen
+            _close_scope(previous[1])
+        _imported[os.path.abspath(path)] = (os.stat(path).st_mtime, module, cls)
+        hook = getattr(cls, "auto_complete_config", None)
+        if hook is None:
+            return None
+        from naiad.repository.config import config_to_dict
+
+        wrapper = pb_utils.ModelConfig(config_to_dict(config))
+        try:
+            result = hook(wrapper)
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() in model code included
+            raise InvalidArgument(
+                f"auto_complete_config of model '{config.name}' failed: "
+                f"{isolation.describe_exception(exc)}") from None
+        return (result if result is not None else wrapper).as_dict()
+
     def load(self, ctx: ModelLoadContext) -> "PythonModel":
         params = ctx.config.parameters
-        if "EXECUTION_ENV_PATH" in params:
-            log.warning(
-                "model '%s': EXECUTION_ENV_PATH is ignored; naiad runs python models in the "
-                "server's own environment", ctx.name)
-        if "EXECUTION_MODE" in params:
+        env_path = environments.requested(ctx.config)
+        if env_path or "EXECUTION_MODE" in params:
             from naiad.backends.python import process
 
-            if process.execution_mode(ctx.config) == "process":
+            mode = process.execution_mode(ctx.config)
+            if env_path:
+                if mode == "inprocess" and "EXECUTION_MODE" in params:
+                    raise InvalidArgument(
+                        f"model '{ctx.name}' sets EXECUTION_ENV_PATH, which runs it in worker "
+                        "processes with that environment's Python, and EXECUTION_MODE "
+                        f"'{params['EXECUTION_MODE'].string_value}'; drop one of them")
+                env = environments.prepare(env_path, ctx.model_dir, ctx.name,
+                                           ctx.backend_config)
+                return process.load(ctx, env)  # worker processes in the model's environment
+            if mode == "process":
                 return process.load(ctx)  # instances in worker processes
         return PythonModel(ctx)
 

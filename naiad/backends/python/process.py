@@ -44,6 +44,7 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from naiad.backends.base import BackendInstance, BackendModel, InstanceSpec, ModelLoadContext
+from naiad.backends.python.environments import Environment, worker_command
 from naiad.backends.python.execution import Settler, model_error
 from naiad.backends.python.isolation import describe_exception, import_model_file
 from naiad.core import types as core
@@ -155,7 +156,31 @@ def unpack_tensors(descs: list, region: Region | None, copy: bool) -> list[core.
 
 
 def _pickled_tensors(tensors: list[core.Tensor]) -> list:
-    return [(t.name, t.datatype, t.data) for t in tensors]
+    """Tensors as plain values (no numpy objects: the two sides may run different
+    numpy versions when the model has its own environment)."""
+    out = []
+    for t in tensors:
+        arr = t.data
+        if t.datatype == "BYTES":
+            data = [x if isinstance(x, bytes) else bytes(x) if not isinstance(x, str)
+                    else x.encode() for x in arr.reshape(-1)]
+        else:
+            data = np.ascontiguousarray(arr).tobytes()
+        out.append((t.name, t.datatype, tuple(arr.shape), data))
+    return out
+
+
+def _unpickled_tensors(items: list) -> list[core.Tensor]:
+    out = []
+    for name, datatype, shape, data in items:
+        if datatype == "BYTES":
+            arr = np.empty(len(data), dtype=np.object_)
+            arr[:] = data
+            arr = arr.reshape(shape)
+        else:
+            arr = np.frombuffer(data, dtype=datatypes.numpy_dtype(datatype)).reshape(shape)
+        out.append(core.Tensor(name, datatype, arr))
+    return out
 
 
 # -- the server side ------------------------------------------------------------------------------
@@ -164,10 +189,11 @@ def _pickled_tensors(tensors: list[core.Tensor]) -> list:
 class ProcessPythonModel(BackendModel):
     """A python model whose instances are worker processes."""
 
-    def __init__(self, ctx: ModelLoadContext):
+    def __init__(self, ctx: ModelLoadContext, env: Environment | None = None):
         from naiad.repository.config import config_to_dict
 
         self.ctx = ctx
+        self.env = env  # EXECUTION_ENV_PATH: the model's own Python environment
         self.name = ctx.name
         if not os.path.isfile(ctx.model_file):
             raise InvalidArgument(f"python model file '{ctx.model_file}' not found")
@@ -230,15 +256,20 @@ class ProcessInstance(BackendInstance):
 
     def _start(self) -> None:
         parent, child = socket.socketpair()
-        env = dict(os.environ)
-        # the worker imports naiad from wherever the server did
-        paths = [p for p in sys.path if p]
-        env["PYTHONPATH"] = os.pathsep.join(paths)
+        python_env = self.model.env
+        if python_env is not None:  # EXECUTION_ENV_PATH: the environment's interpreter
+            command = worker_command(python_env, str(child.fileno()))
+            env = python_env.process_environ()
+        else:
+            command = [sys.executable, "-m", "naiad.backends.python.process",
+                       str(child.fileno())]
+            env = dict(os.environ)
+            # the worker imports naiad from wherever the server did
+            paths = [p for p in sys.path if p]
+            env["PYTHONPATH"] = os.pathsep.join(paths)
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "naiad.backends.python.process", str(child.fileno())],
-                pass_fds=[child.fileno()], env=env, close_fds=True,
-            )
+            self.proc = subprocess.Popen(command, pass_fds=[child.fileno()], env=env,
+                                         close_fds=True)
         finally:
             child.close()
         self.conn = Connection(parent.detach())
@@ -322,8 +353,7 @@ class ProcessInstance(BackendInstance):
         elif descs is None:
             response = None
         else:
-            tensors = [core.Tensor(n, d, a) for n, d, a in descs]
-            response = core.InferenceResponse(tensors, parameters=params)
+            response = core.InferenceResponse(_unpickled_tensors(descs), parameters=params)
         self.model.deliver(request, response, final)
 
     def _fail_streams(self) -> None:
@@ -549,6 +579,7 @@ def worker_main(fd: int) -> int:
     conn = Connection(fd)
     from naiad.backends.python import pb_utils
 
+    sys.modules.setdefault("triton_python_backend_utils", pb_utils)
     msg = conn.recv()
     _, args, model_file, label, decoupled, output_names, iterative = msg
     instance_name = args["model_instance_name"]
@@ -657,8 +688,8 @@ def worker_main(fd: int) -> int:
     return 0
 
 
-def load(ctx: ModelLoadContext) -> ProcessPythonModel:
-    return ProcessPythonModel(ctx)
+def load(ctx: ModelLoadContext, env: Environment | None = None) -> ProcessPythonModel:
+    return ProcessPythonModel(ctx, env)
 
 
 if __name__ == "__main__":
