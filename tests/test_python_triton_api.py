@@ -227,6 +227,17 @@ class TritonPythonModel:
 """
 
 
+# The same, async: the responses after return come from a task on the model's event
+# loop, which keeps running after execute returned (as in Triton's stub)
+SENDER_ASYNC_PY = SENDER_PY.replace("import threading\n", "import asyncio\nimport threading\n").replace(
+    "    def execute(self, requests):", "    async def execute(self, requests):").replace(
+    """        def after_return():
+            time.sleep(0.2)""", """        async def after_return():
+            await asyncio.sleep(0.2)""").replace(
+    "        threading.Thread(target=after_return, daemon=True).start()",
+    "        self.task = asyncio.get_running_loop().create_task(after_return())")
+
+
 def _sender_inputs(module, pre=0, pre_final=False, ret=False, post=0, post_final=False,
                    flags=None, batch=False):
     shape = [1, 1] if batch else [1]
@@ -340,6 +351,9 @@ def server(tmp_path_factory):
                                    ("sender_decoupled_batching", 8, decoupled, batching)):
         write_model(repo, name, SENDER_CONFIG.format(name=name, mbs=mbs, policy=policy,
                                                      batching=dyn), {"model.py": SENDER_PY})
+    for name, policy in (("sender_async", ""), ("sender_decoupled_async", decoupled)):
+        write_model(repo, name, SENDER_CONFIG.format(name=name, mbs=0, policy=policy,
+                                                     batching=""), {"model.py": SENDER_ASYNC_PY})
     write_model(repo, "errors", ERRORS_CONFIG, {"model.py": ERRORS_PY})
     write_model(repo, "params", PARAMS_CONFIG.format(name="params", policy=""),
                 {"model.py": PARAMS_PY})
@@ -429,13 +443,14 @@ NON_DECOUPLED_CASES = [
 ]
 
 
+@pytest.mark.parametrize("model", ["sender", "sender_async"])
 @pytest.mark.parametrize("case,expected", NON_DECOUPLED_CASES)
 def test_a_model_that_is_not_decoupled_sends_its_one_response_through_the_sender(
-        server, case, expected):
-    assert _stream(server, "sender", [_sender_inputs(grpcclient, **case)]) == expected
+        server, case, expected, model):
+    assert _stream(server, model, [_sender_inputs(grpcclient, **case)]) == expected
     # the same over a plain HTTP infer: exactly that one response
     client = httpclient.InferenceServerClient(server.http_url)
-    result = client.infer("sender", _sender_inputs(httpclient, **case))
+    result = client.infer(model, _sender_inputs(httpclient, **case))
     assert int(result.as_numpy("INDEX")[0]) == expected[0][0]
 
 
@@ -476,9 +491,10 @@ DECOUPLED_CASES = [
 ]
 
 
+@pytest.mark.parametrize("model", ["sender_decoupled", "sender_decoupled_async"])
 @pytest.mark.parametrize("case,expected", DECOUPLED_CASES)
-def test_decoupled_senders(server, case, expected):
-    assert _stream(server, "sender_decoupled", [_sender_inputs(grpcclient, **case)]) == expected
+def test_decoupled_senders(server, case, expected, model):
+    assert _stream(server, model, [_sender_inputs(grpcclient, **case)]) == expected
 
 
 @pytest.mark.parametrize("case", [dict(ret=True), dict(ret=True, post=1, post_final=True)])

@@ -9,13 +9,11 @@ server beats Triton's stub-process design.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import logging
 import os
 import sys
-import threading
 import time
 
 from google.protobuf import json_format
@@ -218,7 +216,14 @@ class PythonInstance(BackendInstance):
         self.spec = spec
         self.name = spec.name
         ctx = model.ctx
-        self._loop: asyncio.AbstractEventLoop | None = None
+        server = ctx.server
+
+        def enter() -> None:  # on the loop's thread: BLS calls find the server
+            pb_utils._context.server = server
+            pb_utils._context.instance = self
+
+        # async models' coroutines: on a loop one thread runs all the time
+        self._loop = execution.ModelLoop(spec.name, enter)
         kind = "GPU" if spec.kind == "KIND_GPU" else ("MODEL" if spec.kind == "KIND_MODEL" else "CPU")
         args = {
             "model_config": model.config_json,
@@ -238,8 +243,10 @@ class PythonInstance(BackendInstance):
                 if inspect.isawaitable(result):
                     self._run_coroutine(result)
         except NaiadError:
+            self._loop.close(drain_s=0)
             raise
         except BaseException as exc:  # noqa: BLE001 - sys.exit() in initialize included
+            self._loop.close(drain_s=0)
             log.error("initialize of model '%s' failed: %s", ctx.name,
                       isolation.describe_exception(exc), exc_info=isinstance(exc, Exception))
             raise InvalidArgument(
@@ -256,22 +263,9 @@ class PythonInstance(BackendInstance):
         # (not with iterative sequences: a rescheduled request runs again after
         # its execution, which must end first)
         self._concurrent = self._is_async and model.decoupled and not model.iterative
-        self._bg_loop: asyncio.AbstractEventLoop | None = None
-        self._bg_thread: threading.Thread | None = None
 
     def _run_coroutine(self, coro):
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        return self._loop.run_until_complete(coro)
-
-    def _background_loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._bg_loop
-        if loop is None:
-            loop = self._bg_loop = asyncio.new_event_loop()
-            self._bg_thread = threading.Thread(target=loop.run_forever, daemon=True,
-                                               name=f"naiad-{self.name}-async")
-            self._bg_thread.start()
-        return loop
+        return self._loop.run(coro)
 
     def _execute_concurrently(self, wrapped: list) -> None:
         """A decoupled model's async execute: start it and return at once.
@@ -279,21 +273,15 @@ class PythonInstance(BackendInstance):
         Triton runs a decoupled model's coroutines concurrently; their
         responses go through the response senders whenever they are ready.
         """
-        server = self.model.ctx.server
-        instance = self
         settler = self._settler
 
-        async def run():
-            pb_utils._context.server = server
-            pb_utils._context.instance = instance
-            try:
-                result = await self._execute(wrapped)
-            except BaseException as exc:  # noqa: BLE001 - must not stop the loop thread
-                settler.settle(wrapped, None, exc)
-                return
-            settler.settle(wrapped, result)
+        def done(ok: bool, value) -> None:
+            if ok:
+                settler.settle(wrapped, value)
+            else:
+                settler.settle(wrapped, None, value)
 
-        asyncio.run_coroutine_threadsafe(run(), self._background_loop())
+        self._loop.start(self._execute(wrapped), done)
 
     def execute(self, requests: list[core.InferenceRequest]):
         model = self.model
@@ -336,27 +324,4 @@ class PythonInstance(BackendInstance):
             except BaseException as exc:  # noqa: BLE001 - sys.exit() in finalize included
                 log.error("finalize of model instance '%s' failed: %s", self.name,
                           isolation.describe_exception(exc), exc_info=isinstance(exc, Exception))
-        if self._loop is not None:
-            self._loop.close()
-            self._loop = None
-        bg = self._bg_loop
-        if bg is not None:
-            self._bg_loop = None
-
-            async def drain():  # let executions still running finish (bounded)
-                current = asyncio.current_task()
-                pending = [t for t in asyncio.all_tasks() if t is not current]
-                if pending:
-                    await asyncio.wait(pending, timeout=30)
-
-            try:
-                asyncio.run_coroutine_threadsafe(drain(), bg).result(timeout=35)
-            except Exception:
-                log.warning("instance '%s': async executions still running at unload",
-                            self.name)
-            bg.call_soon_threadsafe(bg.stop)
-            if self._bg_thread is not None:
-                self._bg_thread.join(timeout=5)
-            if not bg.is_running():
-                bg.close()
-
+        self._loop.close()

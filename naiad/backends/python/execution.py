@@ -27,7 +27,9 @@ another Python environment import it).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from typing import Any
 
 from naiad.backends.python import pb_utils
@@ -215,3 +217,90 @@ class Settler:
                     "Unable to send response. Non-decoupled model cannot send more than one "
                     "response.")
         return None
+
+
+class ModelLoop:
+    """The event loop of a model instance's coroutines (async ``initialize``,
+    ``execute``, ``finalize``), run by one thread all the time: as in Triton's
+    stub, tasks a model starts go on after its execute returned. A
+    ``SystemExit`` from a task of the model neither stops the loop nor its thread.
+    """
+
+    def __init__(self, name: str, on_enter=None):
+        self.name = name
+        self._on_enter = on_enter  # called on the loop's thread before each coroutine
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._run, args=(loop,), daemon=True,
+                                                name=f"naiad-{self.name}-async")
+                self._thread.start()
+            return loop
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        while True:
+            try:
+                loop.run_forever()
+                return  # stopped by close()
+            except BaseException as exc:  # noqa: BLE001 - a task of the model exited
+                log.error("model instance '%s': a task of the model ended with %s; its "
+                          "event loop goes on", self.name, describe_exception(exc))
+
+    def _wrap(self, coro):
+        enter = self._on_enter
+
+        async def run():
+            if enter is not None:
+                enter()
+            try:
+                return True, await coro
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                return False, exc
+
+        return run()
+
+    def run(self, coro):
+        """Run ``coro`` on the loop; its result, or raise what it raised."""
+        ok, value = asyncio.run_coroutine_threadsafe(self._wrap(coro), self._get()).result()
+        if not ok:
+            raise value
+        return value
+
+    def start(self, coro, done) -> None:
+        """Start ``coro``; ``done(ok, value)`` on the loop's thread when it ends."""
+        async def run():
+            ok, value = await self._wrap(coro)
+            done(ok, value)
+
+        asyncio.run_coroutine_threadsafe(run(), self._get())
+
+    def close(self, drain_s: float = 30.0) -> None:
+        """Let the coroutines still running finish (bounded), then stop the loop."""
+        loop = self._loop
+        if loop is None:
+            return
+        self._loop = None
+
+        async def drain():
+            current = asyncio.current_task()
+            pending = [t for t in asyncio.all_tasks() if t is not current]
+            if pending:
+                await asyncio.wait(pending, timeout=drain_s)
+
+        try:
+            asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout=drain_s + 5)
+        except Exception:
+            log.warning("model instance '%s': async executions still running at unload",
+                        self.name)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if not loop.is_running():
+            loop.close()

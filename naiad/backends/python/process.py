@@ -25,7 +25,6 @@ response): BLS models run in-process.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import logging
@@ -45,7 +44,7 @@ import numpy as np
 
 from naiad.backends.base import BackendInstance, BackendModel, InstanceSpec, ModelLoadContext
 from naiad.backends.python.environments import Environment, worker_command
-from naiad.backends.python.execution import Settler, model_error
+from naiad.backends.python.execution import ModelLoop, Settler, model_error
 from naiad.backends.python.isolation import describe_exception, import_model_file
 from naiad.core import types as core
 from naiad.core.errors import ErrorKind, InvalidArgument, NaiadError, Unavailable
@@ -370,7 +369,7 @@ class ProcessInstance(BackendInstance):
         code = None
         if self.proc is not None:
             try:
-                code = self.proc.wait(timeout=2)
+                code = self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 code = None
         how = f"was killed by signal {-code}" if code is not None and code < 0 else \
@@ -434,8 +433,9 @@ class ProcessInstance(BackendInstance):
         try:
             self.conn.send(("exec", batch_id, metas, region_info))
         except (OSError, ValueError):
+            error = self._death_error()  # before the restart replaces the process
             self._after_death(requests)
-            raise self._death_error() from None
+            raise error from None
         t_in = time.monotonic_ns()
         for r in requests:
             r.compute_input_end_ns = t_in
@@ -447,8 +447,9 @@ class ProcessInstance(BackendInstance):
                 self._on_stream_response(*msg[1:])
                 msg = self._recv()
         if msg[0] == "dead":
+            error = self._death_error()  # before the restart replaces the process
             self._after_death(requests)
-            raise self._death_error()
+            raise error
         _, _, status, payload, out_info = msg
         if out_info is not None:
             if self.out_region is not None:
@@ -585,7 +586,7 @@ def worker_main(fd: int) -> int:
     instance_name = args["model_instance_name"]
     runner = _WorkerRunner(conn, decoupled, output_names)
     settler = Settler(instance_name, args["model_name"], decoupled, iterative, runner)
-    loop: asyncio.AbstractEventLoop | None = None
+    loop = ModelLoop(instance_name)  # async models' coroutines, on a thread of their own
     try:
         _, cls, _scope = import_model_file(model_file, label)
         obj = cls()
@@ -593,8 +594,7 @@ def worker_main(fd: int) -> int:
         if init is not None:
             result = init(args)
             if inspect.isawaitable(result):
-                loop = asyncio.new_event_loop()
-                loop.run_until_complete(result)
+                loop.run(result)
     except BaseException as exc:  # noqa: BLE001 - reported to the server, which fails the load
         message = exc.message if isinstance(exc, NaiadError) else \
             f"failed to initialize model instance '{instance_name}': {describe_exception(exc)}"
@@ -639,9 +639,7 @@ def worker_main(fd: int) -> int:
         try:
             result = execute(wrapped)
             if inspect.isawaitable(result):
-                if loop is None:
-                    loop = asyncio.new_event_loop()
-                result = loop.run_until_complete(result)
+                result = loop.run(result)
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker lives on
             if isinstance(exc, Exception):
                 traceback.print_exc()
@@ -682,9 +680,10 @@ def worker_main(fd: int) -> int:
         try:
             result = fin()
             if inspect.isawaitable(result):
-                (loop or asyncio.new_event_loop()).run_until_complete(result)
+                loop.run(result)
         except BaseException:  # noqa: BLE001
             traceback.print_exc()
+    loop.close()
     return 0
 
 
