@@ -44,6 +44,9 @@ import sys
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+# as some models written for Triton do: their own folder on sys.path
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+
 from helpers import FACTOR
 import common
 import pkg
@@ -61,6 +64,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         assert relative_helpers.FACTOR == FACTOR == self.dynamic.FACTOR
+        assert importlib.import_module("helpers").FACTOR == FACTOR
         assert pkg.VALUE == VALUE
         out = []
         for r in requests:

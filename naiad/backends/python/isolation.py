@@ -24,7 +24,8 @@ Code outside the model that imports one of the model's modules by its bare
 name while the model's code is on the stack (``pickle`` restoring an object
 whose class lives in ``helpers.py``, ``importlib.import_module("helpers")``)
 gets a stand-in module in ``sys.modules`` that resolves its attributes in the
-scope of the model whose code is calling.
+scope of the model whose code is calling (never where the server itself has a
+module of that name).
 
 One difference from Triton remains (documented in the README): a model's own
 module named like a standard-library module is not the model's (Triton puts the
@@ -62,6 +63,10 @@ _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ())) | frozenset(sys.bui
 _ids = itertools.count(1)
 _lock = threading.Lock()
 _scopes: dict[str, "ModelScope"] = {}
+# every top-level name some scope owns (a filter before looking at the stack)
+_owned_names: set[str] = set()
+# every folder a scope searched (never the server's, even once the model is gone)
+_model_folders: set[str] = set()
 _original_import = builtins.__import__
 _PathFinder = importlib.machinery.PathFinder
 
@@ -127,26 +132,19 @@ class _ScopeFinder:
                 spec.loader = _ScopedSourcelessLoader(fullname, spec.origin, scope)
             return spec
         top, dot, _ = fullname.partition(".")
-        if dot and isinstance(sys.modules.get(top), _StandIn):
-            return importlib.machinery.ModuleSpec(fullname, _StandInLoader())
+        if dot:
+            if isinstance(sys.modules.get(top), _StandIn):
+                return importlib.machinery.ModuleSpec(fullname, _StandInLoader())
+            return None
+        if fullname in _owned_names:
+            # a bare model-module name imported by code outside the model (importlib,
+            # a library) while a model that has it runs: that model's, through a
+            # stand-in, unless the server has a module of that name
+            scope = current_scope()
+            if scope is not None and scope.owns(fullname) and \
+                    scope._stand_ins_allowed(fullname):
+                return importlib.machinery.ModuleSpec(fullname, _StandInLoader())
         return None
-
-    @staticmethod
-    def invalidate_caches() -> None:
-        pass
-
-
-class _StandInFinder:
-    """Last on the meta path: a bare model-module name imported by code outside the model."""
-
-    @staticmethod
-    def find_spec(fullname, path=None, target=None):
-        if "." in fullname or fullname.startswith(PREFIX):
-            return None
-        scope = current_scope()
-        if scope is None or not scope.owns(fullname):
-            return None
-        return importlib.machinery.ModuleSpec(fullname, _StandInLoader())
 
     @staticmethod
     def invalidate_caches() -> None:
@@ -221,8 +219,31 @@ def _install() -> None:
     with _lock:
         if _ScopeFinder not in sys.meta_path:
             sys.meta_path.insert(0, _ScopeFinder)
-        if _StandInFinder not in sys.meta_path:
-            sys.meta_path.append(_StandInFinder)
+
+
+def server_path() -> list[str]:
+    """``sys.path`` without the folders of models (which a model may have put there
+    itself, as some written for Triton do): where the server's own modules are."""
+    with _lock:
+        private = tuple(_model_folders)
+    if not private:
+        return list(sys.path)
+    out = []
+    for p in sys.path:
+        if isinstance(p, str) and p:
+            a = os.path.abspath(p)
+            if any(a == q or a.startswith(q + os.sep) for q in private):
+                continue
+        out.append(p)
+    return out
+
+
+def _shared_find(top: str):
+    """``top`` as the server would import it (see :func:`server_path`)."""
+    try:
+        return _PathFinder.find_spec(top, server_path())
+    except (ImportError, ValueError, OSError):
+        return None
 
 
 def _safe(label: str) -> str:
@@ -258,8 +279,31 @@ class ModelScope:
                 sys.path_importer_cache.pop(key, None)
         with _lock:
             _scopes[self.package] = self
+            _model_folders.update(paths)
             sys.modules[self.package] = root
         self.closed = False
+        for name in self._module_names():
+            self.owns(name)
+
+    def _module_names(self) -> set[str]:
+        """The top-level module names the model's folders hold."""
+        suffixes = tuple(importlib.machinery.all_suffixes())
+        names = set()
+        for folder in self.paths:
+            try:
+                entries = os.listdir(folder)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.endswith(suffixes):
+                    name = entry.split(".", 1)[0]
+                elif os.path.isdir(os.path.join(folder, entry)):
+                    name = entry
+                else:
+                    continue
+                if name.isidentifier():
+                    names.add(name)
+        return names
 
     # -- which names are the model's --------------------------------------------------
 
@@ -268,6 +312,8 @@ class ModelScope:
         owned = self._owned.get(top)
         if owned is None:
             owned = self._owned[top] = self._classify(top)
+            if owned:
+                _owned_names.add(top)
         return owned
 
     def _classify(self, top: str) -> bool:
@@ -282,10 +328,7 @@ class ModelScope:
         if spec.loader is None or spec.origin is None or spec.origin == "namespace":
             # a folder without __init__.py (often just data): the model's only if
             # nothing else provides the name
-            try:
-                shared = _PathFinder.find_spec(top)
-            except (ImportError, ValueError, OSError):
-                shared = None
+            shared = _shared_find(top)
             return shared is None or shared.origin is None
         return True
 
@@ -293,11 +336,7 @@ class ModelScope:
         """A stand-in never hides a module the server itself could import."""
         allowed = self._stand_in_ok.get(top)
         if allowed is None:
-            try:
-                shared = _PathFinder.find_spec(top)
-            except (ImportError, ValueError, OSError):
-                shared = None
-            allowed = self._stand_in_ok[top] = shared is None
+            allowed = self._stand_in_ok[top] = _shared_find(top) is None
         return allowed
 
     def _import(self, name, globals=None, locals=None, fromlist=(), level=0):

@@ -45,7 +45,7 @@ import numpy as np
 from naiad.backends.base import BackendInstance, BackendModel, InstanceSpec, ModelLoadContext
 from naiad.backends.python.environments import Environment, worker_command
 from naiad.backends.python.execution import ModelLoop, Settler, model_error
-from naiad.backends.python.isolation import describe_exception, import_model_file
+from naiad.backends.python.isolation import describe_exception, import_model_file, server_path
 from naiad.core import types as core
 from naiad.core.errors import ErrorKind, InvalidArgument, NaiadError, Unavailable
 from naiad.protocol import datatypes
@@ -263,8 +263,9 @@ class ProcessInstance(BackendInstance):
             command = [sys.executable, "-m", "naiad.backends.python.process",
                        str(child.fileno())]
             env = dict(os.environ)
-            # the worker imports naiad from wherever the server did
-            paths = [p for p in sys.path if p]
+            # the worker imports naiad from wherever the server did (and no model's
+            # folder that a model put on the server's sys.path)
+            paths = [p for p in server_path() if p]
             env["PYTHONPATH"] = os.pathsep.join(paths)
         try:
             self.proc = subprocess.Popen(command, pass_fds=[child.fileno()], env=env,
