@@ -40,6 +40,7 @@ from naiad.core.errors import ErrorKind, NaiadError
 log = logging.getLogger("naiad.backends.python")
 
 RESCHEDULE = pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
+_NOTHING: list[int] = []  # (never changed) no request to run again
 RESCHEDULE_UNSUPPORTED = (
     "Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, while the model is "
     "not configured to handle such a flag.")
@@ -136,6 +137,21 @@ class Settler:
     def _settle(self, requests: list, result: Any, exc: BaseException | None
                 ) -> tuple[list, list[int]]:
         n = len(requests)
+        if exc is None and type(result) is list and len(result) == n:
+            # the common case, checked without changing anything: one response per
+            # request, no response sender, nothing rescheduled
+            out = []
+            response_type = pb_utils.InferenceResponse
+            for r, entry in zip(requests, result):
+                if type(entry) is not response_type or r._sender is not None or \
+                        r._release_flags == RESCHEDULE:
+                    break
+                try:
+                    out.append(entry._to_core())
+                except Exception as bad:  # noqa: BLE001 - a malformed response fails its request
+                    out.append(core.InferenceResponse(error=model_error(self.instance, bad)))
+            else:
+                return out, _NOTHING
         entries: list = []
         if exc is None:
             if result is None:
