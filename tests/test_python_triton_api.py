@@ -587,3 +587,72 @@ def test_decoupled_response_parameters(server):
     for (result, _), expected in zip(got, params):
         assert _response_parameters("grpc", result) == {**expected,
                                                         "triton_final_response": False}
+
+
+FORGETFUL_CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+{extra}
+input [ {{ name: "HOLD" data_type: TYPE_BOOL dims: [ 1 ] }} ]
+output [ {{ name: "Y" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+"""
+
+# takes its requests' senders and never sends the final flag; HOLD: sends a
+# response first (without the final flag)
+FORGETFUL_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.senders = []
+
+    def execute(self, requests):
+        for r in requests:
+            sender = r.get_response_sender()
+            if pb_utils.get_input_tensor_by_name(r, "HOLD").as_numpy()[0]:
+                sender.send(pb_utils.InferenceResponse(
+                    [pb_utils.Tensor("Y", np.array([5], np.int32))]))
+            self.senders.append(sender)
+        return None
+"""
+
+
+@pytest.mark.parametrize("extra", ["", "model_transaction_policy { decoupled: true }",
+                                   'parameters { key: "EXECUTION_MODE" value: '
+                                   '{ string_value: "process" } }'],
+                         ids=["in-process", "decoupled", "worker-process"])
+def test_requests_a_model_never_completed_are_answered_when_it_unloads(repo, extra):
+    write_model(repo, "forgetful", FORGETFUL_CONFIG.format(name="forgetful", extra=extra),
+                {"model.py": FORGETFUL_PY})
+    with NaiadProcess(repo, "--model-control-mode=explicit", "--load-model=forgetful") as srv:
+        results: queue.Queue = queue.Queue()
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        for hold in (False, True):
+            inp = grpcclient.InferInput("HOLD", [1], "BOOL")
+            inp.set_data_from_numpy(np.array([hold]))
+            client.async_stream_infer("forgetful", [inp], request_id=str(int(hold)),
+                                      enable_empty_final_response=True)
+        decoupled = "decoupled" in extra
+        if decoupled:  # the held response went out as it was sent
+            result, error = results.get(timeout=30)
+            assert error is None and int(result.as_numpy("Y")[0]) == 5
+        grpcclient.InferenceServerClient(srv.grpc_url).unload_model("forgetful")
+        got = [results.get(timeout=30) for _ in range(2)]
+        client.stop_stream()
+        by_id = {}
+        for result, error in got:
+            if error is not None:
+                by_id.setdefault("error", []).append(error.message())
+            else:
+                by_id[result.get_response().id] = result
+        if decoupled:  # both streams end with an error, the flag with it
+            assert len(by_id["error"]) == 2
+        else:  # the one held response is the answer; the other request gets the error
+            assert int(by_id["1"].as_numpy("Y")[0]) == 5
+            assert len(by_id["error"]) == 1
+        assert all("'forgetful' version 1 was unloaded before it completed the response" in m
+                   for m in by_id["error"])

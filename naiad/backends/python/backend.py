@@ -190,6 +190,8 @@ class PythonModel(BackendModel):
         self.iterative = iterative_sequence(ctx.config)
         # response senders of rescheduled requests, until their next execution
         self.kept_senders: dict[int, pb_utils.InferenceResponseSender] = {}
+        # response senders not closed yet (pb_utils keeps it)
+        self.open_senders: dict[int, pb_utils.InferenceResponseSender] = {}
 
     request_key = staticmethod(id)
 
@@ -197,6 +199,9 @@ class PythonModel(BackendModel):
         return PythonInstance(self, spec)
 
     def finalize(self) -> None:
+        execution.answer_open_senders(
+            self, f"model '{self.name}' version {self.ctx.version} was unloaded before it "
+                  "completed the response")
         _close_scope(self.module)  # a later load imports the model's modules afresh
 
     # -- used by pb_utils (response senders) -------------------------------------

@@ -235,6 +235,19 @@ class Settler:
         return None
 
 
+def answer_open_senders(runner: Any, message: str) -> None:
+    """At unload: the requests whose response senders the model never closed get
+    their held response, or ``message`` as an error, with the final flag."""
+    for sender in list(runner.open_senders.values()):
+        done, held = sender._close()
+        if done:
+            continue
+        log.warning("%s", message)
+        response = held if held is not None else core.InferenceResponse(
+            error=NaiadError(message, ErrorKind.UNAVAILABLE))
+        runner.deliver(sender._request, response, True)
+
+
 class ModelLoop:
     """The event loop of a model instance's coroutines (async ``initialize``,
     ``execute``, ``finalize``), run by one thread all the time: as in Triton's

@@ -436,7 +436,7 @@ class InferenceResponseSender:
     """
 
     __slots__ = ("_request", "_runner", "_decoupled", "_closed", "_sent", "_held", "_lock",
-                 "_done")
+                 "_done", "_open")
 
     def __init__(self, request: _core.InferenceRequest, runner: Any):
         self._request = request
@@ -447,6 +447,10 @@ class InferenceResponseSender:
         self._held: _core.InferenceResponse | None = None  # not decoupled: until final
         self._lock = threading.Lock()
         self._done = False  # the final flag went out through this sender
+        # the runner's senders not closed yet (answered at unload if the model never does)
+        self._open = getattr(runner, "open_senders", None)
+        if self._open is not None:
+            self._open[id(self)] = self
 
     def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
         if flags != TRITONSERVER_RESPONSE_COMPLETE_FINAL and flags != 0:
@@ -473,6 +477,8 @@ class InferenceResponseSender:
             if final:
                 self._closed = True
                 self._done = True
+                if self._open is not None:
+                    self._open.pop(id(self), None)
             self._sent += 1
             if not self._decoupled:
                 if not final:
@@ -493,6 +499,8 @@ class InferenceResponseSender:
         with self._lock:
             held, self._held = self._held, None
             self._closed = True
+            if self._open is not None:
+                self._open.pop(id(self), None)
             return self._done, held
 
     def _claim_final(self) -> bool:
@@ -502,6 +510,8 @@ class InferenceResponseSender:
                 return False
             self._sent = 1
             self._closed = True
+            if self._open is not None:
+                self._open.pop(id(self), None)
             return True
 
 

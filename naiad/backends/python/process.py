@@ -44,7 +44,7 @@ import numpy as np
 
 from naiad.backends.base import BackendInstance, BackendModel, InstanceSpec, ModelLoadContext
 from naiad.backends.python.environments import Environment, worker_command
-from naiad.backends.python.execution import ModelLoop, Settler, model_error
+from naiad.backends.python.execution import ModelLoop, Settler, answer_open_senders, model_error
 from naiad.backends.python.isolation import describe_exception, import_model_file, server_path
 from naiad.core import types as core
 from naiad.core.errors import ErrorKind, InvalidArgument, NaiadError, Unavailable
@@ -523,6 +523,8 @@ class ProcessInstance(BackendInstance):
                 self.proc.wait(timeout=30)
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass
+        if self.reader is not None:  # the worker's last words: responses of open senders
+            self.reader.join(timeout=5)
         self._kill()
         if self.reader is not None:
             self.reader.join(timeout=5)
@@ -545,6 +547,7 @@ class _WorkerRunner:
         self.send_lock = threading.Lock()
         # response senders of rescheduled requests, until their next execution
         self.kept_senders: dict = {}
+        self.open_senders: dict = {}  # response senders not closed yet (pb_utils keeps it)
 
     @staticmethod
     def request_key(request: core.InferenceRequest):
@@ -685,6 +688,9 @@ def worker_main(fd: int) -> int:
         except BaseException:  # noqa: BLE001
             traceback.print_exc()
     loop.close()
+    answer_open_senders(runner, f"model '{args['model_name']}' version "
+                                f"{args['model_version']} was unloaded before it completed "
+                                "the response")
     return 0
 
 
