@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 
 import numpy as np
 import pytest
@@ -640,7 +641,13 @@ def test_requests_a_model_never_completed_are_answered_when_it_unloads(repo, ext
         if decoupled:  # the held response went out as it was sent
             result, error = results.get(timeout=30)
             assert error is None and int(result.as_numpy("Y")[0]) == 5
-        grpcclient.InferenceServerClient(srv.grpc_url).unload_model("forgetful")
+        control = grpcclient.InferenceServerClient(srv.grpc_url)
+        for _ in range(300):  # both requests executed (and left open)
+            stats = control.get_inference_statistics("forgetful", as_json=True)
+            if int(stats["model_stats"][0].get("execution_count", 0)) >= 2:
+                break
+            time.sleep(0.05)
+        control.unload_model("forgetful")
         got = [results.get(timeout=30) for _ in range(2)]
         client.stop_stream()
         by_id = {}
