@@ -80,6 +80,43 @@ class TritonPythonModel:
         return out
 """
 
+BLS_THREAD_CONFIG = """
+name: "bls_thread"
+backend: "python"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
+        { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+"""
+
+# the BLS call is made from a thread the model started (as NVIDIA's decoupled
+# BLS models do), after execute returned
+BLS_THREAD_PY = """
+import threading
+
+import triton_python_backend_utils as pb_utils
+
+
+def answer(request, sender):
+    call = pb_utils.InferenceRequest(
+        model_name="add_sub", requested_output_names=["OUTPUT0"],
+        inputs=[pb_utils.get_input_tensor_by_name(request, "INPUT0"),
+                pb_utils.get_input_tensor_by_name(request, "INPUT1")])
+    response = call.exec()
+    if response.has_error():
+        response = pb_utils.InferenceResponse(error=response.error())
+    sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for r in requests:
+            threading.Thread(target=answer, args=(r, r.get_response_sender()),
+                             daemon=True).start()
+        return None
+"""
+
 REPEAT_CONFIG = """
 name: "repeat"
 backend: "python"
@@ -343,6 +380,7 @@ def server(tmp_path_factory):
     write_model(repo, "add_sub", ADD_SUB_CONFIG, {"model.py": ADD_SUB_PY})
     write_model(repo, "bls_bytes", BLS_BYTES_CONFIG, {"model.py": BLS_BYTES_PY})
     write_model(repo, "repeat", REPEAT_CONFIG, {"model.py": REPEAT_PY})
+    write_model(repo, "bls_thread", BLS_THREAD_CONFIG, {"model.py": BLS_THREAD_PY})
     write_model(repo, "async_bls", ASYNC_BLS_CONFIG, {"model.py": ASYNC_BLS_PY})
     decoupled = "model_transaction_policy { decoupled: true }"
     batching = "dynamic_batching { max_queue_delay_microseconds: 200000 }"
@@ -395,6 +433,22 @@ def test_bls_takes_the_model_name_as_bytes(server, protocol):
     with pytest.raises(InferenceServerException) as info:
         call(b"no_such_model")
     assert "Model 'no_such_model' is not ready" in info.value.message()
+
+
+def test_bls_from_a_thread_the_model_started(server):
+    a = np.array([1, 2, 3, 4], np.float32)
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    inputs = [grpcclient.InferInput("INPUT0", [4], "FP32"),
+              grpcclient.InferInput("INPUT1", [4], "FP32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(a * 10)
+    client.async_stream_infer("bls_thread", inputs)
+    result, error = responses.get(timeout=30)
+    client.stop_stream()
+    assert error is None
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a * 11)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

@@ -178,6 +178,9 @@ class PythonModel(BackendModel):
         self.ctx = ctx
         self.name = ctx.name
         self.module, self.cls = _import_once(ctx.model_file, f"{ctx.name}_{ctx.version}")
+        scope = isolation.scope_of(self.module)
+        if scope is not None:
+            scope.server = ctx.server  # BLS calls from threads the model starts
         self.decoupled = bool(ctx.config.model_transaction_policy.decoupled)
         self.output_names = [o.name for o in ctx.config.output]
         from naiad.repository.config import config_to_dict

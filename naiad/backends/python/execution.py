@@ -78,7 +78,8 @@ class Settler:
         err = model_error(self.instance, exc, self.model)
         log.error("model instance '%s' of model '%s' execute failed: %s", self.instance,
                   self.model, err.message,
-                  exc_info=log.isEnabledFor(logging.DEBUG) and isinstance(exc, Exception))
+                  exc_info=exc if log.isEnabledFor(logging.DEBUG) and isinstance(exc, Exception)
+                  else None)
         return err
 
     def _keep_sender(self, request: pb_utils.InferenceRequest) -> None:

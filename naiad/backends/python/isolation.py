@@ -264,6 +264,7 @@ class ModelScope:
         self.paths = paths
         self._owned: dict[str, bool] = {}
         self._stand_in_ok: dict[str, bool] = {}
+        self.server = None  # the server the model runs in (for its BLS calls from threads)
         self.builtins = dict(builtins.__dict__)
         self.builtins["__import__"] = self._import
         root = types.ModuleType(self.package, f"the modules of python model {label}")

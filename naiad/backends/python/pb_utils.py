@@ -796,6 +796,12 @@ _default_server: list = [None]
 
 def _current_server():
     server = getattr(_context, "server", None)
+    if server is None:
+        # a thread the model started: the server of the model whose code is calling
+        from naiad.backends.python import isolation
+
+        scope = isolation.current_scope()
+        server = getattr(scope, "server", None)
     return server if server is not None else _default_server[0]
 
 
