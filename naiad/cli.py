@@ -18,8 +18,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from naiad import __version__
 from naiad.options import ServerOptions
+from naiad.version import __version__
 
 log = logging.getLogger("naiad.server")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from naiad import __version__
+from naiad.core import datatypes
 from naiad.core.errors import (
     InvalidArgument,
     Unavailable,
@@ -36,8 +36,9 @@ from naiad.core.types import (
     successful,
 )
 from naiad.options import MODE_EXPLICIT, MODE_NONE, MODE_POLL, ServerOptions
-from naiad.protocol import datatypes
+from naiad.protocol.config_json import config_to_dict
 from naiad.repository.manager import ModelRepositoryManager
+from naiad.version import __version__
 
 log = logging.getLogger("naiad.server")
 
@@ -301,7 +302,7 @@ class Server:
         return self._model_for_info(name, version).config
 
     def model_config_dict(self, name: str, version: int = -1) -> dict:
-        return self._model_for_info(name, version).config_dict()
+        return config_to_dict(self._model_for_info(name, version).config)
 
     def _model_for_info(self, name: str, version: int):
         return self.manager.get_model(name, version)
@@ -454,7 +455,7 @@ class Server:
                     value = bytes(value).decode("utf-8", "replace")
                 if not isinstance(value, str):
                     raise InvalidArgument("the 'config' parameter must be a JSON string")
-                from naiad.repository.config import parse_config_json
+                from naiad.protocol.config_json import parse_config_json
 
                 config = parse_config_json(value)
             elif key.startswith("file:"):

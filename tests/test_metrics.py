@@ -18,8 +18,8 @@ from tritonclient.utils import InferenceServerException
 
 from naiad import Server
 from naiad.core.errors import InvalidArgument
+from naiad.core.statistics import REJECTED
 from naiad.observability.metrics import MetricsConfig, ServerMetrics
-from naiad.observability.statistics import REJECTED
 from naiad.options import ServerOptions
 from naiad.server import make_request
 from tests.conftest import NaiadProcess, copy_example

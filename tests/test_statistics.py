@@ -13,14 +13,14 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from naiad import Server
-from naiad.core.types import InferenceRequest
-from naiad.observability.statistics import (
+from naiad.core.statistics import (
     BACKEND,
     CANCELED,
     OTHER,
     REJECTED,
     ModelStatistics,
 )
+from naiad.core.types import InferenceRequest
 from naiad.server import make_request
 from tests.conftest import NaiadProcess, copy_example
 from tests.obs_models import write_echo, write_repeat

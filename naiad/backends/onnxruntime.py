@@ -57,6 +57,8 @@ from naiad.backends.base import (
     InstanceSpec,
     ModelLoadContext,
 )
+from naiad.backends.batch_io import BatchIO
+from naiad.core import datatypes
 from naiad.core import types as core
 from naiad.core.errors import (
     ErrorKind,
@@ -66,9 +68,7 @@ from naiad.core.errors import (
     Unavailable,
     Unsupported,
 )
-from naiad.protocol import datatypes
 from naiad.protocol import model_config_pb2 as mc
-from naiad.scheduling.ragged import BatchIO
 
 log = logging.getLogger("naiad.backends.onnxruntime")
 
@@ -710,7 +710,7 @@ class OnnxRuntimeModel(BackendModel):
         for st in config.sequence_batching.state:
             self.output_types.setdefault(
                 st.output_name, datatypes.config_to_wire(mc.DataType.Name(st.data_type)))
-        # ragged inputs, batch_input and batch_output (naiad.scheduling.ragged)
+        # ragged inputs, batch_input and batch_output (naiad.backends.batch_io)
         batch_io = BatchIO(config)
         self.batch_io: BatchIO | None = batch_io if batch_io.active else None
         self.model = None

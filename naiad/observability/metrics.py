@@ -2,7 +2,7 @@
 
 Everything a Triton dashboard or autoscaler reads is here, computed at
 *scrape time* from the per-model statistics counters
-(``naiad.observability.statistics``) by a prometheus-client custom collector:
+(``naiad.core.statistics``) by a prometheus-client custom collector:
 serving requests costs nothing extra for metrics. Only the opt-in latency
 summaries (``--metrics-config summary_latencies=true``) and the decoupled
 first-response histogram (``histogram_latencies=true``) observe each request,
@@ -52,7 +52,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from naiad.core.errors import InvalidArgument
-from naiad.observability.statistics import FAILURE_REASONS, ModelStatistics, StatisticsListener
+from naiad.core.statistics import FAILURE_REASONS, ModelStatistics, StatisticsListener
 
 if TYPE_CHECKING:
     from naiad.core.types import InferenceRequest

@@ -46,7 +46,7 @@ from naiad.protocol import model_config_pb2 as mc
 from naiad.repository import config as cfg
 from naiad.repository import storage
 from naiad.repository.dependencies import dependencies_of
-from naiad.scheduling import create_scheduler
+from naiad.scheduling import create_scheduler, warm_up
 
 if TYPE_CHECKING:
     from naiad.options import ServerOptions
@@ -628,14 +628,9 @@ class ModelRepositoryManager:
         return out
 
     def _warm_up(self, model: Model) -> None:
-        """Model warmup runs here: after the instances exist, before the version is READY.
-
-        (``model_warmup`` belongs to the scheduling work: it gives ``Model`` a
-        ``warmup()`` method; a version whose warmup fails does not load.)
-        """
-        warmup = getattr(model, "warmup", None)
-        if warmup is not None:
-            warmup()
+        """``model_warmup`` runs here: after the instances exist, before the version is
+        READY; a version whose warmup fails does not load."""
+        warm_up(model)
 
     def _stop_unready(self, model: Model) -> None:
         """Tear down a version that never became READY (on the load pool)."""
@@ -687,7 +682,6 @@ class ModelRepositoryManager:
                 group.count = want
                 log.info("model '%s' version %d: instance group '%s' shrank to %d",
                          model.name, model.version, group.name, want)
-        model._config_dict = None  # the config endpoint shows the new counts
         return True
 
     async def _retire(self, model: Model) -> None:

@@ -76,7 +76,7 @@ def check_options(options: "ServerOptions") -> None:
 
 def validate_scheduling_config(model: "Model") -> None:
     """Config checks that fail the load, with Triton's messages."""
-    from naiad.scheduling.ragged import validate_batch_io
+    from naiad.backends.batch_io import validate_batch_io
 
     config = model.config
     validate_batch_io(config)
@@ -100,25 +100,6 @@ def validate_scheduling_config(model: "Model") -> None:
         validate_dynamic_batching(config)
 
 
-def register_rate_limits(context: SchedulingContext | None, model: "Model",
-                         instances: "list[ModelInstance]") -> None:
-    """Give each instance its claim on the rate limiter (``--rate-limit``).
-
-    Raises InvalidArgument when an explicit resource count cannot satisfy an
-    instance (claims made so far are left for the caller's cleanup).
-    """
-    limiter = context.rate_limiter if context is not None else None
-    if limiter is None:
-        return
-    groups = list(model.config.instance_group)
-    for inst in instances:
-        gi = inst.spec.group_index
-        group = groups[gi] if gi < len(groups) else None
-        if group is None or not group.HasField("rate_limiter"):
-            continue
-        inst.rate_slot = limiter.register(inst.name, group.rate_limiter, inst.spec.device_id)
-
-
 def create_scheduler(model: "Model", instances: "list[ModelInstance]", owner: Any = None):
     """The scheduler ``model`` asks for, started on ``instances``.
 
@@ -128,6 +109,8 @@ def create_scheduler(model: "Model", instances: "list[ModelInstance]", owner: An
     been finalized (the version is then UNAVAILABLE with that message).
     """
     context = context_for(owner) if owner is not None else None
+    from naiad.scheduling.rate_limiter import register_rate_limits
+
     try:
         validate_scheduling_config(model)
         register_rate_limits(context, model, instances)

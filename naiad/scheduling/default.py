@@ -63,7 +63,7 @@ class DefaultScheduler:
 
     def add_instances(self, instances: "list[ModelInstance]") -> None:
         """Start more instances on this queue (an instance_group count grew)."""
-        from naiad.scheduling import register_rate_limits
+        from naiad.scheduling.rate_limiter import register_rate_limits
 
         register_rate_limits(getattr(self, "context", None), self.model, instances)
         for inst in instances:

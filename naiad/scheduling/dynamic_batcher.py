@@ -42,7 +42,7 @@ import time
 from typing import TYPE_CHECKING
 
 from naiad.core.errors import Cancelled, Unavailable
-from naiad.observability.statistics import REJECTED
+from naiad.core.statistics import REJECTED
 from naiad.protocol import model_config_pb2 as mc
 from naiad.scheduling.delivery import OrderedDelivery
 from naiad.scheduling.queue_policy import DELAY, TIMEOUT_EXPIRED, PriorityQueues
@@ -288,7 +288,7 @@ class DynamicBatcher:
 
     def add_instances(self, instances: "list[ModelInstance]") -> None:
         """Start more instances on this batcher (an instance_group count grew)."""
-        from naiad.scheduling import register_rate_limits
+        from naiad.scheduling.rate_limiter import register_rate_limits
 
         register_rate_limits(getattr(self, "context", None), self.model, instances)
         for inst in instances:

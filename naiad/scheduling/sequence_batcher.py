@@ -60,9 +60,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from naiad.core import datatypes
 from naiad.core.errors import Cancelled, InvalidArgument, Unavailable, Unsupported
 from naiad.core.types import SEQUENCE_END, SEQUENCE_START, InferenceRequest, Tensor
-from naiad.protocol import datatypes
 from naiad.protocol import model_config_pb2 as mc
 from naiad.scheduling.delivery import OrderedDelivery
 from naiad.scheduling.dynamic_batcher import batching_shape_inputs

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -351,7 +352,7 @@ def load_model(model_name: str, config: str = "", files: dict | None = None) -> 
     """``pb_utils.load_model``: load (or reload) a model; explicit control mode only."""
     parsed = None
     if config:
-        from naiad.repository.config import parse_config_json
+        from naiad.protocol.config_json import parse_config_json
 
         parsed = parse_config_json(config)
     file_map = {k[len("file:"):] if k.startswith("file:") else k: bytes(v)
@@ -365,3 +366,6 @@ def unload_model(model_name: str, unload_dependents: bool = False) -> None:
     """``pb_utils.unload_model``; explicit control mode only."""
     _run_on_server_loop(lambda server: server.unload_model(model_name, unload_dependents),
                         f"unload model '{model_name}'")
+
+
+pb_utils._bls_module[0] = sys.modules[__name__]

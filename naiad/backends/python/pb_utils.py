@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from naiad.core import datatypes as _dt
 from naiad.core import errors as _errors
 from naiad.core import types as _core
-from naiad.protocol import datatypes as _dt
 
 # -- constants (Triton's values) -----------------------------------------------
 
@@ -546,14 +546,10 @@ class InferenceRequest:
 
     # BLS --------------------------------------------------------------------------
     def exec(self, decoupled: bool = False):
-        from naiad.backends.python import bls
-
-        return bls.execute(self, decoupled)
+        return _bls().execute(self, decoupled)
 
     async def async_exec(self, decoupled: bool = False):
-        from naiad.backends.python import bls
-
-        return await bls.async_execute(self, decoupled)
+        return await _bls().async_execute(self, decoupled)
 
     def stream_exec(self):
         """The older spelling of ``exec(decoupled=True)``."""
@@ -692,6 +688,16 @@ class Logger:
 
 _context = threading.local()
 _default_server: list = [None]
+# The server side of BLS (naiad.backends.python.bls) registers itself here when it
+# is imported; this module, the API models import, imports nothing of the server.
+_bls_module: list = [None]
+
+
+def _bls():
+    module = _bls_module[0]
+    if module is None:
+        raise TritonModelException("BLS calls need the naiad python backend to be loaded")
+    return module
 
 
 def _current_server():
@@ -709,16 +715,12 @@ def is_model_ready(model_name: str, model_version: str = "") -> bool:
 
 def load_model(model_name: str, config: str = "", files: dict | None = None) -> None:
     """Load (or reload) a model from a model's code (explicit control mode only)."""
-    from naiad.backends.python import bls
-
-    bls.load_model(model_name, config, files)
+    _bls().load_model(model_name, config, files)
 
 
 def unload_model(model_name: str, unload_dependents: bool = False) -> None:
     """Unload a model from a model's code (explicit control mode only)."""
-    from naiad.backends.python import bls
-
-    bls.unload_model(model_name, unload_dependents)
+    _bls().unload_model(model_name, unload_dependents)
 
 
 # -- custom metrics -------------------------------------------------------------------------
