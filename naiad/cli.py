@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         if predicate(options):
             return _fail(message, 2)
     from naiad.core.errors import NaiadError
-    from naiad.observability.extensions import validate_options
+    from naiad.observability import validate_options
 
     try:
         validate_options(options)
@@ -355,8 +355,7 @@ async def run(options: ServerOptions) -> int:
     except OSError as exc:
         return _fail(f"unable to open log file: {exc}")
     server = Server(options)
-    server.log_settings = settings
-    server.extensions.append("logging")
+    server.log_settings = settings  # the logging extension
 
     try:
         await server.check()
@@ -373,7 +372,7 @@ async def run(options: ServerOptions) -> int:
             os._exit(1)
         log.info("signal received, shutting down (waiting up to %ss for in-flight requests)",
                  options.exit_timeout_secs)
-        server.shutting_down = True  # not ready, new inference refused, from this moment
+        server.begin_shutdown()  # not ready, new inference refused, from this moment
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):

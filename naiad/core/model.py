@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from naiad.core import classification, datatypes
 from naiad.core.errors import InvalidArgument, NaiadError, Unavailable
@@ -23,6 +23,7 @@ from naiad.core.types import InferenceRequest, InferenceResponse
 
 if TYPE_CHECKING:
     from naiad.backends.base import BackendModel
+    from naiad.core.scheduler import Scheduler
     from naiad.protocol.model_config_pb2 import ModelConfig
 
 log = logging.getLogger("naiad.model")
@@ -114,7 +115,7 @@ class Model:
         self._output_reshape = {n: s for n, s in self.outputs.items() if s.reshape is not None}
         self._input_reshape = {n: s for n, s in self.inputs.items() if s.reshape is not None}
         self.stats = ModelStatistics(self.name, version)
-        self.scheduler: Any = None  # set by the loader (naiad.scheduling.create_scheduler)
+        self.scheduler: Scheduler = None  # type: ignore[assignment]  # set by the loader
         self.accepting = True
         self._lock = threading.Lock()
 
@@ -252,9 +253,7 @@ class Model:
         request.cancelled = True
         if request.responded:
             return
-        cancel = getattr(self.scheduler, "cancel", None)
-        if cancel is not None:
-            cancel(request)
+        self.scheduler.cancel(request)
 
     # -- completion (worker threads) ---------------------------------------------
 

@@ -45,10 +45,9 @@ from typing import Any
 
 import grpc
 
-from naiad.core.errors import NaiadError, Unavailable, as_naiad_error
+from naiad.core.errors import NaiadError, as_naiad_error
 from naiad.core.types import InferenceRequest, InferenceResponse, successful
 from naiad.frontends import restrictions
-from naiad.frontends.extensions import SHUTTING_DOWN
 from naiad.frontends.grpc_service import END, HEALTH_SERVICE, SERVICE, STATUS, StreamSession
 from naiad.protocol import grpc_codec as codec
 from naiad.protocol import grpc_service_pb2 as pb
@@ -547,8 +546,7 @@ class NativeServer:
                     restrictions.restricted_message("protocol", self._infer_rule[0]))
                     + (_CLOSE(_NO_FLAGS),))
                 return
-            if server.shutting_down:
-                raise Unavailable(SHUTTING_DOWN)
+            server.refuse_if_shutting_down()
             tracer = server.tracer
             received = time.monotonic_ns() if tracer is not None and tracer.active else 0
             msg = pb.ModelInferRequest.FromString(data)

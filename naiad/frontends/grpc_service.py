@@ -11,8 +11,6 @@ core on grpcio's C layer) import this module and nothing of each other.
 
 from __future__ import annotations
 
-import _thread
-import asyncio
 import collections
 import logging
 import threading
@@ -23,8 +21,9 @@ import grpc
 from google.protobuf import json_format
 
 from naiad.core.errors import ErrorKind, NaiadError, Unsupported, as_naiad_error
+from naiad.core.handoff import ResponseWaiter
 from naiad.core.types import InferenceRequest, InferenceResponse, successful
-from naiad.frontends import extensions, restrictions
+from naiad.frontends import restrictions
 from naiad.frontends.grpc_pool import ElasticPool
 from naiad.frontends.status import grpc_status
 from naiad.protocol import grpc_codec as codec
@@ -54,25 +53,6 @@ def _fail(context: Any, exc: BaseException, empty: Any) -> Any:
     return empty
 
 
-class _Waiter:
-    """Receives a request's final response on any thread; the handler waits on its lock."""
-
-    __slots__ = ("response", "done", "lock")
-
-    def __init__(self) -> None:
-        self.response: InferenceResponse | None = None
-        self.done = False
-        lock = _thread.allocate_lock()
-        lock.acquire()
-        self.lock = lock
-
-    def on_response(self, response: InferenceResponse | None, final: bool) -> None:
-        if final:
-            self.response = response
-            self.done = True
-            self.lock.release()
-
-
 class InferenceService:
     """The RPC handlers; each translates, calls the core, translates back."""
 
@@ -87,14 +67,9 @@ class InferenceService:
     # -- helpers ------------------------------------------------------------------------
 
     def _run_on_loop(self, coro: Any) -> Any:
-        """Run a core coroutine on the server's loop; the handler steps aside while it runs."""
-        loop = self.server._loop
-        if loop is None or loop.is_closed():
-            coro.close()
-            raise NaiadError("the server is not running")
-        fut = asyncio.run_coroutine_threadsafe(coro, loop)
+        """Run a data-plane coroutine on its loop; the handler steps aside while it runs."""
         with self.pool.waiting():
-            return fut.result()
+            return self.server.call(coro)
 
     def _forward_headers(self, request: InferenceRequest, metadata: Any) -> None:
         match = self.forward.search
@@ -153,15 +128,15 @@ class InferenceService:
         received = time.monotonic_ns() if tracer is not None and tracer.active else 0
         trace = request = None
         try:
-            extensions.refuse_if_shutting_down(server)
+            server.refuse_if_shutting_down()
             shm = server.shared_memory
             request, _ = codec.decode_infer_request(msg, shm)
             if self.forward is not None:
                 self._forward_headers(request, context.invocation_metadata())
             if received:
                 trace = tracer.sample(request, "GRPC", received, received)
-            waiter = _Waiter()
-            model = server.submit(request, waiter.on_response)
+            waiter = ResponseWaiter()
+            model = server.submit(request, waiter)
             if not waiter.done and not self._wait(waiter, model, request, context):
                 return codec.ModelInferResponse()  # the client is gone
             response = successful(waiter.response, model.name)
@@ -176,7 +151,7 @@ class InferenceService:
                 trace.stamp("GRPC_SEND_END")  # handed to grpcio, which sends it now
                 tracer.finish(trace, request)
 
-    def _wait(self, waiter: _Waiter, model: Any, request: InferenceRequest,
+    def _wait(self, waiter: ResponseWaiter, model: Any, request: InferenceRequest,
               context: Any) -> bool:
         """Wait for the response; False if the client went away first."""
         lock = waiter.lock
@@ -225,7 +200,7 @@ class InferenceService:
 
     def SystemSharedMemoryStatus(self, msg, context):
         try:
-            shm = extensions.system_shared_memory(self.server)
+            shm = self.server.shared_memory
             resp = pb.SystemSharedMemoryStatusResponse()
             for region in shm.status(msg.name):
                 r = resp.regions[region["name"]]
@@ -239,7 +214,7 @@ class InferenceService:
 
     def SystemSharedMemoryRegister(self, msg, context):
         try:
-            shm = extensions.system_shared_memory(self.server)
+            shm = self.server.shared_memory
             shm.register(msg.name, msg.key, msg.offset, msg.byte_size)
             return pb.SystemSharedMemoryRegisterResponse()
         except Exception as exc:
@@ -247,7 +222,7 @@ class InferenceService:
 
     def SystemSharedMemoryUnregister(self, msg, context):
         try:
-            extensions.system_shared_memory(self.server).unregister(msg.name)
+            self.server.shared_memory.unregister(msg.name)
             return pb.SystemSharedMemoryUnregisterResponse()
         except Exception as exc:
             return _fail(context, exc, pb.SystemSharedMemoryUnregisterResponse())
@@ -255,7 +230,7 @@ class InferenceService:
     def CudaSharedMemoryStatus(self, msg, context):
         try:
             resp = pb.CudaSharedMemoryStatusResponse()
-            for region in extensions.cuda_shared_memory(self.server).status(msg.name):
+            for region in self.server.cuda_shared_memory.status(msg.name):
                 r = resp.regions[region["name"]]
                 r.name = region["name"]
                 r.device_id = int(region.get("device_id", 0))
@@ -266,7 +241,7 @@ class InferenceService:
 
     def CudaSharedMemoryRegister(self, msg, context):
         try:
-            cuda = extensions.cuda_shared_memory(self.server)
+            cuda = self.server.cuda_shared_memory
             cuda.register(msg.name, msg.raw_handle, msg.device_id, msg.byte_size)
             return pb.CudaSharedMemoryRegisterResponse()
         except Exception as exc:
@@ -274,7 +249,7 @@ class InferenceService:
 
     def CudaSharedMemoryUnregister(self, msg, context):
         try:
-            extensions.cuda_shared_memory(self.server).unregister(msg.name)
+            self.server.cuda_shared_memory.unregister(msg.name)
             return pb.CudaSharedMemoryUnregisterResponse()
         except Exception as exc:
             return _fail(context, exc, pb.CudaSharedMemoryUnregisterResponse())
@@ -283,7 +258,7 @@ class InferenceService:
 
     def TraceSetting(self, msg, context):
         try:
-            tracer = extensions.tracer(self.server)
+            tracer = self.server.tracer
             if msg.settings:
                 settings = tracer.update_settings(msg.model_name,
                                                   codec.trace_settings_dict(msg.settings))
@@ -297,7 +272,7 @@ class InferenceService:
 
     def LogSettings(self, msg, context):
         try:
-            settings = extensions.log_settings(self.server)
+            settings = self.server.logging_settings()
             if msg.settings:
                 current = settings.update(codec.log_settings_dict(msg.settings))
             else:
@@ -356,7 +331,7 @@ class StreamSession:
         received = time.monotonic_ns() if tracer is not None and tracer.active else 0
         slot = None
         try:
-            extensions.refuse_if_shutting_down(server)
+            server.refuse_if_shutting_down()
             shm = server.shared_memory
             request, empty_final = codec.decode_infer_request(msg, shm)
             if service.forward is not None:

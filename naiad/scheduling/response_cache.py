@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from naiad.core.errors import InvalidArgument
+from naiad.core.scheduler import Scheduler
 from naiad.core.types import InferenceResponse, Tensor
 from naiad.scheduling.delivery import wrap_callback
 
@@ -144,25 +145,23 @@ class ResponseCache:
         return len(self._entries)
 
 
-class CachingScheduler:
-    """Puts the cache in front of a model's scheduler (default or dynamic batcher)."""
+class CachingScheduler(Scheduler):
+    """Puts the cache (``context.cache``) in front of a model's scheduler (default or
+    dynamic batcher)."""
 
-    def __init__(self, inner, cache: ResponseCache, model: "Model"):
+    def __init__(self, inner: Scheduler):
+        super().__init__(inner.model, inner.instances, inner.context)
         self.inner = inner
-        self.cache = cache
-        self.model = model
+        self.cache: ResponseCache = inner.context.cache
+        self.can_resize = inner.can_resize
 
-    @property
+    @property  # type: ignore[override]
     def instances(self) -> list:
         return self.inner.instances
 
-    @property
-    def context(self):
-        return getattr(self.inner, "context", None)
-
-    @context.setter
-    def context(self, value) -> None:
-        self.inner.context = value
+    @instances.setter
+    def instances(self, value: list) -> None:
+        pass  # the inner scheduler's list is the one
 
     def add_instances(self, instances: list) -> None:
         self.inner.add_instances(instances)
@@ -201,9 +200,7 @@ class CachingScheduler:
         return self.inner.queue_size()
 
     def cancel(self, request: "InferenceRequest") -> None:
-        cancel = getattr(self.inner, "cancel", None)
-        if cancel is not None:
-            cancel(request)
+        self.inner.cancel(request)
 
     async def stop(self) -> None:
         await self.inner.stop()
