@@ -64,7 +64,13 @@ def check_options(options: "ServerOptions") -> None:
 
 
 def validate_scheduling_config(model: "Model") -> None:
-    """Config checks that fail the load, with Triton's messages."""
+    """The scheduling checks that fail a version's load, with Triton's messages.
+
+    The rest of the config is checked once by the repository (``repository/config.py``:
+    fields, dynamic batching sizes, priorities and ``preserve_ordering``; inputs and
+    outputs per version); the sequence batcher's controls and states are checked
+    as its constructor parses them.
+    """
     from naiad.backends.batch_io import validate_batch_io
 
     config = model.config
@@ -74,19 +80,9 @@ def validate_scheduling_config(model: "Model") -> None:
             f"Response Cache does not currently support model {config.name} with 'decoupled' "
             "transaction policy. Please disable the response cache.")
     if config.HasField("sequence_batching"):
-        from naiad.scheduling.sequence_batcher import (
-            parse_controls,
-            parse_states,
-            validate_sequence_batching,
-        )
+        from naiad.scheduling.sequence_batcher import validate_sequence_batching
 
         validate_sequence_batching(config)
-        parse_controls(config)
-        parse_states(config, model.model_dir)
-    elif config.HasField("dynamic_batching") and model.max_batch_size > 0:
-        from naiad.scheduling.dynamic_batcher import validate_dynamic_batching
-
-        validate_dynamic_batching(config)
 
 
 def create_scheduler(model: "Model", instances: "list[ModelInstance]",

@@ -44,9 +44,8 @@ from typing import TYPE_CHECKING
 from naiad.core.errors import Cancelled, Unavailable
 from naiad.core.scheduler import Scheduler, SchedulingContext
 from naiad.core.statistics import REJECTED
-from naiad.protocol import model_config_pb2 as mc
 from naiad.scheduling.delivery import OrderedDelivery
-from naiad.scheduling.queue_policy import DELAY, TIMEOUT_EXPIRED, PriorityQueues
+from naiad.scheduling.queue_policy import TIMEOUT_EXPIRED, PriorityQueues
 from naiad.scheduling.rate_limiter import register_rate_limits
 
 if TYPE_CHECKING:
@@ -77,24 +76,6 @@ def batching_shape_inputs(model: "Model") -> tuple[tuple[str, ...], bool]:
         if -1 in dims or io.is_shape_tensor:
             names.append(io.name)
     return tuple(names), optional
-
-
-def validate_dynamic_batching(config: mc.ModelConfig) -> None:
-    """The checks Triton makes when it builds the batcher (a failure fails the load)."""
-    from naiad.core.errors import InvalidArgument
-
-    db = config.dynamic_batching
-    if db.preserve_ordering:
-        if db.priority_levels > 1:
-            raise InvalidArgument(
-                f"Only one priority level is allowed when 'preserve_ordering' is true for "
-                f"{config.name}")
-        policies = [db.default_queue_policy, *db.priority_queue_policy.values()]
-        for policy in policies:
-            if policy.default_timeout_microseconds and policy.timeout_action == DELAY:
-                raise InvalidArgument(
-                    f"Queue policy can not have DELAY as timeout action when "
-                    f"'preserve_ordering' is true for {config.name}")
 
 
 class DynamicBatcher(Scheduler):
