@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from naiad.options import ServerOptions
+from naiad.options import ServerOptions, parse_bool
 from naiad.version import __version__
 
 log = logging.getLogger("naiad.server")
@@ -28,13 +28,11 @@ class CliError(Exception):
     pass
 
 
-def parse_bool(text: str) -> bool:
-    v = str(text).strip().lower()
-    if v in ("true", "1", "on"):
-        return True
-    if v in ("false", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid value for bool option: {text}")
+def bool_option(text: str) -> bool:
+    value = parse_bool(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"invalid value for bool option: {text}")
+    return value
 
 
 def _setting(text: str) -> tuple[str, str, str]:
@@ -60,7 +58,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # (flag, dest, type, default, help). type None: a switch without a value.
-_B, _I, _F, _S = parse_bool, int, float, str
+_B, _I, _F, _S = bool_option, int, float, str
 _FLAGS: list[tuple[str, str, Any, Any, str]] = [
     ("--id", "server_id", _S, "triton", "Identifier for this server."),
     ("--exit-timeout-secs", "exit_timeout_secs", _I, 30,

@@ -68,6 +68,7 @@ from naiad.core.errors import (
     Unavailable,
     Unsupported,
 )
+from naiad.options import parse_bool
 from naiad.protocol import model_config_pb2 as mc
 
 log = logging.getLogger("naiad.backends.onnxruntime")
@@ -146,12 +147,10 @@ def _parse_int(value: str, what: str) -> int:
 
 
 def _parse_bool(value: str, what: str) -> bool:
-    v = str(value).strip().lower()
-    if v in ("true", "on", "1"):
-        return True
-    if v in ("false", "off", "0"):
-        return False
-    raise InvalidArgument(f"failed to convert '{value}' to boolean for '{what}'")
+    flag = parse_bool(value)
+    if flag is None:
+        raise InvalidArgument(f"failed to convert '{value}' to boolean for '{what}'")
+    return flag
 
 
 def _param(config: mc.ModelConfig, key: str) -> str | None:
@@ -292,12 +291,16 @@ class SessionSettings:
                     setattr(so, attr, count)
                 summary[key] = max(count, 0)
 
-        key = "session.use_device_allocator_for_initializers"
-        value = _param(config, key)
-        if value is not None:
-            log.debug("model '%s': configuring '%s' to '%s'", name, key, value)
-            so.add_session_config_entry(key, value)
-            summary[key] = value
+        def config_entry(key: str, add) -> None:
+            """A parameter passed through as an onnxruntime config entry."""
+            value = _param(config, key)
+            if value is not None:
+                log.debug("model '%s': configuring '%s' to '%s'", name, key, value)
+                add(key, value)
+                summary[key] = value
+
+        config_entry("session.use_device_allocator_for_initializers",
+                     so.add_session_config_entry)
 
         for key, attr in (("enable_mem_arena", "enable_cpu_mem_arena"),
                           ("enable_mem_pattern", "enable_mem_pattern")):
@@ -308,12 +311,7 @@ class SessionSettings:
                 summary[key] = flag
 
         run_options = ort.RunOptions()
-        key = "memory.enable_memory_arena_shrinkage"
-        value = _param(config, key)
-        if value is not None:
-            log.debug("model '%s': configuring '%s' to '%s'", name, key, value)
-            run_options.add_run_config_entry(key, value)
-            summary[key] = value
+        config_entry("memory.enable_memory_arena_shrinkage", run_options.add_run_config_entry)
 
         for lib in config.model_operations.op_library_filename:
             try:

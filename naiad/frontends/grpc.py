@@ -279,43 +279,39 @@ class GrpcFrontend:
         restricted = parse_restricted_protocols(list(self.options.grpc_restricted_protocol or []))
         host = f"[{self.address}]" if ":" in self.address else self.address
         target = f"{host}:{self.port}"
+        server: Any
         if kind == "native":
-            native = grpc_native.NativeServer(service, pool, self.channel_options(), credentials,
-                                              restricted)
-            port = native.add_port(target)
-            if not port:
+            server = grpc_native.NativeServer(service, pool, self.channel_options(),
+                                              credentials, restricted)
+            port = server.add_port(target)
+        else:
+            inference, health = self._handlers(service, restricted)
+            server = grpc.server(pool, options=self.channel_options(),
+                                 maximum_concurrent_rpcs=None)
+            if hasattr(server, "add_registered_method_handlers"):
+                server.add_registered_method_handlers(SERVICE, inference)
+                server.add_registered_method_handlers(HEALTH_SERVICE, health)
+            else:  # pragma: no cover - older grpcio
+                server.add_generic_rpc_handlers((
+                    grpc.method_handlers_generic_handler(SERVICE, inference),
+                    grpc.method_handlers_generic_handler(HEALTH_SERVICE, health)))
+            try:
+                if credentials is None:
+                    port = server.add_insecure_port(target)
+                else:
+                    port = server.add_secure_port(target, credentials)
+            except RuntimeError as exc:
                 pool.shutdown(wait=False)
-                raise OSError(errno.EADDRINUSE, f"unable to bind {self.address}:{self.port}")
-            self.port = port
-            native.begin()
-            self._grpc = native
-            self.pool = pool
-            self.service = service
-            self.kind = kind
-            return
-        inference, health = self._handlers(service, restricted)
-        server = grpc.server(pool, options=self.channel_options(), maximum_concurrent_rpcs=None)
-        if hasattr(server, "add_registered_method_handlers"):
-            server.add_registered_method_handlers(SERVICE, inference)
-            server.add_registered_method_handlers(HEALTH_SERVICE, health)
-        else:  # pragma: no cover - older grpcio
-            server.add_generic_rpc_handlers((
-                grpc.method_handlers_generic_handler(SERVICE, inference),
-                grpc.method_handlers_generic_handler(HEALTH_SERVICE, health)))
-        try:
-            if credentials is None:
-                port = server.add_insecure_port(target)
-            else:
-                port = server.add_secure_port(target, credentials)
-        except RuntimeError as exc:
-            pool.shutdown(wait=False)
-            raise OSError(errno.EADDRINUSE,
-                          f"unable to bind {self.address}:{self.port}: {exc}") from None
+                raise OSError(errno.EADDRINUSE,
+                              f"unable to bind {self.address}:{self.port}: {exc}") from None
         if not port:
             pool.shutdown(wait=False)
             raise OSError(errno.EADDRINUSE, f"unable to bind {self.address}:{self.port}")
         self.port = port
-        server.start()
+        if kind == "native":
+            server.begin()
+        else:
+            server.start()
         self._grpc = server
         self.pool = pool
         self.service = service

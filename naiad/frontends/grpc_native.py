@@ -548,7 +548,7 @@ class NativeServer:
                 return
             server.refuse_if_shutting_down()
             tracer = server.tracer
-            received = time.monotonic_ns() if tracer is not None and tracer.active else 0
+            received = time.monotonic_ns() if tracer.active else 0
             msg = pb.ModelInferRequest.FromString(data)
             shm = server.shared_memory
             request, _ = codec.decode_infer_request(msg, shm)

@@ -12,9 +12,11 @@ core on grpcio's C layer) import this module and nothing of each other.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -53,6 +55,23 @@ def _fail(context: Any, exc: BaseException, empty: Any) -> Any:
     return empty
 
 
+def _rpc(empty: Callable[[], Any]) -> Callable:
+    """A unary handler whose failure becomes the RPC's status (Triton's table, never a
+    traceback) with the empty reply ``empty()``."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def handler(self: Any, msg: Any, context: Any) -> Any:
+            try:
+                return fn(self, msg, context)
+            except Exception as exc:
+                return _fail(context, exc, empty())
+
+        return handler
+
+    return wrap
+
+
 class InferenceService:
     """The RPC handlers; each translates, calls the core, translates back."""
 
@@ -86,46 +105,39 @@ class InferenceService:
     def ServerReady(self, msg, context):
         return pb.ServerReadyResponse(ready=self.server.ready())
 
+    @_rpc(pb.ModelReadyResponse)
     def ModelReady(self, msg, context):
-        try:
-            version = codec.parse_version(msg.version)
-            return pb.ModelReadyResponse(ready=self.server.model_ready(msg.name, version))
-        except Exception as exc:
-            return _fail(context, exc, pb.ModelReadyResponse())
+        version = codec.parse_version(msg.version)
+        return pb.ModelReadyResponse(ready=self.server.model_ready(msg.name, version))
 
     def ServerMetadata(self, msg, context):
         meta = self.server.metadata()
         return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"],
                                          extensions=meta["extensions"])
 
+    @_rpc(pb.ModelMetadataResponse)
     def ModelMetadata(self, msg, context):
-        try:
-            meta = self.server.model_metadata(msg.name, codec.parse_version(msg.version))
-            return json_format.ParseDict(meta, pb.ModelMetadataResponse())
-        except Exception as exc:
-            return _fail(context, exc, pb.ModelMetadataResponse())
+        meta = self.server.model_metadata(msg.name, codec.parse_version(msg.version))
+        return json_format.ParseDict(meta, pb.ModelMetadataResponse())
 
+    @_rpc(pb.ModelConfigResponse)
     def ModelConfig(self, msg, context):
-        try:
-            config = self.server.model_config(msg.name, codec.parse_version(msg.version))
-            return pb.ModelConfigResponse(config=config)
-        except Exception as exc:
-            return _fail(context, exc, pb.ModelConfigResponse())
+        config = self.server.model_config(msg.name, codec.parse_version(msg.version))
+        return pb.ModelConfigResponse(config=config)
 
+    @_rpc(pb.ModelStatisticsResponse)
     def ModelStatistics(self, msg, context):
-        try:
-            stats = self.server.model_statistics(msg.name, codec.parse_version(msg.version))
-            return json_format.ParseDict(stats, pb.ModelStatisticsResponse(),
-                                         ignore_unknown_fields=True)
-        except Exception as exc:
-            return _fail(context, exc, pb.ModelStatisticsResponse())
+        stats = self.server.model_statistics(msg.name, codec.parse_version(msg.version))
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse(),
+                                     ignore_unknown_fields=True)
 
     # -- inference ---------------------------------------------------------------------------
 
+    @_rpc(codec.ModelInferResponse)
     def ModelInfer(self, msg, context):
         server = self.server
         tracer = server.tracer
-        received = time.monotonic_ns() if tracer is not None and tracer.active else 0
+        received = time.monotonic_ns() if tracer.active else 0
         trace = request = None
         try:
             server.refuse_if_shutting_down()
@@ -144,8 +156,6 @@ class InferenceService:
                 trace.response(response)
                 trace.stamp("GRPC_SEND_START")
             return codec.encode_infer_response(response, request, shm)
-        except Exception as exc:
-            return _fail(context, exc, codec.ModelInferResponse())
         finally:
             if trace is not None:
                 trace.stamp("GRPC_SEND_END")  # handed to grpcio, which sends it now
@@ -166,122 +176,100 @@ class InferenceService:
 
     # -- repository ----------------------------------------------------------------------------
 
+    @_rpc(pb.RepositoryIndexResponse)
     def RepositoryIndex(self, msg, context):
-        try:
-            if msg.repository_name:
-                raise Unsupported("'repository_name' specification is not supported")
-            index = self.server.repository_index(msg.ready)
-            return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse(),
-                                         ignore_unknown_fields=True)
-        except Exception as exc:
-            return _fail(context, exc, pb.RepositoryIndexResponse())
+        if msg.repository_name:
+            raise Unsupported("'repository_name' specification is not supported")
+        index = self.server.repository_index(msg.ready)
+        return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse(),
+                                     ignore_unknown_fields=True)
 
+    @_rpc(pb.RepositoryModelLoadResponse)
     def RepositoryModelLoad(self, msg, context):
-        try:
-            if msg.repository_name:
-                raise Unsupported("'repository_name' specification is not supported")
-            params = codec.repository_load_parameters(msg.parameters)
-            self._run_on_loop(self.server.load_model_from_parameters(msg.model_name, params))
-            return pb.RepositoryModelLoadResponse()
-        except Exception as exc:
-            return _fail(context, exc, pb.RepositoryModelLoadResponse())
+        if msg.repository_name:
+            raise Unsupported("'repository_name' specification is not supported")
+        params = codec.repository_load_parameters(msg.parameters)
+        self._run_on_loop(self.server.load_model_from_parameters(msg.model_name, params))
+        return pb.RepositoryModelLoadResponse()
 
+    @_rpc(pb.RepositoryModelUnloadResponse)
     def RepositoryModelUnload(self, msg, context):
-        try:
-            if msg.repository_name:
-                raise Unsupported("'repository_name' specification is not supported")
-            dependents = codec.unload_dependents(msg.parameters)
-            self._run_on_loop(self.server.unload_model(msg.model_name, dependents))
-            return pb.RepositoryModelUnloadResponse()
-        except Exception as exc:
-            return _fail(context, exc, pb.RepositoryModelUnloadResponse())
+        if msg.repository_name:
+            raise Unsupported("'repository_name' specification is not supported")
+        dependents = codec.unload_dependents(msg.parameters)
+        self._run_on_loop(self.server.unload_model(msg.model_name, dependents))
+        return pb.RepositoryModelUnloadResponse()
 
     # -- shared memory ------------------------------------------------------------------------
 
+    @_rpc(pb.SystemSharedMemoryStatusResponse)
     def SystemSharedMemoryStatus(self, msg, context):
-        try:
-            shm = self.server.shared_memory
-            resp = pb.SystemSharedMemoryStatusResponse()
-            for region in shm.status(msg.name):
-                r = resp.regions[region["name"]]
-                r.name = region["name"]
-                r.key = region["key"]
-                r.offset = int(region.get("offset", 0))
-                r.byte_size = int(region["byte_size"])
-            return resp
-        except Exception as exc:
-            return _fail(context, exc, pb.SystemSharedMemoryStatusResponse())
+        shm = self.server.shared_memory
+        resp = pb.SystemSharedMemoryStatusResponse()
+        for region in shm.status(msg.name):
+            r = resp.regions[region["name"]]
+            r.name = region["name"]
+            r.key = region["key"]
+            r.offset = int(region.get("offset", 0))
+            r.byte_size = int(region["byte_size"])
+        return resp
 
+    @_rpc(pb.SystemSharedMemoryRegisterResponse)
     def SystemSharedMemoryRegister(self, msg, context):
-        try:
-            shm = self.server.shared_memory
-            shm.register(msg.name, msg.key, msg.offset, msg.byte_size)
-            return pb.SystemSharedMemoryRegisterResponse()
-        except Exception as exc:
-            return _fail(context, exc, pb.SystemSharedMemoryRegisterResponse())
+        shm = self.server.shared_memory
+        shm.register(msg.name, msg.key, msg.offset, msg.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
 
+    @_rpc(pb.SystemSharedMemoryUnregisterResponse)
     def SystemSharedMemoryUnregister(self, msg, context):
-        try:
-            self.server.shared_memory.unregister(msg.name)
-            return pb.SystemSharedMemoryUnregisterResponse()
-        except Exception as exc:
-            return _fail(context, exc, pb.SystemSharedMemoryUnregisterResponse())
+        self.server.shared_memory.unregister(msg.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
+    @_rpc(pb.CudaSharedMemoryStatusResponse)
     def CudaSharedMemoryStatus(self, msg, context):
-        try:
-            resp = pb.CudaSharedMemoryStatusResponse()
-            for region in self.server.cuda_shared_memory.status(msg.name):
-                r = resp.regions[region["name"]]
-                r.name = region["name"]
-                r.device_id = int(region.get("device_id", 0))
-                r.byte_size = int(region["byte_size"])
-            return resp
-        except Exception as exc:
-            return _fail(context, exc, pb.CudaSharedMemoryStatusResponse())
+        resp = pb.CudaSharedMemoryStatusResponse()
+        for region in self.server.cuda_shared_memory.status(msg.name):
+            r = resp.regions[region["name"]]
+            r.name = region["name"]
+            r.device_id = int(region.get("device_id", 0))
+            r.byte_size = int(region["byte_size"])
+        return resp
 
+    @_rpc(pb.CudaSharedMemoryRegisterResponse)
     def CudaSharedMemoryRegister(self, msg, context):
-        try:
-            cuda = self.server.cuda_shared_memory
-            cuda.register(msg.name, msg.raw_handle, msg.device_id, msg.byte_size)
-            return pb.CudaSharedMemoryRegisterResponse()
-        except Exception as exc:
-            return _fail(context, exc, pb.CudaSharedMemoryRegisterResponse())
+        cuda = self.server.cuda_shared_memory
+        cuda.register(msg.name, msg.raw_handle, msg.device_id, msg.byte_size)
+        return pb.CudaSharedMemoryRegisterResponse()
 
+    @_rpc(pb.CudaSharedMemoryUnregisterResponse)
     def CudaSharedMemoryUnregister(self, msg, context):
-        try:
-            self.server.cuda_shared_memory.unregister(msg.name)
-            return pb.CudaSharedMemoryUnregisterResponse()
-        except Exception as exc:
-            return _fail(context, exc, pb.CudaSharedMemoryUnregisterResponse())
+        self.server.cuda_shared_memory.unregister(msg.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     # -- trace and logging ----------------------------------------------------------------------
 
+    @_rpc(pb.TraceSettingResponse)
     def TraceSetting(self, msg, context):
-        try:
-            tracer = self.server.tracer
-            if msg.settings:
-                settings = tracer.update_settings(msg.model_name,
-                                                  codec.trace_settings_dict(msg.settings))
-            else:
-                settings = tracer.get_settings(msg.model_name)
-            resp = pb.TraceSettingResponse()
-            codec.fill_trace_settings(resp.settings, settings)
-            return resp
-        except Exception as exc:
-            return _fail(context, exc, pb.TraceSettingResponse())
+        tracer = self.server.tracer
+        if msg.settings:
+            settings = tracer.update_settings(msg.model_name,
+                                              codec.trace_settings_dict(msg.settings))
+        else:
+            settings = tracer.get_settings(msg.model_name)
+        resp = pb.TraceSettingResponse()
+        codec.fill_trace_settings(resp.settings, settings)
+        return resp
 
+    @_rpc(pb.LogSettingsResponse)
     def LogSettings(self, msg, context):
-        try:
-            settings = self.server.logging_settings()
-            if msg.settings:
-                current = settings.update(codec.log_settings_dict(msg.settings))
-            else:
-                current = settings.get()
-            resp = pb.LogSettingsResponse()
-            codec.fill_log_settings(resp.settings, current)
-            return resp
-        except Exception as exc:
-            return _fail(context, exc, pb.LogSettingsResponse())
+        settings = self.server.logging_settings()
+        if msg.settings:
+            current = settings.update(codec.log_settings_dict(msg.settings))
+        else:
+            current = settings.get()
+        resp = pb.LogSettingsResponse()
+        codec.fill_log_settings(resp.settings, current)
+        return resp
 
     # -- grpc.health.v1 ----------------------------------------------------------------------------
 
@@ -328,7 +316,7 @@ class StreamSession:
         service = self.service
         server = service.server
         tracer = server.tracer
-        received = time.monotonic_ns() if tracer is not None and tracer.active else 0
+        received = time.monotonic_ns() if tracer.active else 0
         slot = None
         try:
             server.refuse_if_shutting_down()

@@ -272,7 +272,7 @@ class HttpApp:
     async def infer(self, name: str, version: int, scope, receive, send) -> None:
         server = self.server
         tracer = server.tracer
-        traced = tracer is not None and tracer.active  # False unless a trace level is on
+        traced = tracer.active  # False unless a trace level is on
         recv_start = time.monotonic_ns() if traced else 0
         headers = scope["headers"]
         header_len = None

@@ -53,6 +53,7 @@ from prometheus_client.utils import floatToGoString
 
 from naiad.core.errors import InvalidArgument
 from naiad.core.statistics import FAILURE_REASONS, ModelStatistics, StatisticsListener
+from naiad.options import parse_bool
 
 if TYPE_CHECKING:
     from naiad.core.types import InferenceRequest
@@ -140,12 +141,10 @@ SUMMARY_BUCKET_CAP = 20_000
 
 
 def _parse_bool(key: str, text: str) -> bool:
-    v = str(text).strip().lower()
-    if v in ("true", "1", "on", "yes"):
-        return True
-    if v in ("false", "0", "off", "no"):
-        return False
-    raise InvalidArgument(f"--metrics-config {key} expects true or false, got '{text}'")
+    value = parse_bool(text)
+    if value is None:
+        raise InvalidArgument(f"--metrics-config {key} expects true or false, got '{text}'")
+    return value
 
 
 class MetricsConfig:

@@ -44,6 +44,7 @@ from naiad.core.errors import (
 )
 from naiad.core.instance import ModelInstance
 from naiad.core.model import Model
+from naiad.options import parse_bool
 from naiad.protocol import model_config_pb2 as mc
 from naiad.repository import config as cfg
 from naiad.repository import storage
@@ -132,8 +133,7 @@ def _config_key(config: mc.ModelConfig) -> bytes:
 
 def _allow_inline(config: mc.ModelConfig) -> bool:
     param = config.parameters.get("NAIAD_INLINE_EXECUTION")
-    return not (param is not None and
-                param.string_value.strip().lower() in ("off", "false", "0"))
+    return param is None or parse_bool(param.string_value) is not False
 
 
 class ModelRepositoryManager:

@@ -392,12 +392,7 @@ class EnsembleScheduler(Scheduler):
             if t is not None:
                 branch.tensors[name] = Tensor(name, t.datatype, t.data)
             # an optional input not sent still counts as present (its steps omit it)
-            for step in self.consumers.get(name, ()):
-                branch.waiting[step.index] -= 1
-                if branch.waiting[step.index] == 0:
-                    ready.append(step)
-            if name in outputs:
-                branch.missing -= 1
+            self._arrived(branch, name, ready)
         if branch.missing == 0 and not ready:
             self._emit(run, branch)
         for step in ready:
@@ -405,6 +400,18 @@ class EnsembleScheduler(Scheduler):
         with run.lock:
             run.inflight -= 1
         self._maybe_finish(run)
+
+    def _arrived(self, branch: _Branch, name: str, ready: list[_Step]) -> bool:
+        """Tensor ``name`` is now present in ``branch``: the steps it completes go to
+        ``ready``; True when it was the branch's last missing ensemble output."""
+        for step in self.consumers.get(name, ()):
+            branch.waiting[step.index] -= 1
+            if branch.waiting[step.index] == 0:
+                ready.append(step)
+        if name in self._outputs:
+            branch.missing -= 1
+            return branch.missing == 0
+        return False
 
     async def stop(self) -> None:
         """Wait (bounded by the caller) for requests in flight to finish."""
@@ -509,20 +516,14 @@ class EnsembleScheduler(Scheduler):
         complete = False
         with run.lock:
             tensors = branch.tensors
-            outputs = self._outputs
             for model_out, ens in step.output_map.items():
                 t = produced.get(model_out)
                 if t is None:
                     missing = model_out
                     break
                 tensors[ens] = Tensor(ens, t.datatype, t.data)
-                for nxt in self.consumers.get(ens, ()):
-                    branch.waiting[nxt.index] -= 1
-                    if branch.waiting[nxt.index] == 0:
-                        ready.append(nxt)
-                if ens in outputs:
-                    branch.missing -= 1
-                    complete = branch.missing == 0
+                if self._arrived(branch, ens, ready):
+                    complete = True
             else:
                 missing = None
         if missing is not None:

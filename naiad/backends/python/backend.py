@@ -107,16 +107,7 @@ class PythonInstance(BackendInstance):
         ctx = model.ctx
         self.obj = model.cls()
         self._loop: asyncio.AbstractEventLoop | None = None
-        kind = "GPU" if spec.kind == "KIND_GPU" else ("MODEL" if spec.kind == "KIND_MODEL" else "CPU")
-        args = {
-            "model_config": model.config_json,
-            "model_instance_kind": kind,
-            "model_instance_name": spec.name,
-            "model_instance_device_id": str(spec.device_id),
-            "model_repository": ctx.model_dir,
-            "model_version": str(ctx.version),
-            "model_name": ctx.name,
-        }
+        args = model.initialize_args(spec)
         pb_utils._context.server = ctx.server
         init = getattr(self.obj, "initialize", None)
         if init is not None:

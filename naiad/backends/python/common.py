@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from naiad.backends.base import BackendModel, ModelLoadContext
+from naiad.backends.base import BackendModel, InstanceSpec, ModelLoadContext
 from naiad.backends.python import pb_utils
 from naiad.core import types as core
 from naiad.core.errors import ErrorKind, InvalidArgument, NaiadError
@@ -119,6 +119,20 @@ class PythonModelBase(BackendModel):
         self.output_names = [o.name for o in ctx.config.output]
         self.config_json = json.dumps(config_to_dict(ctx.config))
         self.model = None  # the core Model, set by the repository manager
+
+    def initialize_args(self, spec: InstanceSpec) -> dict[str, str]:
+        """The ``args`` an instance's ``initialize`` receives (Triton's keys)."""
+        ctx = self.ctx
+        kind = {"KIND_GPU": "GPU", "KIND_MODEL": "MODEL"}.get(spec.kind, "CPU")
+        return {
+            "model_config": self.config_json,
+            "model_instance_kind": kind,
+            "model_instance_name": spec.name,
+            "model_instance_device_id": str(spec.device_id),
+            "model_repository": ctx.model_dir,
+            "model_version": str(ctx.version),
+            "model_name": ctx.name,
+        }
 
     def deliver(self, request: core.InferenceRequest, response: core.InferenceResponse | None,
                 final: bool) -> None:

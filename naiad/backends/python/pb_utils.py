@@ -106,7 +106,23 @@ def deserialize_bytes_tensor(encoded_tensor) -> np.ndarray:
 # -- errors ----------------------------------------------------------------------
 
 
-class TritonError:
+class _MessageAndCode:
+    """``message()`` and ``code()``, as Triton's TritonError and TritonModelException have."""
+
+    _msg: str
+    _code: int
+
+    def message(self) -> str:
+        return self._msg
+
+    def code(self) -> int:
+        return self._code
+
+    def __str__(self) -> str:
+        return self._msg
+
+
+class TritonError(_MessageAndCode):
     """An error a model returns in a response (or BLS reports back)."""
 
     UNKNOWN = 0
@@ -134,15 +150,6 @@ class TritonError:
         self._msg = msg
         self._code = code
 
-    def message(self) -> str:
-        return self._msg
-
-    def code(self) -> int:
-        return self._code
-
-    def __str__(self) -> str:
-        return self._msg
-
     def __repr__(self) -> str:
         return f"TritonError({self._msg!r}, code={self._code})"
 
@@ -155,22 +162,13 @@ class TritonError:
         return cls(err.message, cls._CODES.get(err.kind, cls.INTERNAL))
 
 
-class TritonModelException(Exception):
+class TritonModelException(_MessageAndCode, Exception):
     """Raised by the API (and by models) to fail a request or a load."""
 
     def __init__(self, msg: str = "", code: int = TritonError.INTERNAL):
         super().__init__(msg)
         self._msg = msg
         self._code = code
-
-    def message(self) -> str:
-        return self._msg
-
-    def code(self) -> int:
-        return self._code
-
-    def __str__(self) -> str:
-        return self._msg
 
 
 # -- tensors ------------------------------------------------------------------------

@@ -180,17 +180,7 @@ class ProcessInstance(BackendInstance):
         self.model = model
         self.spec = spec
         self.name = spec.name
-        kind = {"KIND_GPU": "GPU", "KIND_MODEL": "MODEL"}.get(spec.kind, "CPU")
-        ctx = model.ctx
-        self.init_args = {
-            "model_config": model.config_json,
-            "model_instance_kind": kind,
-            "model_instance_name": spec.name,
-            "model_instance_device_id": str(spec.device_id),
-            "model_repository": ctx.model_dir,
-            "model_version": str(ctx.version),
-            "model_name": ctx.name,
-        }
+        self.init_args = model.initialize_args(spec)
         self.proc: subprocess.Popen | None = None
         self.conn: Connection | None = None
         self.reader: threading.Thread | None = None
