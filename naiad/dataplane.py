@@ -28,7 +28,6 @@ import base64
 import binascii
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -101,7 +100,6 @@ class DataPlane:
         self.started = False
         self.shutting_down = False
         self.stopped = False
-        self.start_time = time.time()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread = 0
         self.poller: Any = None  # the repository poller in poll mode

@@ -30,8 +30,6 @@ _TABLE: dict[str, tuple[np.dtype, int]] = {
     "BYTES": (np.dtype(np.object_), 0),
 }
 
-WIRE_DATATYPES: frozenset[str] = frozenset(_TABLE)
-
 # Numpy dtypes in the little-endian byte order used on the wire.
 WIRE_NUMPY: dict[str, np.dtype] = {
     name: (dt.newbyteorder("<") if dt.itemsize > 1 and dt.kind in "uif" else dt)
@@ -77,10 +75,6 @@ def wire_from_numpy(dtype: np.dtype) -> str:
     if dtype.byteorder == ">":
         dtype = dtype.newbyteorder("=")
     return _NUMPY_TO_WIRE.get(dtype, "")
-
-
-def is_valid_wire(wire: str) -> bool:
-    return wire in _TABLE
 
 
 def enum_name(message, field: str) -> str:

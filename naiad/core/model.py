@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -117,7 +116,6 @@ class Model:
         self.stats = ModelStatistics(self.name, version)
         self.scheduler: Scheduler = None  # type: ignore[assignment]  # set by the loader
         self.accepting = True
-        self._lock = threading.Lock()
 
     # -- descriptions --------------------------------------------------------
 

@@ -627,7 +627,6 @@ class ServerMetrics:
         self.custom = custom if custom is not None else CUSTOM_METRICS
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
-        self._observers: dict[int, _ModelObserver] = {}
         self._observed_lock = threading.Lock()
         interval_s = max(0.0, float(opts.metrics_interval_ms) / 1000.0)
         self.cpu: _CpuPoller | None = None

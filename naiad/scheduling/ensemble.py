@@ -327,7 +327,7 @@ class _Branch:
 class _Run:
     """One ensemble request in flight."""
 
-    __slots__ = ("request", "lock", "inflight", "done", "sent", "retired", "compute")
+    __slots__ = ("request", "lock", "inflight", "done", "retired", "compute")
 
     def __init__(self, request: InferenceRequest):
         self.request = request
@@ -339,7 +339,6 @@ class _Run:
         # launching the first steps (so a step finishing inline cannot end the run early)
         self.inflight = 1
         self.done = False
-        self.sent = 0
         self.retired = False
 
 
@@ -551,7 +550,6 @@ class EnsembleScheduler(Scheduler):
         with run.lock:
             if run.done:
                 return
-            run.sent += 1
         self.model.deliver(run.request, response, False)
 
     def _fail(self, run: _Run, error: NaiadError, prefix: bool = True) -> None:

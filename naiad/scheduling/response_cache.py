@@ -86,9 +86,6 @@ class ResponseCache:
         self.used = 0
         self._entries: OrderedDict[bytes, tuple[list, int]] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0
 
     @staticmethod
     def key(model: "Model", request: "InferenceRequest") -> bytes:
@@ -117,10 +114,8 @@ class ResponseCache:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                self.misses += 1
                 return None
             self._entries.move_to_end(key)
-            self.hits += 1
             return entry[0]
 
     def insert(self, key: bytes, response: InferenceResponse) -> bool:
@@ -136,7 +131,6 @@ class ResponseCache:
             while self.used + size > self.capacity and self._entries:
                 _, (_, freed) = self._entries.popitem(last=False)
                 self.used -= freed
-                self.evictions += 1
             self._entries[key] = (outputs, size)
             self.used += size
         return True
