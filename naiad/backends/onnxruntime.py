@@ -153,6 +153,17 @@ def _parse_bool(value: str, what: str) -> bool:
     return flag
 
 
+def register_custom_ops(options: Any, config: mc.ModelConfig, action: str) -> None:
+    """Register the config's ``model_operations`` libraries with session options."""
+    for lib in config.model_operations.op_library_filename:
+        try:
+            options.register_custom_ops_library(lib)
+        except Exception as exc:
+            raise InvalidArgument(
+                f"unable to {action} model '{config.name}': failed to register custom "
+                f"operations library '{lib}': {ort_error_text(exc)}") from None
+
+
 def _param(config: mc.ModelConfig, key: str) -> str | None:
     if key in config.parameters:
         return config.parameters[key].string_value
@@ -313,13 +324,7 @@ class SessionSettings:
         run_options = ort.RunOptions()
         config_entry("memory.enable_memory_arena_shrinkage", run_options.add_run_config_entry)
 
-        for lib in config.model_operations.op_library_filename:
-            try:
-                so.register_custom_ops_library(lib)
-            except Exception as exc:
-                raise InvalidArgument(
-                    f"unable to load model '{name}': failed to register custom operations "
-                    f"library '{lib}': {ort_error_text(exc)}") from None
+        register_custom_ops(so, config, "load")
 
         providers: list = []
         available = ort.get_available_providers()
@@ -392,23 +397,18 @@ def _compare_dims(model: str, tensor: str, model_shape: tuple[int, ...], dims: t
                 f"shape should have at least 1 dimension and the first dimension must be -1; "
                 f"but shape expected by the model is {_dims_str(model_shape)}")
         full = (-1,) + tuple(dims)
-        ok = len(model_shape) == len(full) and all(
-            m == f for m, f in zip(model_shape, full) if exact or m != -1)
-        if not ok:
-            raise InvalidArgument(
-                f"model '{model}', tensor '{tensor}': the model expects {len(model_shape)} "
-                f"dimensions (shape {_dims_str(model_shape)}) but the model configuration "
-                f"specifies {len(full)} dimensions (an initial batch dimension because "
-                f"max_batch_size > 0 followed by the explicit tensor shape, making complete "
-                f"shape {_dims_str(full)})")
+        how = (f"{len(full)} dimensions (an initial batch dimension because max_batch_size > 0 "
+               f"followed by the explicit tensor shape, making complete shape "
+               f"{_dims_str(full)})")
     else:
-        ok = len(model_shape) == len(dims) and all(
-            m == d for m, d in zip(model_shape, dims) if exact or m != -1)
-        if not ok:
-            raise InvalidArgument(
-                f"model '{model}', tensor '{tensor}': the model expects {len(model_shape)} "
-                f"dimensions (shape {_dims_str(model_shape)}) but the model configuration "
-                f"specifies {len(dims)} dimensions (shape {_dims_str(dims)})")
+        full = tuple(dims)
+        how = f"{len(dims)} dimensions (shape {_dims_str(dims)})"
+    if len(model_shape) != len(full) or not all(
+            m == f for m, f in zip(model_shape, full) if exact or m != -1):
+        raise InvalidArgument(
+            f"model '{model}', tensor '{tensor}': the model expects {len(model_shape)} "
+            f"dimensions (shape {_dims_str(model_shape)}) but the model configuration "
+            f"specifies {how}")
 
 
 def _check_scalar(model: str, tensor: str, dims: tuple[int, ...]) -> None:
@@ -657,13 +657,7 @@ class OnnxRuntimeBackend(Backend):
         # only the signature is read: skip the optimizers, keep custom ops
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.intra_op_num_threads = 1
-        for lib in config.model_operations.op_library_filename:
-            try:
-                options.register_custom_ops_library(lib)
-            except Exception as exc:
-                raise InvalidArgument(
-                    f"unable to auto-complete model '{config.name}': failed to register custom "
-                    f"operations library '{lib}': {ort_error_text(exc)}") from None
+        register_custom_ops(options, config, "auto-complete")
         session = create_session(path, options, ["CPUExecutionProvider"], config.name)
         try:
             auto_complete(config, SessionIO.of(session), backend_config)

@@ -72,6 +72,17 @@ def _rpc(empty: Callable[[], Any]) -> Callable:
     return wrap
 
 
+def _region_status(resp: Any, regions: list[dict], **fields: Callable) -> Any:
+    """A shared-memory status reply: one entry per registered region, with ``fields``
+    (name -> type) read from the registry's description of it."""
+    for region in regions:
+        entry = resp.regions[region["name"]]
+        entry.name = region["name"]
+        for field, kind in fields.items():
+            setattr(entry, field, kind(region.get(field, 0)))
+    return resp
+
+
 class InferenceService:
     """The RPC handlers; each translates, calls the core, translates back."""
 
@@ -204,15 +215,9 @@ class InferenceService:
 
     @_rpc(pb.SystemSharedMemoryStatusResponse)
     def SystemSharedMemoryStatus(self, msg, context):
-        shm = self.server.shared_memory
-        resp = pb.SystemSharedMemoryStatusResponse()
-        for region in shm.status(msg.name):
-            r = resp.regions[region["name"]]
-            r.name = region["name"]
-            r.key = region["key"]
-            r.offset = int(region.get("offset", 0))
-            r.byte_size = int(region["byte_size"])
-        return resp
+        return _region_status(pb.SystemSharedMemoryStatusResponse(),
+                              self.server.shared_memory.status(msg.name),
+                              key=str, offset=int, byte_size=int)
 
     @_rpc(pb.SystemSharedMemoryRegisterResponse)
     def SystemSharedMemoryRegister(self, msg, context):
@@ -227,13 +232,9 @@ class InferenceService:
 
     @_rpc(pb.CudaSharedMemoryStatusResponse)
     def CudaSharedMemoryStatus(self, msg, context):
-        resp = pb.CudaSharedMemoryStatusResponse()
-        for region in self.server.cuda_shared_memory.status(msg.name):
-            r = resp.regions[region["name"]]
-            r.name = region["name"]
-            r.device_id = int(region.get("device_id", 0))
-            r.byte_size = int(region["byte_size"])
-        return resp
+        return _region_status(pb.CudaSharedMemoryStatusResponse(),
+                              self.server.cuda_shared_memory.status(msg.name),
+                              device_id=int, byte_size=int)
 
     @_rpc(pb.CudaSharedMemoryRegisterResponse)
     def CudaSharedMemoryRegister(self, msg, context):
