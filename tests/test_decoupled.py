@@ -12,7 +12,7 @@ from tritonclient.utils import InferenceServerException
 from naiad import Server
 from naiad.server import make_request
 from tests.conftest import NaiadProcess, write_model
-from tests.pipeline_models import REPEAT_CONFIG, write_repeat
+from tests.models import REPEAT_CONFIG, write_repeat
 
 # Streams until the client goes away (bounded), then writes what it saw to a file
 UNTIL_CANCELLED = """

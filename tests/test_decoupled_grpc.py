@@ -17,13 +17,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests.conftest import NaiadProcess  # noqa: E402
-from tests.pipeline_models import (  # noqa: E402
-    step,
-    write_affine,
-    write_cast,
-    write_ensemble,
-    write_repeat,
-)
+from tests.models import step, write_affine, write_cast, write_ensemble, write_repeat
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from naiad import Server
 from naiad.core.errors import NaiadError
 from naiad.repository import dependencies
-from tests._mgmt import add_model
+from tests.models import add_model
 
 
 @pytest.fixture

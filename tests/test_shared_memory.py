@@ -27,7 +27,7 @@ from naiad.core.shared_memory import (
 )
 from naiad.core.types import Tensor
 from tests.conftest import NaiadProcess, copy_example
-from tests.obs_models import write_simple
+from tests.models import write_simple
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from naiad.core.statistics import (
 from naiad.core.types import InferenceRequest
 from naiad.server import make_request
 from tests.conftest import NaiadProcess, copy_example
-from tests.obs_models import write_echo, write_repeat
+from tests.models import write_echo, write_repeat_inline
 
 INFER_FIELDS = ["success", "fail", "queue", "compute_input", "compute_infer", "compute_output",
                 "cache_hit", "cache_miss"]
@@ -161,7 +161,7 @@ def test_concurrent_traffic_loses_no_count(server):
 
 
 def test_decoupled_models_report_response_stats(tmp_path):
-    write_repeat(tmp_path)
+    write_repeat_inline(tmp_path)
 
     async def main():
         async with Server(model_repository=str(tmp_path), exit_timeout_secs=5) as srv:

@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests.conftest import NaiadProcess  # noqa: E402
-from tests.obs_models import write_echo  # noqa: E402
+from tests.models import write_echo
 
 
 @pytest.fixture(scope="module")
