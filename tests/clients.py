@@ -46,6 +46,27 @@ def call(base: str, method: str, path: str, body=None, timeout: float = 30.0):
     return status, parsed, raw
 
 
+PROTOCOLS = ("http", "grpc")
+
+
+def triton_client(protocol: str, server):
+    """tritonclient's module for ``protocol`` ("http" or "grpc") and a client of ``server``
+    (a ``NaiadProcess``): their APIs match, so one test body can drive both."""
+    if protocol == "http":
+        return httpclient, httpclient.InferenceServerClient(server.http_url)
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient, grpcclient.InferenceServerClient(server.grpc_url)
+
+
+def number(message: dict, *path: str) -> int:
+    """An integer field of a JSON message, by path; 0 when absent (gRPC's JSON leaves zeros
+    out and writes 64-bit integers as strings)."""
+    for key in path:
+        message = message.get(key, {})
+    return int(message or 0)
+
+
 def post(base: str, path: str, body=b"", timeout: float = 10.0, **kw) -> requests.Response:
     """POST ``body`` (bytes, text, or an object sent as JSON) to ``base + path``."""
     data = body if isinstance(body, (bytes, bytearray, str)) else json.dumps(body)
