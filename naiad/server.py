@@ -26,6 +26,24 @@ log = logging.getLogger("naiad.server")
 __all__ = ["BASE_EXTENSIONS", "Server", "make_request"]
 
 
+class _DataPlaneAttribute:
+    """A ``Server`` attribute that is its data plane's attribute of the same name (a
+    bound method for the calls): no extra call on the way, read-only here."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.__doc__ = getattr(getattr(DataPlane, name, None), "__doc__", None)
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        return getattr(obj.dataplane, self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        raise AttributeError(f"Server.{self.name} is the data plane's: set it on "
+                             "server.dataplane (or call its methods)")
+
+
 class Server:
     """A naiad server: a data plane (models, their schedulers) and network frontends."""
 
@@ -37,38 +55,36 @@ class Server:
         self.options = options
         self.dataplane = DataPlane(options)
         self.frontends: list[Any] = []
-        dp = self.dataplane
-        # the data plane's calls, under the names embedding code has always used
-        self.live = dp.live
-        self.ready = dp.ready
-        self.model_ready = dp.model_ready
-        self.metadata = dp.metadata
-        self.model_metadata = dp.model_metadata
-        self.model_config = dp.model_config
-        self.model_config_dict = dp.model_config_dict
-        self.get_model = dp.get_model
-        self.submit = dp.submit
-        self.infer = dp.infer
-        self.infer_stream = dp.infer_stream
-        self.infer_numpy = dp.infer_numpy
-        self.repository_index = dp.repository_index
-        self.load_model = dp.load_model
-        self.load_model_from_parameters = dp.load_model_from_parameters
-        self.unload_model = dp.unload_model
-        self.model_statistics = dp.model_statistics
-        self.begin_shutdown = dp.begin_shutdown
-        self.check = dp.check
 
-    # the data plane's parts, for embedding code and tests
-    manager = property(lambda self: self.dataplane.manager)
-    extensions = property(lambda self: self.dataplane.extensions)
-    shared_memory = property(lambda self: self.dataplane.shared_memory)
-    cuda_shared_memory = property(lambda self: self.dataplane.cuda_shared_memory)
-    tracer = property(lambda self: self.dataplane.tracer)
-    metrics = property(lambda self: self.dataplane.metrics)
-    started = property(lambda self: self.dataplane.started)
-    stopped = property(lambda self: self.dataplane.stopped)
-    shutting_down = property(lambda self: self.dataplane.shutting_down)
+    # the data plane's calls and parts, under the names embedding code has always used
+    live = _DataPlaneAttribute()
+    ready = _DataPlaneAttribute()
+    model_ready = _DataPlaneAttribute()
+    metadata = _DataPlaneAttribute()
+    model_metadata = _DataPlaneAttribute()
+    model_config = _DataPlaneAttribute()
+    model_config_dict = _DataPlaneAttribute()
+    get_model = _DataPlaneAttribute()
+    submit = _DataPlaneAttribute()
+    infer = _DataPlaneAttribute()
+    infer_stream = _DataPlaneAttribute()
+    infer_numpy = _DataPlaneAttribute()
+    repository_index = _DataPlaneAttribute()
+    load_model = _DataPlaneAttribute()
+    load_model_from_parameters = _DataPlaneAttribute()
+    unload_model = _DataPlaneAttribute()
+    model_statistics = _DataPlaneAttribute()
+    begin_shutdown = _DataPlaneAttribute()
+    check = _DataPlaneAttribute()
+    manager = _DataPlaneAttribute()
+    extensions = _DataPlaneAttribute()
+    shared_memory = _DataPlaneAttribute()
+    cuda_shared_memory = _DataPlaneAttribute()
+    tracer = _DataPlaneAttribute()
+    metrics = _DataPlaneAttribute()
+    started = _DataPlaneAttribute()
+    stopped = _DataPlaneAttribute()
+    shutting_down = _DataPlaneAttribute()
 
     @property
     def log_settings(self) -> Any:
