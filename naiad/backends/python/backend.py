@@ -10,7 +10,6 @@ server beats Triton's stub-process design.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import sys
@@ -21,11 +20,17 @@ from google.protobuf import json_format
 from naiad.backends.base import (
     Backend,
     BackendInstance,
-    BackendModel,
     InstanceSpec,
     ModelLoadContext,
 )
-from naiad.backends.python import environments, execution, isolation, pb_utils
+from naiad.backends.python import (  # noqa: F401 - bls: serves pb_utils BLS calls
+    bls,
+    common,
+    environments,
+    execution,
+    isolation,
+    pb_utils,
+)
 from naiad.core import types as core
 from naiad.core.errors import InvalidArgument, NaiadError
 from naiad.protocol import model_config_pb2 as mc
@@ -34,60 +39,6 @@ log = logging.getLogger("naiad.backends.python")
 
 # Models import the API under Triton's name.
 sys.modules.setdefault("triton_python_backend_utils", pb_utils)
-
-def _import_model_file(path: str, label: str):
-    """Import a model.py in its own import scope (``isolation``): (module, class)."""
-    module, cls, _scope = isolation.import_model_file(path, label)
-    return module, cls
-
-
-_BLS_MARKERS = ("exec(", "InferenceRequest(", "load_model(", "unload_model(")
-
-
-def _source_uses_bls(path: str) -> bool:
-    """Whether a model.py (or a helper module beside it) looks like it makes BLS calls."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        names = [n for n in os.listdir(folder) if n.endswith(".py")]
-    except OSError:
-        names = []
-    for name in names or [os.path.basename(path)]:
-        try:
-            with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as f:
-                text = f.read()
-        except OSError:
-            continue
-        if any(marker in text for marker in _BLS_MARKERS):
-            return True
-    return False
-
-
-_model_error = execution.model_error
-
-
-# model.py modules imported for auto-complete, handed to the load that follows
-# (path -> (mtime, module, class)) so each file is imported once, not twice.
-_imported: dict[str, tuple[float, object, type]] = {}
-
-
-def _import_once(path: str, label: str):
-    try:
-        mtime = os.stat(path).st_mtime
-    except OSError:
-        mtime = -1.0
-    cached = _imported.pop(os.path.abspath(path), None)
-    if cached is not None:
-        if cached[0] == mtime:
-            return cached[1], cached[2]
-        _close_scope(cached[1])
-    return _import_model_file(path, label)
-
-
-def _close_scope(module) -> None:
-    scope = isolation.scope_of(module)
-    if scope is not None:
-        scope.close()
-
 
 class PythonBackend(Backend):
     name = "python"
@@ -102,7 +53,7 @@ class PythonBackend(Backend):
         path = os.path.join(version_dir, fname)
         if not os.path.isfile(path):
             return
-        from naiad.repository.config import config_to_dict
+        from naiad.protocol.config_json import config_to_dict
 
         label = f"{config.name}_{os.path.basename(version_dir)}"
         env_path = environments.requested(config)
@@ -126,15 +77,15 @@ class PythonBackend(Backend):
 
     @staticmethod
     def _auto_complete_here(config: mc.ModelConfig, path: str, label: str) -> dict | None:
-        module, cls = _import_model_file(path, label)
-        previous = _imported.pop(os.path.abspath(path), None)
+        module, cls = common.import_model_file(path, label)
+        previous = common.imported.pop(os.path.abspath(path), None)
         if previous is not None:  # imported for a load that did not happen
-            _close_scope(previous[1])
-        _imported[os.path.abspath(path)] = (os.stat(path).st_mtime, module, cls)
+            common.close_scope(previous[1])
+        common.imported[os.path.abspath(path)] = (os.stat(path).st_mtime, module, cls)
         hook = getattr(cls, "auto_complete_config", None)
         if hook is None:
             return None
-        from naiad.repository.config import config_to_dict
+        from naiad.protocol.config_json import config_to_dict
 
         wrapper = pb_utils.ModelConfig(config_to_dict(config))
         try:
@@ -166,56 +117,25 @@ class PythonBackend(Backend):
         return PythonModel(ctx)
 
 
-def iterative_sequence(config: mc.ModelConfig) -> bool:
-    """``sequence_batching { iterative_sequence: true }``: requests may be rescheduled."""
-    return config.HasField("sequence_batching") and config.sequence_batching.iterative_sequence
-
-
-class PythonModel(BackendModel):
-    """One version of a python model; also the delivery path its senders use."""
+class PythonModel(common.PythonModelBase):
+    """One version of a python model, run in-process."""
 
     def __init__(self, ctx: ModelLoadContext):
-        self.ctx = ctx
-        self.name = ctx.name
-        self.module, self.cls = _import_once(ctx.model_file, f"{ctx.name}_{ctx.version}")
+        self.module, self.cls = common.import_once(ctx.model_file, f"{ctx.name}_{ctx.version}")
         scope = isolation.scope_of(self.module)
         if scope is not None:
             scope.server = ctx.server  # BLS calls from threads the model starts
-        self.decoupled = bool(ctx.config.model_transaction_policy.decoupled)
-        self.output_names = [o.name for o in ctx.config.output]
-        from naiad.repository.config import config_to_dict
-
-        self.config_json = json.dumps(config_to_dict(ctx.config))
-        self.model = None  # the core Model, set by the repository manager
+        super().__init__(ctx)
         # A model that makes BLS calls blocks in execute while they run: it must
         # never run inline on the submitting thread (which may be the event loop).
-        self.uses_bls = _source_uses_bls(ctx.model_file)
-        self.iterative = iterative_sequence(ctx.config)
-        # response senders of rescheduled requests, until their next execution
-        self.kept_senders: dict[int, pb_utils.InferenceResponseSender] = {}
-        # response senders not closed yet (pb_utils keeps it)
-        self.open_senders: dict[int, pb_utils.InferenceResponseSender] = {}
-
-    request_key = staticmethod(id)
+        self.uses_bls = common.source_uses_bls(ctx.model_file)
 
     def create_instance(self, spec: InstanceSpec) -> "PythonInstance":
         return PythonInstance(self, spec)
 
     def finalize(self) -> None:
-        execution.answer_open_senders(
-            self, f"model '{self.name}' version {self.ctx.version} was unloaded before it "
-                  "completed the response")
-        _close_scope(self.module)  # a later load imports the model's modules afresh
-
-    # -- used by pb_utils (response senders) -------------------------------------
-
-    def deliver(self, request: core.InferenceRequest, response: core.InferenceResponse | None,
-                final: bool) -> None:
-        model = self.model
-        if model is not None:
-            model.deliver(request, response, final)
-        else:  # pragma: no cover - only when used outside a server
-            request.respond(response, final)
+        self.answer_open_senders()
+        common.close_scope(self.module)  # a later load imports the model's modules afresh
 
 
 class PythonInstance(BackendInstance):
@@ -232,16 +152,7 @@ class PythonInstance(BackendInstance):
 
         # async models' coroutines: on a loop one thread runs all the time
         self._loop = execution.ModelLoop(spec.name, enter)
-        kind = "GPU" if spec.kind == "KIND_GPU" else ("MODEL" if spec.kind == "KIND_MODEL" else "CPU")
-        args = {
-            "model_config": model.config_json,
-            "model_instance_kind": kind,
-            "model_instance_name": spec.name,
-            "model_instance_device_id": str(spec.device_id),
-            "model_repository": ctx.model_dir,
-            "model_version": str(ctx.version),
-            "model_name": ctx.name,
-        }
+        args = model.initialize_args(spec)
         pb_utils._context.server = ctx.server
         try:
             self.obj = model.cls()

@@ -26,7 +26,6 @@ response): BLS models run in-process.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import mmap
 import os
@@ -42,13 +41,14 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from naiad.backends.base import BackendInstance, BackendModel, InstanceSpec, ModelLoadContext
+from naiad.backends.base import BackendInstance, InstanceSpec, ModelLoadContext
+from naiad.backends.python.common import PythonModelBase
 from naiad.backends.python.environments import Environment, worker_command
 from naiad.backends.python.execution import ModelLoop, Settler, answer_open_senders, model_error
 from naiad.backends.python.isolation import describe_exception, import_model_file, server_path
+from naiad.core import datatypes
 from naiad.core import types as core
 from naiad.core.errors import ErrorKind, InvalidArgument, NaiadError, Unavailable
-from naiad.protocol import datatypes
 
 log = logging.getLogger("naiad.backends.python.process")
 
@@ -185,34 +185,17 @@ def _unpickled_tensors(items: list) -> list[core.Tensor]:
 # -- the server side ------------------------------------------------------------------------------
 
 
-class ProcessPythonModel(BackendModel):
+class ProcessPythonModel(PythonModelBase):
     """A python model whose instances are worker processes."""
 
     def __init__(self, ctx: ModelLoadContext, env: Environment | None = None):
-        from naiad.repository.config import config_to_dict
-
-        self.ctx = ctx
-        self.env = env  # EXECUTION_ENV_PATH: the model's own Python environment
-        self.name = ctx.name
         if not os.path.isfile(ctx.model_file):
             raise InvalidArgument(f"python model file '{ctx.model_file}' not found")
-        self.decoupled = bool(ctx.config.model_transaction_policy.decoupled)
-        self.output_names = [o.name for o in ctx.config.output]
-        self.config_json = json.dumps(config_to_dict(ctx.config))
-        self.iterative = ctx.config.HasField("sequence_batching") and \
-            ctx.config.sequence_batching.iterative_sequence
-        self.model = None
+        super().__init__(ctx)
+        self.env = env  # EXECUTION_ENV_PATH: the model's own Python environment
 
     def create_instance(self, spec: InstanceSpec) -> "ProcessInstance":
         return ProcessInstance(self, spec)
-
-    def deliver(self, request: core.InferenceRequest, response: core.InferenceResponse | None,
-                final: bool) -> None:
-        model = self.model
-        if model is not None:
-            model.deliver(request, response, final)
-        else:  # pragma: no cover
-            request.respond(response, final)
 
 
 class ProcessInstance(BackendInstance):
@@ -224,17 +207,7 @@ class ProcessInstance(BackendInstance):
         self.model = model
         self.spec = spec
         self.name = spec.name
-        kind = {"KIND_GPU": "GPU", "KIND_MODEL": "MODEL"}.get(spec.kind, "CPU")
-        ctx = model.ctx
-        self.init_args = {
-            "model_config": model.config_json,
-            "model_instance_kind": kind,
-            "model_instance_name": spec.name,
-            "model_instance_device_id": str(spec.device_id),
-            "model_repository": ctx.model_dir,
-            "model_version": str(ctx.version),
-            "model_name": ctx.name,
-        }
+        self.init_args = model.initialize_args(spec)
         self.proc: subprocess.Popen | None = None
         self.conn: Connection | None = None
         self.reader: threading.Thread | None = None
