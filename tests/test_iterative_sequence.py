@@ -17,12 +17,11 @@ import threading
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from tests.clients import PROTOCOLS, triton_client
 from tests.conftest import NaiadProcess, write_model
-
-PROCESS = 'parameters { key: "EXECUTION_MODE" value: { string_value: "process" } }'
+from tests.models import PROCESS_PARAMETER as PROCESS
 
 # Decoupled countdown (NVIDIA's iterative_sequence qa model does this with one
 # sequence at a time): IN = n sends n responses n-1, ..., 0, one per execution,
@@ -224,12 +223,10 @@ def test_many_countdowns_from_several_clients(server):
 
 
 @pytest.mark.parametrize("model", ["addsub", "addsub_worker"])
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_model_that_is_not_decoupled_answers_after_its_rescheduled_run(
         server, model, protocol):
-    module = httpclient if protocol == "http" else grpcclient
-    client = module.InferenceServerClient(server.http_url if protocol == "http"
-                                          else server.grpc_url)
+    module, client = triton_client(protocol, server)
     a = np.random.default_rng(1).standard_normal(16).astype(np.float32)
     b = np.random.default_rng(2).standard_normal(16).astype(np.float32)
     inputs = [module.InferInput("INPUT0", [16], "FP32"), module.InferInput("INPUT1", [16], "FP32")]
@@ -245,11 +242,9 @@ def test_a_model_that_is_not_decoupled_answers_after_its_rescheduled_run(
         "request" in info.value.message()
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_rescheduling_without_iterative_sequences_is_an_error_not_a_hang(server, protocol):
-    module = httpclient if protocol == "http" else grpcclient
-    client = module.InferenceServerClient(server.http_url if protocol == "http"
-                                          else server.grpc_url)
+    module, client = triton_client(protocol, server)
     inputs = [module.InferInput("INPUT0", [16], "FP32"), module.InferInput("INPUT1", [16], "FP32")]
     inputs[0].set_data_from_numpy(np.zeros(16, np.float32))
     inputs[1].set_data_from_numpy(np.ones(16, np.float32))
@@ -259,11 +254,9 @@ def test_rescheduling_without_iterative_sequences_is_an_error_not_a_hang(server,
         "model is not configured to handle such a flag." in info.value.message()
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_bls_to_an_iterative_model(server, protocol):
-    module = httpclient if protocol == "http" else grpcclient
-    client = module.InferenceServerClient(server.http_url if protocol == "http"
-                                          else server.grpc_url)
+    module, client = triton_client(protocol, server)
     inp = module.InferInput("IN", [1], "INT32")
     inp.set_data_from_numpy(np.array([4], np.int32))
     values = client.infer("bls_countdown", [inp]).as_numpy("VALUES").tolist()

@@ -22,6 +22,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from tests.clients import PROTOCOLS, triton_client
 from tests.conftest import NaiadProcess, write_model
 
 ENV_PACKAGE = "naiad_envtest_only_here"
@@ -174,13 +175,11 @@ def envs(tmp_path_factory):
         server.stop()
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("name", ["env_folder", "env_archive", "env_archive_too", "env_auto"])
 def test_a_model_runs_with_its_own_environments_interpreter_and_packages(envs, protocol, name):
     server, repo, cache, folder_env = envs
-    module = httpclient if protocol == "http" else grpcclient
-    client = module.InferenceServerClient(server.http_url if protocol == "http"
-                                          else server.grpc_url)
+    module, client = triton_client(protocol, server)
     x = np.arange(300_000, dtype=np.float32)  # through the shared-memory regions
     y, (prefix, sees_server_packages, numpy_file, package_file) = _infer(client, module, name, x)
     np.testing.assert_array_equal(y, x * 7)

@@ -14,9 +14,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from tests.clients import PROTOCOLS, triton_client
 from tests.conftest import NaiadProcess, write_model
-
-PROCESS = 'parameters { key: "EXECUTION_MODE" value: { string_value: "process" } }'
+from tests.models import PROCESS_PARAMETER as PROCESS
 
 CONFIG = """
 name: "{name}"
@@ -110,12 +110,10 @@ def exiting(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["exiting", "exiting_worker"])
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_an_exit_in_execute_fails_only_that_request_and_the_instance_keeps_serving(
         exiting, name, protocol):
-    module = httpclient if protocol == "http" else grpcclient
-    client = module.InferenceServerClient(exiting.http_url if protocol == "http"
-                                          else exiting.grpc_url)
+    module, client = triton_client(protocol, exiting)
     for x, text in EXPECTED.items():
         with pytest.raises(InferenceServerException) as info:
             _infer(client, module, name, x)

@@ -18,9 +18,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from tests.clients import PROTOCOLS, triton_client
 from tests.conftest import NaiadProcess, write_model
-
-PROCESS = 'parameters { key: "EXECUTION_MODE" value: { string_value: "process" } }'
+from tests.models import PROCESS_PARAMETER as PROCESS
 
 CONFIG = """
 name: "{name}"
@@ -129,11 +129,9 @@ def two_models(tmp_path_factory):
         yield server
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_models_with_the_same_helper_names_each_import_their_own(two_models, protocol):
-    module = httpclient if protocol == "http" else grpcclient
-    url = two_models.http_url if protocol == "http" else two_models.grpc_url
-    client = module.InferenceServerClient(url)
+    module, client = triton_client(protocol, two_models)
     # Y = X * FACTOR + OFFSET + thing * 1e6; numpy is the server's own everywhere
     assert infer(client, module, "ma", 2) == (3_000_021, "a", True)
     assert infer(client, module, "mb", 2) == (4_002_002, "b", True)

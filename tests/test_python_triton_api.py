@@ -19,31 +19,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import NaiadProcess, write_model
-
-ADD_SUB_CONFIG = """
-name: "add_sub"
-backend: "python"
-max_batch_size: 0
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
-        { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
-         { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]
-"""
-
-ADD_SUB_PY = """
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def execute(self, requests):
-        out = []
-        for r in requests:
-            a = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
-            b = pb_utils.get_input_tensor_by_name(r, "INPUT1").as_numpy()
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", a + b),
-                                                   pb_utils.Tensor("OUTPUT1", a - b)]))
-        return out
-"""
+from tests.clients import PROTOCOLS, triton_client
+from tests.conftest import NaiadProcess, copy_example, write_model
 
 BLS_BYTES_CONFIG = """
 name: "bls_bytes"
@@ -377,7 +354,7 @@ class TritonPythonModel:
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("api") / "models"
     repo.mkdir()
-    write_model(repo, "add_sub", ADD_SUB_CONFIG, {"model.py": ADD_SUB_PY})
+    copy_example(repo, "add_sub")
     write_model(repo, "bls_bytes", BLS_BYTES_CONFIG, {"model.py": BLS_BYTES_PY})
     write_model(repo, "repeat", REPEAT_CONFIG, {"model.py": REPEAT_PY})
     write_model(repo, "bls_thread", BLS_THREAD_CONFIG, {"model.py": BLS_THREAD_PY})
@@ -403,18 +380,12 @@ def server(tmp_path_factory):
         yield srv
 
 
-def _client(server, protocol):
-    if protocol == "http":
-        return httpclient, httpclient.InferenceServerClient(server.http_url)
-    return grpcclient, grpcclient.InferenceServerClient(server.grpc_url)
-
-
 # -- BLS --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_bls_takes_the_model_name_as_bytes(server, protocol):
-    module, client = _client(server, protocol)
+    module, client = triton_client(protocol, server)
     a = np.array([1, 2, 3, 4], np.float32)
     b = np.array([10, 20, 30, 40], np.float32)
 
@@ -451,12 +422,12 @@ def test_bls_from_a_thread_the_model_started(server):
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a * 11)
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("mode", [0, 1, 2], ids=["for-over-async_exec", "async-for",
                                                  "for-over-exec"])
 def test_decoupled_bls_responses_from_async_exec_iterate_with_for_and_async_for(
         server, protocol, mode):
-    module, client = _client(server, protocol)
+    module, client = triton_client(protocol, server)
     inputs = [module.InferInput("N", [1], "INT32"), module.InferInput("MODE", [1], "INT32")]
     inputs[0].set_data_from_numpy(np.array([4], np.int32))
     inputs[1].set_data_from_numpy(np.array([mode], np.int32))
@@ -509,9 +480,9 @@ def test_a_model_that_is_not_decoupled_sends_its_one_response_through_the_sender
     assert int(result.as_numpy("INDEX")[0]) == expected[0][0]
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_the_final_flag_before_any_response_is_refused_with_tritons_message(server, protocol):
-    module, client = _client(server, protocol)
+    module, client = triton_client(protocol, server)
     with pytest.raises(InferenceServerException) as info:
         client.infer("sender", _sender_inputs(module, pre_final=True))
     assert "Non-decoupled model cannot send complete final before sending a response" in \
@@ -566,9 +537,9 @@ def test_a_decoupled_model_returning_responses_gets_an_error_with_the_final_flag
 # -- errors and parameters ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_triton_error_takes_message_and_code_by_keyword(server, protocol):
-    module, client = _client(server, protocol)
+    module, client = triton_client(protocol, server)
     expected = {1: ("bad input, by keyword", 400, "StatusCode.INVALID_ARGUMENT"),
                 2: ("the older keyword", 500, "StatusCode.INTERNAL"),
                 3: ("positional", 404, "StatusCode.NOT_FOUND")}
@@ -597,18 +568,18 @@ def _response_parameters(protocol, result) -> dict:
     return out
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("params", [{}, {"many_elements": False},
                                     {"bool": True, "str": "Hello World!", "int": 1024},
                                     {"a": "1", "b": "2", "c": 3, "d": False, "e": 5, "f": ""}])
 def test_response_parameters_reach_the_client(server, protocol, params):
-    module, client = _client(server, protocol)
+    module, client = triton_client(protocol, server)
     result = _params_infer(module, client, params)
     assert _response_parameters(protocol, result) == params
     assert result.as_numpy("OUTPUT")[0] == json.dumps(params).encode()
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("params,message", [
     ([], "Expect <dict>, got <class 'list'>"),
     ({"1": "int key"}, "Expect parameters keys to have type str, found type <class 'int'>"),
@@ -621,7 +592,7 @@ def test_response_parameters_reach_the_client(server, protocol, params):
 ])
 def test_response_parameters_of_the_wrong_type_are_refused_with_tritons_message(
         server, protocol, params, message):
-    module, client = _client(server, protocol)
+    module, client = triton_client(protocol, server)
     with pytest.raises(InferenceServerException) as info:
         _params_infer(module, client, params)
     assert message in info.value.message()

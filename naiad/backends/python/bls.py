@@ -209,14 +209,18 @@ class ResponseIterator(Iterator):
         try:
             response, final = self._queue.get(timeout=timeout if timeout > 0 else None)
         except queue.Empty:
-            self._done = True
-            self._request.cancelled = True
-            return _error_response(_RUN_ERROR.format(
-                name=self._request.model_name, message="Request timeout expired"),
-                pb_utils.TritonError.CANCELLED)
+            return self._timed_out()
         if final:
             self._done = True
         return _from_core(response)
+
+    def _timed_out(self) -> pb_utils.InferenceResponse:
+        """The request's timeout passed: cancel it; its last response says so."""
+        self._done = True
+        self._request.cancelled = True
+        return _error_response(_RUN_ERROR.format(
+            name=self._request.model_name, message="Request timeout expired"),
+            pb_utils.TritonError.CANCELLED)
 
     def cancel(self) -> None:
         """Ask the target to stop (it sees ``is_cancelled()``)."""
@@ -271,11 +275,7 @@ class AsyncResponseIterator(ResponseIterator):
                 else:
                     await waiter
             except asyncio.TimeoutError:
-                self._done = True
-                self._request.cancelled = True
-                return _error_response(_RUN_ERROR.format(
-                    name=self._request.model_name, message="Request timeout expired"),
-                    pb_utils.TritonError.CANCELLED)
+                return self._timed_out()
             finally:
                 self._waiter = None
         if final:
