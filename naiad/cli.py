@@ -69,7 +69,7 @@ _FLAGS: list[tuple[str, str, Any, Any, str]] = [
     ("--log-info", "log_info", _B, True, "Enable/disable info-level logging."),
     ("--log-warning", "log_warning", _B, True, "Enable/disable warning-level logging."),
     ("--log-error", "log_error", _B, True, "Enable/disable error-level logging."),
-    ("--log-format", "log_format", _S, "default", "Log format: default or ISO8601."),
+    ("--log-format", "log_format", _S, "default", "Log format: default, ISO8601 or json (one JSON object per line)."),
     ("--log-file", "log_file", _S, "", "Write the log to this file instead of stderr."),
     ("--exit-on-error", "exit_on_error", _B, True,
      "Exit if an error (such as a model failing to load) occurs during initialization."),
@@ -208,7 +208,7 @@ def options_from_args(argv: list[str]) -> ServerOptions:
     if ns.model_control_mode not in ("none", "poll", "explicit"):
         raise CliError(f"unexpected value for --model-control-mode: '{ns.model_control_mode}'"
                        " (expected none, poll or explicit)")
-    if ns.log_format not in ("default", "ISO8601"):
+    if ns.log_format not in ("default", "ISO8601", "json"):
         raise CliError(f"unexpected value for --log-format: '{ns.log_format}'")
     if ns.rate_limit not in ("off", "execution_count"):
         raise CliError(f"unexpected value for --rate-limit: '{ns.rate_limit}'")
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 async def run(options: ServerOptions) -> int:
     """Start the server, serve until SIGINT/SIGTERM, shut down gracefully."""
     from naiad.core.errors import NaiadError
-    from naiad.observability.logging import LogSettings, render_table
+    from naiad.observability.logging import MULTILINE, LogSettings, render_table
     from naiad.server import Server
 
     settings = LogSettings(options.log_file, options.log_info, options.log_warning,
@@ -403,9 +403,9 @@ async def run(options: ServerOptions) -> int:
         await server.stop(timeout=5)
         return _fail(_creating_server_error(exc))
     rows = server.manager.status_rows()
-    log.info("\n%s\n", render_table(["Model", "Version", "Status"], rows))
+    log.info("%s", render_table(["Model", "Version", "Status"], rows), extra=MULTILINE)
     # tritonserver prints the option table, then gives up if a model failed
-    log.info("\n%s\n", render_table(["Option", "Value"], server.option_rows()))
+    log.info("%s", render_table(["Option", "Value"], server.option_rows()), extra=MULTILINE)
     # Everything loaded so far lives as long as the server: move it out of the
     # garbage collector's sight, so full collections stay short while serving.
     gc.collect()

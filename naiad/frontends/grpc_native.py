@@ -45,10 +45,11 @@ from typing import Any
 
 import grpc
 
-from naiad.core.errors import NaiadError, Unavailable, as_naiad_error
+from naiad.core.errors import InvalidArgument, NaiadError, Unavailable, as_naiad_error
 from naiad.core.types import InferenceRequest, InferenceResponse, successful
 from naiad.frontends import restrictions
 from naiad.frontends.extensions import SHUTTING_DOWN
+from naiad.observability.logging import log_response_outputs
 from naiad.protocol import grpc_codec as codec
 from naiad.protocol import grpc_service_pb2 as pb
 from naiad.protocol import health_pb2
@@ -132,6 +133,21 @@ class _Context:
         raise _Abort()
 
 
+def parse_message(cls: Any, data: bytes) -> Any:
+    """The RPC's request message; bytes that do not parse as it are the client's mistake."""
+    try:
+        return cls.FromString(data)
+    except Exception as exc:
+        raise InvalidArgument(
+            f"Unable to parse request: not a valid {cls.DESCRIPTOR.full_name} message "
+            f"({exc or type(exc).__name__})") from None
+
+
+# Triton's verbose log names the handler of each call it takes
+_HANDLER_NAMES = {"ModelInfer": "ModelInferHandler", "ModelStreamInfer": "ModelStreamInferHandler"}
+_call_ids = iter(range(1 << 62))
+
+
 def _status_ops(code: grpc.StatusCode, details: str) -> tuple:
     return (_META(None, _NO_FLAGS),
             _STATUS(None, code.value[0], details.encode("utf-8", "replace"), _NO_FLAGS))
@@ -180,6 +196,8 @@ class _Infer:
             response = successful(response, self.request.model_name)
             if trace is not None:
                 trace.response(response)
+            if log.isEnabledFor(logging.DEBUG):
+                log_response_outputs(log, response)
             body = codec.encode_infer_response(response, self.request,
                                                self.shm).SerializeToString()
             ops: tuple = (_META(None, _NO_FLAGS), _SEND(body, _NO_FLAGS),
@@ -244,9 +262,9 @@ class _NativeStream:
                 self.session.end_of_requests()
             return
         try:
-            msg = pb.ModelInferRequest.FromString(data)
-        except Exception:
-            self.session.refuse(NaiadError("unable to parse the request message"), "")
+            msg = parse_message(pb.ModelInferRequest, data)
+        except NaiadError as exc:
+            self.session.refuse(exc, "")
         else:
             self.session.submit(msg)
         if not self.session.closed:
@@ -506,6 +524,7 @@ class NativeServer:
 
     def _arm(self, path: str) -> None:
         handler, receive_first = self.methods[path]
+        method = path.rpartition("/")[2]
 
         def on_call(event: Any) -> None:
             if self._shutting_down:
@@ -518,6 +537,9 @@ class NativeServer:
                 return
             call = event.call
             metadata = event.invocation_metadata
+            if log.isEnabledFor(logging.DEBUG):  # --log-verbose: as Triton's handlers
+                log.debug("Process for %s, rpc_ok=1, %d step START",
+                          _HANDLER_NAMES.get(method, method), next(_call_ids))
             if receive_first:
                 self.start(call, (_RECV(_NO_FLAGS),),
                            lambda ev: handler(call, metadata, ev))
@@ -561,7 +583,7 @@ class NativeServer:
                 raise Unavailable(SHUTTING_DOWN)
             tracer = server.tracer
             received = time.monotonic_ns() if tracer is not None and tracer.active else 0
-            msg = pb.ModelInferRequest.FromString(data)
+            msg = parse_message(pb.ModelInferRequest, data)
             shm = server.shared_memory
             request, _ = codec.decode_infer_request(msg, shm)
             if service.forward is not None:
@@ -604,7 +626,7 @@ class NativeServer:
                 if rule is not None and not _allowed(rule, metadata):
                     context.abort(grpc.StatusCode.UNAVAILABLE,
                                   restrictions.restricted_message("protocol", rule[0]))
-                response = handler(request_cls.FromString(data), context)
+                response = handler(parse_message(request_cls, data), context)
             except _Abort:
                 response = None
             except Exception as exc:

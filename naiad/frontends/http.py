@@ -31,6 +31,7 @@ from naiad.core.errors import (
 from naiad.frontends import extensions, restrictions
 from naiad.frontends.asgi_server import AsgiServer, answer_lifespan
 from naiad.frontends.status import http_status
+from naiad.observability.logging import log_response_outputs
 from naiad.protocol import http_codec
 
 log = logging.getLogger("naiad.http")
@@ -41,6 +42,11 @@ TEXT = (b"Content-Type", b"text/plain")
 
 # The answer to new inference once a graceful shutdown has begun (503)
 SHUTTING_DOWN = extensions.SHUTTING_DOWN
+
+
+# how Triton's verbose log numbers HTTP methods (libevhtp's htp_method)
+_METHOD_CODES = {"GET": 0, "HEAD": 1, "POST": 2, "PUT": 3, "DELETE": 4, "OPTIONS": 8,
+                 "TRACE": 13, "CONNECT": 14, "PATCH": 15}
 
 
 class HttpError(Exception):
@@ -137,6 +143,8 @@ class HttpApp:
             return
         path = scope["path"]
         method = scope["method"]
+        if log.isEnabledFor(logging.DEBUG):  # --log-verbose: one line per request, as Triton
+            log.debug("HTTP request: %d %s", _METHOD_CODES.get(method, 16), path)
         parts = path.split("/")
         try:
             if self.restricted:
@@ -316,6 +324,8 @@ class HttpApp:
                 tracer.finish(trace, request)
                 raise
             trace.response(response)
+        if log.isEnabledFor(logging.DEBUG):
+            log_response_outputs(log, response)
         parts, json_len = http_codec.encode_infer_response(
             response, request, binary_default, shm)
         out_headers = [OCTET if json_len is not None else JSON]

@@ -325,7 +325,7 @@ class ModelRepositoryManager:
             else:
                 log.exception("failed to load '%s'", name)
                 reason = f"failed to load model '{name}': {as_naiad_error(exc).message}"
-            log.error("failed to load '%s': %s", name, reason)
+            log.error("failed to load '%s': %s", name, reason, extra={"model": name})
             entry.reason = reason
             if not entry.ready:
                 # keep records of unloaded versions; nothing serves
@@ -351,7 +351,7 @@ class ModelRepositoryManager:
             if override_dir:
                 shutil.rmtree(override_dir, ignore_errors=True)
             entry.reason = missing
-            log.error("failed to load '%s': %s", name, missing)
+            log.error("failed to load '%s': %s", name, missing, extra={"model": name})
             if not entry.ready:
                 entry.publish({v: VersionState(v, UNAVAILABLE, missing) for v in prep.versions})
             self._notify(name)
@@ -372,6 +372,8 @@ class ModelRepositoryManager:
                     keep[v] = s
         to_load = [v for v in versions if v not in keep]
 
+        for v in to_load:
+            log.info("loading: %s:%d", name, v, extra={"model": name})
         # show the new versions as LOADING beside the ones serving
         if to_load:
             staged = dict(old)
@@ -394,7 +396,8 @@ class ModelRepositoryManager:
                 continue
             err = as_naiad_error(res) if isinstance(res, BaseException) else NaiadError(str(res))
             reason = err.message
-            log.error("failed to load '%s' version %d: %s", name, v, reason)
+            log.error("failed to load '%s' version %d: %s", name, v, reason,
+                      extra={"model": name})
             errors.append(f"version {v} is at UNAVAILABLE state: {reason};\n")
             prev = old.get(v)
             if prev is not None and prev.state == READY:
@@ -415,6 +418,10 @@ class ModelRepositoryManager:
                     retiring[v] = VersionState(v, UNLOADING, model=s.model)
             elif s.state == UNAVAILABLE and s.reason == UNLOADED:
                 new[v] = s  # Triton keeps the record of an unloaded version
+        if errors:
+            log.info("failed to load '%s'", name, extra={"model": name})
+        elif to_load:
+            log.info("successfully loaded '%s'", name, extra={"model": name})
         entry.reason = "" if not errors else "".join(errors)
         if not errors or entry.config is None:
             entry.config = config
@@ -694,7 +701,11 @@ class ModelRepositoryManager:
         try:
             await model.stop()
         except Exception:
-            log.exception("unloading '%s' version %d failed", model.name, model.version)
+            log.exception("unloading '%s' version %d failed", model.name, model.version,
+                          extra={"model": model.name})
+            return
+        log.info("successfully unloaded '%s' version %d", model.name, model.version,
+                 extra={"model": model.name})
 
     # -- unloading ---------------------------------------------------------------------------
 
