@@ -558,6 +558,9 @@ class _ThreadedStream(StreamSession):
                 for msg in self.requests:
                     if self.closed:
                         break
+                    if isinstance(msg, codec.Unparsable):
+                        self.refuse(msg.error, "")
+                        continue
                     self.submit(msg)
             except Exception as exc:  # the client cancelled or the connection broke
                 if not isinstance(exc, grpc.RpcError):
@@ -639,21 +642,31 @@ class GrpcFrontend:
         def guard(method: str, fn: Callable) -> Callable:
             rule = restricted.get(method)
             if rule is None:
-                return fn
+                return parsed(fn)
             key, value = rule
             detail = restrictions.restricted_message("protocol", key)
 
             def checked(msg, context):
                 for k, v in context.invocation_metadata():
                     if k == key and v == value:
-                        return fn(msg, context)
+                        return parsed(fn)(msg, context)
                 context.abort(grpc.StatusCode.UNAVAILABLE, detail)
 
             return checked
 
+        def parsed(fn: Callable) -> Callable:
+            """A request that did not parse is refused (INVALID_ARGUMENT) before ``fn``."""
+
+            def call(msg, context):
+                if isinstance(msg, codec.Unparsable):
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, msg.error.message)
+                return fn(msg, context)
+
+            return call
+
         def rpc(method: str, req: Any, resp: Any) -> Any:
             return unary(guard(method, getattr(service, method)),
-                         request_deserializer=req.FromString,
+                         request_deserializer=codec.lenient_parser(req),
                          response_serializer=resp.SerializeToString)
 
         names = [
@@ -688,15 +701,16 @@ class GrpcFrontend:
         inference = {name: rpc(name, req, resp) for name, req, resp in names}
         inference["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
             guard("ModelStreamInfer", service.ModelStreamInfer),
-            request_deserializer=pb.ModelInferRequest.FromString,
+            request_deserializer=codec.lenient_parser(pb.ModelInferRequest),
             response_serializer=pb.ModelStreamInferResponse.SerializeToString)
         health = {
             "Check": unary(guard("Check", service.Check),
-                           request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                           request_deserializer=codec.lenient_parser(
+                               health_pb2.HealthCheckRequest),
                            response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
             "Watch": grpc.unary_stream_rpc_method_handler(
                 guard("Watch", service.Watch),
-                request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                request_deserializer=codec.lenient_parser(health_pb2.HealthCheckRequest),
                 response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
         }
         return inference, health

@@ -45,7 +45,7 @@ from typing import Any
 
 import grpc
 
-from naiad.core.errors import InvalidArgument, NaiadError, Unavailable, as_naiad_error
+from naiad.core.errors import NaiadError, Unavailable, as_naiad_error
 from naiad.core.types import InferenceRequest, InferenceResponse, successful
 from naiad.frontends import restrictions
 from naiad.frontends.extensions import SHUTTING_DOWN
@@ -131,16 +131,6 @@ class _Context:
         self.code = code
         self.details = details
         raise _Abort()
-
-
-def parse_message(cls: Any, data: bytes) -> Any:
-    """The RPC's request message; bytes that do not parse as it are the client's mistake."""
-    try:
-        return cls.FromString(data)
-    except Exception as exc:
-        raise InvalidArgument(
-            f"Unable to parse request: not a valid {cls.DESCRIPTOR.full_name} message "
-            f"({exc or type(exc).__name__})") from None
 
 
 # Triton's verbose log names the handler of each call it takes
@@ -262,7 +252,7 @@ class _NativeStream:
                 self.session.end_of_requests()
             return
         try:
-            msg = parse_message(pb.ModelInferRequest, data)
+            msg = codec.parse_message(pb.ModelInferRequest, data)
         except NaiadError as exc:
             self.session.refuse(exc, "")
         else:
@@ -583,7 +573,7 @@ class NativeServer:
                 raise Unavailable(SHUTTING_DOWN)
             tracer = server.tracer
             received = time.monotonic_ns() if tracer is not None and tracer.active else 0
-            msg = parse_message(pb.ModelInferRequest, data)
+            msg = codec.parse_message(pb.ModelInferRequest, data)
             shm = server.shared_memory
             request, _ = codec.decode_infer_request(msg, shm)
             if service.forward is not None:
@@ -626,7 +616,7 @@ class NativeServer:
                 if rule is not None and not _allowed(rule, metadata):
                     context.abort(grpc.StatusCode.UNAVAILABLE,
                                   restrictions.restricted_message("protocol", rule[0]))
-                response = handler(parse_message(request_cls, data), context)
+                response = handler(codec.parse_message(request_cls, data), context)
             except _Abort:
                 response = None
             except Exception as exc:

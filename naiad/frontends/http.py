@@ -159,6 +159,8 @@ class HttpApp:
             await self._send_json(send, http_status(exc.kind), {"error": exc.message})
         except ClientGone:
             return
+        except RecursionError:  # a client's structure deeper than the code handling it
+            await self._send_json(send, 400, {"error": "the request is nested too deeply"})
         except Exception as exc:  # never a traceback on the wire
             log.exception("unhandled error serving %s %s", method, path)
             err = as_naiad_error(exc)
@@ -405,7 +407,9 @@ class HttpApp:
             # zlib-wrapped per RFC; raw deflate is tried if the header is missing
             wbits = 15 if len(data) >= 2 and (data[0] * 256 + data[1]) % 31 == 0 else -15
         else:
-            raise HttpError(501, f"unsupported Content-Encoding '{encoding.decode('latin-1')}'")
+            # 415, the status for this (Triton answers 501, a server error)
+            raise HttpError(415, f"unsupported Content-Encoding '{encoding.decode('latin-1')}'"
+                            " (supported: gzip, deflate, identity)")
         d = zlib.decompressobj(wbits)
         try:
             out = d.decompress(data, limit + 1)

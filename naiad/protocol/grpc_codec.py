@@ -381,3 +381,36 @@ def fill_trace_settings(target: Any, settings: dict[str, Any]) -> None:
     for key, value in settings.items():
         values = value if isinstance(value, (list, tuple)) else [value]
         target[key].value.extend(str(v) for v in values)
+
+
+def parse_message(cls: Any, data: bytes) -> Any:
+    """An RPC's request message from its bytes; bytes that do not parse as it are the
+    client's mistake (INVALID_ARGUMENT), never a server error."""
+    try:
+        return cls.FromString(data)
+    except Exception as exc:
+        raise InvalidArgument(
+            f"Unable to parse request: not a valid {cls.DESCRIPTOR.full_name} message "
+            f"({exc or type(exc).__name__})") from None
+
+
+class Unparsable:
+    """What a lenient deserializer hands the handler for bytes that did not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: NaiadError):
+        self.error = error
+
+
+def lenient_parser(cls: Any) -> Any:
+    """A grpcio request deserializer that never raises (grpcio would answer INTERNAL):
+    bytes that do not parse become an ``Unparsable`` for the handler to refuse."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return parse_message(cls, data)
+        except NaiadError as exc:
+            return Unparsable(exc)
+
+    return parse
