@@ -43,10 +43,13 @@ log = logging.getLogger("naiad.server")
 
 # The protocol extensions this server implements; the metadata endpoint lists
 # exactly these, so each subsystem adds its name when it is wired in.
+# (Triton 2.51's names and order; the shared-memory and trace extensions add themselves)
 BASE_EXTENSIONS = [
     "classification",
+    "sequence",
     "model_repository",
     "model_repository(unload_dependents)",
+    "schedule_policy",
     "model_configuration",
     "binary_tensor_data",
     "parameters",

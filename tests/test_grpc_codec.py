@@ -233,8 +233,13 @@ def test_repository_and_settings_helpers():
     trace = pb.TraceSettingRequest()
     trace.settings["trace_level"].value.extend(["TIMESTAMPS", "TENSORS"])
     trace.settings["trace_rate"].SetInParent()
+    trace.settings["trace_count"].value.append("3")
+    # the HTTP JSON shapes: a list for trace_level, one string (None: reset) for the others
     assert codec.trace_settings_dict(trace.settings) == {
-        "trace_level": ["TIMESTAMPS", "TENSORS"], "trace_rate": []}
+        "trace_level": ["TIMESTAMPS", "TENSORS"], "trace_rate": None, "trace_count": "3"}
+    trace.settings["trace_count"].value.append("4")
+    with pytest.raises(NaiadError, match="expect only 1 value for 'trace_count'"):
+        codec.trace_settings_dict(trace.settings)
 
 
 def test_restricted_protocol_parsing():

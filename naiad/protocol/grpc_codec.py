@@ -372,9 +372,19 @@ def fill_log_settings(target: Any, settings: dict[str, Any]) -> None:
             v.string_param = str(value)
 
 
-def trace_settings_dict(settings: Any) -> dict[str, list[str]]:
-    """TraceSettingRequest settings: each a list of strings (empty: reset)."""
-    return {key: list(value.value) for key, value in settings.items()}
+def trace_settings_dict(settings: Any) -> dict[str, Any]:
+    """TraceSettingRequest settings in the HTTP JSON shapes: ``trace_level`` a list of
+    strings, the others one string; no value resets the setting (None)."""
+    out: dict[str, Any] = {}
+    for key, setting in settings.items():
+        values = list(setting.value)
+        if key == "trace_level":
+            out[key] = values or None
+        elif len(values) > 1:
+            raise InvalidArgument(f"expect only 1 value for '{key}'")  # Triton's text
+        else:
+            out[key] = values[0] if values else None
+    return out
 
 
 def fill_trace_settings(target: Any, settings: dict[str, Any]) -> None:
