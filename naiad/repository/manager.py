@@ -46,6 +46,7 @@ from naiad.protocol import model_config_pb2 as mc
 from naiad.repository import config as cfg
 from naiad.repository import storage
 from naiad.repository.dependencies import dependencies_of
+from naiad.repository.memory import LoadMeter
 from naiad.scheduling import create_scheduler
 
 if TYPE_CHECKING:
@@ -384,7 +385,7 @@ class ModelRepositoryManager:
             self._notify(name)
 
         results = await asyncio.gather(
-            *[loop.run_in_executor(self._pool, self._load_version, entry, config, v)
+            *[loop.run_in_executor(self._pool, self._load_version_measured, entry, config, v)
               for v in to_load],
             return_exceptions=True,
         )
@@ -553,6 +554,14 @@ class ModelRepositoryManager:
         merged = dict(self.options.backend_config.get("", {}))
         merged.update(self.options.backend_config.get(backend, {}))
         return merged
+
+    def _load_version_measured(self, entry: ModelEntry, config: mc.ModelConfig,
+                               version: int) -> Model:
+        """``_load_version``, with what the load cost in memory in the version's statistics."""
+        with LoadMeter() as meter:
+            model = self._load_version(entry, config, version)
+        model.stats.memory_usage = meter.usage()
+        return model
 
     def _load_version(self, entry: ModelEntry, config: mc.ModelConfig, version: int) -> Model:
         """Build one version: backend model, instances, scheduler (runs on the load pool)."""
