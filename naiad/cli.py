@@ -186,6 +186,15 @@ _LISTS: list[tuple[str, str, Callable, str]] = [
 ]
 
 
+def _shown_default(value: Any) -> str:
+    """A default as --help shows it: booleans as tritonserver spells them, '' as none."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "":
+        return "none"
+    return str(value).replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="naiad", description="naiad: a Triton-compatible inference server",
                 add_help=True)
@@ -196,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable-auto-complete-config", dest="disable_auto_complete_config",
                    action="store_true", help="Disable config auto-completion.")
     for flag, dest, typ, default, help_ in _FLAGS:
-        p.add_argument(flag, dest=dest, type=typ, default=default, help=help_, metavar="VALUE")
+        if "(default:" not in help_:
+            help_ = f"{help_} (default: {_shown_default(default)})"
+        p.add_argument(flag, dest=dest, type=typ, default=default, metavar="VALUE", help=help_)
     for flag, dest, typ, help_ in _LISTS:
         p.add_argument(flag, dest=dest, type=typ, action="append", default=[], help=help_,
                        metavar="VALUE")

@@ -1,7 +1,9 @@
 """The HTTP/REST frontend: KServe v2 with Triton's extensions, as a raw ASGI app.
 
-Served by uvicorn (httptools, uvloop). Routing is a split of the path and a
-few comparisons: no framework sits on the per-request path, because at high
+Served by naiad's own HTTP/1.1 server (``asgi_server.py``: httptools, uvloop),
+or by uvicorn with ``NAIAD_HTTP_SERVER=uvicorn`` (the ``uvicorn`` extra).
+Routing is a split of the path and a few comparisons: no framework sits on
+the per-request path, because at high
 request rates the ASGI layer alone costs half the budget (DESIGN.md). This
 module only translates between HTTP and the core (``naiad.server.Server``);
 it holds no model logic.
@@ -28,6 +30,7 @@ from naiad.core.errors import (
     Unsupported,
     as_naiad_error,
 )
+from naiad.core.extras import install_hint
 from naiad.frontends import extensions, restrictions
 from naiad.frontends.asgi_server import AsgiServer, answer_lifespan
 from naiad.frontends.status import http_status
@@ -597,7 +600,7 @@ def bind_socket(address: str, port: int, reuse_port: bool = False) -> socket.soc
 
 
 class HttpFrontend:
-    """Runs the ASGI app under uvicorn on a socket we bind ourselves."""
+    """Serves the ASGI app (naiad's own server, or uvicorn) on a socket we bind ourselves."""
 
     name = "HTTPService"
 
@@ -625,7 +628,11 @@ class HttpFrontend:
         await self._own.start(self._sock)
 
     async def _start_uvicorn(self) -> None:
-        import uvicorn
+        try:
+            import uvicorn
+        except ImportError:
+            raise InvalidArgument(
+                f"NAIAD_HTTP_SERVER=uvicorn needs uvicorn: {install_hint('uvicorn')}") from None
 
         config = uvicorn.Config(
             self.app,

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from naiad.core.errors import InvalidArgument, Unsupported
+from naiad.core.extras import install_hint
 
 if TYPE_CHECKING:
     from naiad.core.types import InferenceRequest, InferenceResponse, Tensor
@@ -359,7 +360,7 @@ class _OtelExporter:
         except ImportError:
             raise InvalidArgument(
                 "--trace-config mode=opentelemetry needs the OpenTelemetry SDK and OTLP "
-                "exporter: pip install 'naiad[tracing]'") from None
+                f"exporter: {install_hint('tracing')}") from None
         attrs: dict[str, str] = {"service.name": "triton-inference-server"}
         resource = options.get("resource", "")
         if resource:

@@ -29,6 +29,7 @@ import threading
 from typing import Any
 
 from naiad.core.errors import InvalidArgument, NaiadError
+from naiad.core.extras import install_hint
 
 log = logging.getLogger("naiad.repository")
 
@@ -215,7 +216,7 @@ def _open_filesystem(url: str) -> tuple[Any, str]:
     except ImportError:
         raise InvalidArgument(
             f"model repository '{url}' needs the '{module}' package: "
-            f"pip install 'naiad[{extra}]'") from None
+            f"{install_hint(extra)}") from None
     creds = _credentials(scheme, url)
     # listings are never cached: polling must see new files
     common: dict[str, Any] = {"use_listings_cache": False, "skip_instance_cache": True}
