@@ -457,9 +457,9 @@ class Server:
                     value = bytes(value).decode("utf-8", "replace")
                 if not isinstance(value, str):
                     raise InvalidArgument("the 'config' parameter must be a JSON string")
-                from naiad.repository.config import parse_config_json
+                from naiad.repository.overrides import parse_config_override
 
-                config = parse_config_json(value)
+                config = parse_config_override(name, value)
             elif key.startswith("file:"):
                 files[key[len("file:"):]] = _file_parameter(key, value)
             else:

@@ -44,7 +44,7 @@ from naiad.core.instance import ModelInstance
 from naiad.core.model import Model
 from naiad.protocol import model_config_pb2 as mc
 from naiad.repository import config as cfg
-from naiad.repository import storage
+from naiad.repository import overrides, storage
 from naiad.repository.dependencies import dependencies_of
 from naiad.repository.memory import LoadMeter
 from naiad.scheduling import create_scheduler
@@ -103,6 +103,8 @@ class ModelEntry:
         self.dependencies: set[str] = set()
         # the repository it was found in (None: files sent with a load request)
         self.source: storage.RepositorySource | None = None
+        # (config override, fingerprint of the files then) a plain load keeps (Triton does)
+        self.kept_override: tuple[mc.ModelConfig, Any] | None = None
         # a folder written from a load request's files, removed when no longer served
         self.override_dir = ""
         # the repository's files as the last load attempt saw them (poll mode compares)
@@ -275,8 +277,11 @@ class ModelRepositoryManager:
             if config_override is None:
                 raise InvalidArgument(
                     "Load parameter 'config' must be specified for model file override")
-            override_dir = await asyncio.get_running_loop().run_in_executor(
-                None, storage.write_override_files, name, files)
+            try:
+                override_dir = await asyncio.get_running_loop().run_in_executor(
+                    None, storage.write_override_files, name, files)
+            except (NaiadError, OSError) as exc:
+                raise overrides.file_error(name, exc) from None
         else:
             found = _found if _found is not None else await self._discover()
             if name in self.duplicates:
@@ -294,12 +299,32 @@ class ModelRepositoryManager:
             if source is None:
                 raise InvalidArgument(
                     f"failed to load '{name}', failed to poll from model repository")
+            if config_override is None:
+                config_override = await self._kept_override(name, source)
         entry = self._entry(name)
         async with entry.lock:
             error = await self._load_locked(entry, source, override_dir, config_override,
                                             _stack + (name,))
+            if not error:
+                # a config-only override is what a plain load keeps while nothing changes
+                entry.kept_override = (config_override, entry.polled) if (
+                    config_override is not None and not files) else None
         if error:
             raise InvalidArgument(error)
+
+    async def _kept_override(self, name: str,
+                             source: storage.RepositorySource) -> mc.ModelConfig | None:
+        """The config override a plain load of ``name`` keeps, as Triton does: the one the
+        serving versions were loaded with, while the model's files have not changed."""
+        entry = self.models.get(name)
+        if entry is None or entry.kept_override is None or not entry.ready:
+            return None
+        config, polled = entry.kept_override
+        current = await asyncio.get_running_loop().run_in_executor(
+            None, source.fingerprint, name)
+        if entry.source is not source or current != polled:
+            return None  # the repository changed: its files (and config) win
+        return config
 
     def _entry(self, name: str, repo: str = "", model_dir: str = "") -> ModelEntry:
         entry = self.models.get(name)
@@ -798,6 +823,7 @@ class ModelRepositoryManager:
                   if s.model is not None and s.state == READY else s
                   for v, s in entry.versions.items()}
         entry.wanted = False
+        entry.kept_override = None  # after an unload, a plain load reads the repository
         entry.versions = staged
         entry.ready = {}
         entry.default = None

@@ -480,7 +480,7 @@ def write_override_files(name: str, files: dict[str, bytes]) -> str:
 
     folder = tempfile.mkdtemp(prefix=f"naiad-model-{_safe_name(name)}-")
     try:
-        targets: list[tuple[str, bytes]] = []
+        targets: list[tuple[str, bytes, str]] = []
         for rel, data in files.items():
             key = f"file:{rel}"
             norm = os.path.normpath(os.path.join(folder, rel))
@@ -489,11 +489,16 @@ def write_override_files(name: str, files: dict[str, bytes]) -> str:
                 raise InvalidArgument(
                     f"Invalid file parameter '{key}' with normalized path '{norm}' must stay "
                     "within model directory.")
-            targets.append((norm, data))
-        for path, data in targets:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(data)
+            targets.append((norm, data, key))
+        for path, data, key in targets:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(data)
+            except OSError as exc:  # too long, a file where a folder must be, ...
+                shown = key if len(key) <= 100 else key[:100] + "..."
+                raise InvalidArgument(
+                    f"Invalid file parameter '{shown}': {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
