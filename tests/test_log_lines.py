@@ -180,3 +180,16 @@ def test_onnxruntime_log_follows_log_verbose(repo):
         chatty = proc.output()
     # at --log-verbose=1 onnxruntime's warnings come through (its own format)
     assert "never_used" in chatty, chatty
+
+
+def test_poll_mode_changes_are_logged(repo, tmp_path):
+    copy_example(repo, "add_sub")
+    with NaiadProcess(repo, "--model-control-mode=poll", "--repository-poll-secs=0.2") as proc:
+        staged = copy_example(tmp_path, "string_upper")
+        staged.rename(repo / "string_upper")  # appears at once, whole
+        out = _wait_for(proc, "successfully loaded 'string_upper'")
+        assert _line("I", "loading: string_upper:1").search(out), out
+        assert _line("I", "successfully loaded 'string_upper'").search(out), out
+        (repo / "string_upper").rename(tmp_path / "gone")
+        out = _wait_for(proc, "successfully unloaded 'string_upper'")
+        assert _line("I", "successfully unloaded 'string_upper' version 1").search(out), out
