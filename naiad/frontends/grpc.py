@@ -48,6 +48,7 @@ from naiad.core.types import InferenceRequest, InferenceResponse, successful
 from naiad.frontends import extensions, restrictions
 from naiad.frontends.grpc_pool import ElasticPool
 from naiad.frontends.status import grpc_status
+from naiad.observability.logging import log_grpc_call
 from naiad.protocol import grpc_codec as codec
 from naiad.protocol import grpc_service_pb2 as pb
 from naiad.protocol import health_pb2
@@ -656,8 +657,11 @@ class GrpcFrontend:
 
         def parsed(fn: Callable) -> Callable:
             """A request that did not parse is refused (INVALID_ARGUMENT) before ``fn``."""
+            name = fn.__name__
 
             def call(msg, context):
+                if log.isEnabledFor(logging.DEBUG):  # --log-verbose, as Triton's handlers
+                    log_grpc_call(log, name)
                 if isinstance(msg, codec.Unparsable):
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, msg.error.message)
                 return fn(msg, context)

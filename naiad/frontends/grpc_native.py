@@ -49,7 +49,7 @@ from naiad.core.errors import NaiadError, Unavailable, as_naiad_error
 from naiad.core.types import InferenceRequest, InferenceResponse, successful
 from naiad.frontends import restrictions
 from naiad.frontends.extensions import SHUTTING_DOWN
-from naiad.observability.logging import log_response_outputs
+from naiad.observability.logging import log_grpc_call, log_response_outputs
 from naiad.protocol import grpc_codec as codec
 from naiad.protocol import grpc_service_pb2 as pb
 from naiad.protocol import health_pb2
@@ -131,11 +131,6 @@ class _Context:
         self.code = code
         self.details = details
         raise _Abort()
-
-
-# Triton's verbose log names the handler of each call it takes
-_HANDLER_NAMES = {"ModelInfer": "ModelInferHandler", "ModelStreamInfer": "ModelStreamInferHandler"}
-_call_ids = iter(range(1 << 62))
 
 
 def _status_ops(code: grpc.StatusCode, details: str) -> tuple:
@@ -528,8 +523,7 @@ class NativeServer:
             call = event.call
             metadata = event.invocation_metadata
             if log.isEnabledFor(logging.DEBUG):  # --log-verbose: as Triton's handlers
-                log.debug("Process for %s, rpc_ok=1, %d step START",
-                          _HANDLER_NAMES.get(method, method), next(_call_ids))
+                log_grpc_call(log, method)
             if receive_first:
                 self.start(call, (_RECV(_NO_FLAGS),),
                            lambda ev: handler(call, metadata, ev))

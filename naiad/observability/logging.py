@@ -57,6 +57,17 @@ def verbose_logger_level(verbose: int) -> int:
     return max(1, logging.DEBUG - (verbose - 1))
 
 
+# Triton's verbose log names the handler of each gRPC call it takes, and numbers them
+_GRPC_HANDLERS = {"ModelInfer": "ModelInferHandler", "ModelStreamInfer": "ModelStreamInferHandler"}
+_grpc_call_ids = iter(range(1 << 62))
+
+
+def log_grpc_call(logger: logging.Logger, method: str) -> None:
+    """Triton's verbose line for a gRPC call received (``Process for ModelInferHandler, ...``)."""
+    logger.debug("Process for %s, rpc_ok=1, %d step START", _GRPC_HANDLERS.get(method, method),
+                 next(_grpc_call_ids), stacklevel=2)
+
+
 def log_response_outputs(logger: logging.Logger, response) -> None:
     """Triton's verbose line per output of a response sent (``add response output: ...``)."""
     extra = {"model": getattr(response, "model_name", "") or None}
