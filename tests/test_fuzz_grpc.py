@@ -33,7 +33,7 @@ from tests.conftest import EXAMPLES, NaiadProcess
 from tests.fuzzing import ODD_SCALARS, mutate_bytes
 
 SEED = int(os.environ.get("NAIAD_FUZZ_SEED", "1313"))
-ROUNDS = int(os.environ.get("NAIAD_FUZZ_ROUNDS", "800"))
+ROUNDS = int(os.environ.get("NAIAD_FUZZ_ROUNDS", "2000"))
 DEADLINE_S = 20.0
 SERVICE = "/inference.GRPCInferenceService/"
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
@@ -252,7 +252,7 @@ def test_mutated_streams(channel, shm_key):
     infers = [m for rpc, m in seeds(shm_key) if rpc == "ModelInfer"]
     stream = channel.stream_stream(SERVICE + "ModelStreamInfer", request_serializer=None,
                                    response_deserializer=pb.ModelStreamInferResponse.FromString)
-    for i in range(max(4, ROUNDS // 40)):
+    for i in range(max(4, ROUNDS // 20)):
         sent = [mutated(rng, rng.choice(infers)) if rng.random() < 0.8
                 else rng.choice(infers).SerializeToString() for _ in range(rng.randint(1, 8))]
         try:
