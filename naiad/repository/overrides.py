@@ -16,7 +16,7 @@ import logging
 
 from naiad.core.errors import InvalidArgument, NaiadError
 from naiad.protocol import model_config_pb2 as mc
-from naiad.repository.config import parse_config_json
+from naiad.protocol.config_json import parse_config_json
 
 log = logging.getLogger("naiad.repository")
 
