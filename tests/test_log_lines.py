@@ -14,11 +14,13 @@ The lines checked are those the reference Triton 2.51 prints (see the issue-13 n
 from __future__ import annotations
 
 import json
+import queue
 import re
 import time
 
 import numpy as np
 import onnx
+import pytest
 import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -114,6 +116,42 @@ def test_verbose_request_and_response_lines(repo):
         out = proc.output()
         assert re.search(r'\] "Process for ModelInferHandler, rpc_ok=1, \d+ step START"$',
                          out, re.M), out
+
+
+@pytest.mark.parametrize("transport", ["native", "grpcio"])
+def test_verbose_response_lines_on_grpc(repo, transport):
+    """ModelInfer and ModelStreamInfer log a line per output sent, on both gRPC transports."""
+    copy_example(repo, "add_sub")
+    with NaiadProcess(repo, "--log-verbose=1", env={"NAIAD_GRPC_SERVER": transport}) as proc:
+        client = grpcclient.InferenceServerClient(proc.grpc_url)
+        client.infer("add_sub", _add_sub_inputs(grpcclient))
+        _wait_count(proc, 2)
+        received = queue.Queue()
+        client.start_stream(callback=lambda result, error: received.put((result, error)))
+        try:
+            for _ in range(3):
+                client.async_stream_infer("add_sub", _add_sub_inputs(grpcclient))
+            for _ in range(3):
+                result, error = received.get(timeout=30)
+                assert error is None, error
+                assert result.as_numpy("OUTPUT0").tolist() == [0.0, 2.0, 4.0, 6.0]
+        finally:
+            client.stop_stream()
+        out = _wait_count(proc, 8)  # 2 outputs per response: 1 unary + 3 streamed
+    for name in ("OUTPUT0", "OUTPUT1"):
+        line = _line("I", f"add response output: output: {name}, type: FP32, shape: [4]")
+        assert len(line.findall(out)) == 4, out
+
+
+def _wait_count(proc: NaiadProcess, count: int, timeout: float = 15.0) -> str:
+    """The log once it holds ``count`` response-output lines (fails after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = proc.output()
+        if out.count("add response output") >= count:
+            return out
+        assert time.monotonic() < deadline, out
+        time.sleep(0.05)
 
 
 def test_json_log_format(repo):
