@@ -311,6 +311,10 @@ class NativeServer:
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._shutting_down = False
+        # held while the C server is called from outside the pollers (shutdown, cancel):
+        # the poller that gets the shutdown event destroys it only then (grpcio's rule)
+        self._server_lock = threading.Lock()
+        self._destroyed = False
         self._pollers: dict[int, bool] = {}  # poller thread id -> waiting in poll()
         self._pollers_lock = threading.Lock()
         self._events = 0  # events handled so far (the watchdog's sign of progress)
@@ -383,23 +387,30 @@ class NativeServer:
         if self._shutting_down:
             return self._stopped
         self._shutting_down = True
-        self.server.shutdown(self.cq, self._on_shutdown)
+        with self._server_lock:
+            # the shutdown event can reach a poller before this call returns
+            self.server.shutdown(self.cq, self._on_shutdown)
 
         def cancel_after_grace() -> None:
             if not self._stopped.wait(grace):
-                try:
-                    self.server.cancel_all_calls()
-                except Exception:  # already down
-                    pass
+                with self._server_lock:
+                    if self._destroyed:
+                        return
+                    try:
+                        self.server.cancel_all_calls()
+                    except Exception:  # already down
+                        pass
 
         threading.Thread(target=cancel_after_grace, name="naiad-grpc-stop", daemon=True).start()
         return self._stopped
 
     def _on_shutdown(self, event: Any) -> None:
         """Every call is over: release the server, then drain and end the queue."""
-        destroy = getattr(self.server, "destroy", None)
-        if destroy is not None:
-            destroy()
+        with self._server_lock:  # not while stop() is still inside server.shutdown()
+            self._destroyed = True
+            destroy = getattr(self.server, "destroy", None)
+            if destroy is not None:
+                destroy()
         self.cq.shutdown()
 
     def _add_poller(self) -> threading.Thread:
