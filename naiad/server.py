@@ -163,6 +163,10 @@ class Server:
 
             specs.append(("http", HttpFrontend(self, opts.http_address, opts.http_port,
                                                opts.reuse_http_port, opts.http_max_input_size)))
+        if opts.allow_openai:
+            from naiad.frontends.openai import openai_frontend
+
+            specs.append(("openai", openai_frontend(self)))
         if opts.allow_metrics:
             try:
                 from naiad.frontends.metrics import MetricsFrontend

@@ -31,6 +31,7 @@ from naiad.core.errors import (
 from naiad.frontends import extensions, restrictions
 from naiad.frontends.asgi_server import AsgiServer, answer_lifespan
 from naiad.frontends.status import http_status
+from naiad.frontends.streaming import until_disconnect
 from naiad.protocol import http_codec
 
 log = logging.getLogger("naiad.http")
@@ -219,7 +220,10 @@ class HttpApp:
             if handler is None:
                 raise Unsupported("the generate extension is not available")
             body = await self._read_body(scope, receive)
-            await handler(name, version, body, action == "generate_stream", send)
+            if action == "generate":
+                await handler(name, version, body, False, send)
+            else:  # a client that goes away mid-stream cancels the model's request
+                await until_disconnect(handler(name, version, body, True, send), receive)
         elif action == "trace" and rest[1:] == ["setting"]:
             await self._trace_setting(name, method, scope, receive, send)
         else:
