@@ -38,9 +38,8 @@ def check_options(opts: Any) -> None:
 
 def openai_frontend(server: Any) -> Any:
     """The frontend ``Server.start_frontends`` starts when ``allow_openai`` is set."""
-    from naiad.frontends.openai.app import OpenAIFrontend
-
     from naiad.core.errors import InvalidArgument
+    from naiad.frontends.openai.app import OpenAIFrontend
 
     opts = server.options
     try:

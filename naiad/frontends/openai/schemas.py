@@ -188,6 +188,10 @@ def _validation_error(exc: ValidationError) -> OpenAIError:
 
 
 def _is_union_tag(part: Any) -> bool:
-    # pydantic names union members in locations ("str", "list[str]", "function-after[...]")
-    return isinstance(part, str) and ("[" in part or part in (
-        "str", "int", "float", "bool", "list", "dict", "none", "literal['none','auto','required']"))
+    """Pydantic names union members in error locations ('str', 'list[str]',
+    'constrained-str', 'NamedToolChoice', "literal['none',...]"): request fields
+    are snake_case identifiers, list positions are integers."""
+    if not isinstance(part, str):
+        return False
+    return not (part.isidentifier() and part.islower()) or part in (
+        "str", "int", "float", "bool", "list", "dict", "none")
