@@ -535,3 +535,75 @@ def test_generation_metrics(client, oa_server):
     assert "naiad_openai_time_to_first_token_seconds" in \
         requests.get(oa_server.openai_base + "/metrics").text
     assert requests.get(oa_server.openai_base + "/health/ready").status_code == 200
+
+
+# -- in-process and command line ---------------------------------------------------------------------
+
+
+def test_in_process_app_serves_the_openai_client(tmp_path):
+    """The same app without a socket: an embedding application hands it to any ASGI client."""
+    try:  # the HTTP library the installed openai client is built on
+        import httpx2 as httpx
+    except ImportError:
+        import httpx
+
+    from naiad.frontends.openai.app import OpenAIApp
+    from naiad.server import Server
+
+    repo = tmp_path / "models"
+    write_mock_lm(repo)
+    write_text_embedder(repo)
+
+    async def main():
+        server = Server(model_repository=str(repo), allow_metrics=False)
+        await server.start()
+        try:
+            app = OpenAIApp(server)
+            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://naiad")
+            async with openai.AsyncOpenAI(base_url="http://naiad/v1", api_key="x",
+                                          http_client=http, max_retries=0) as ac:
+                chat = await ac.chat.completions.create(model="mock_lm", messages=HELLO,
+                                                        max_tokens=2)
+                stream = await ac.chat.completions.create(model="mock_lm", messages=HELLO,
+                                                          max_tokens=3, stream=True)
+                streamed = "".join([c.choices[0].delta.content or "" async for c in stream
+                                    if c.choices])
+                emb = await ac.embeddings.create(model="text_embedder", input="hello world")
+            return chat, streamed, emb
+        finally:
+            await server.stop()
+
+    chat, streamed, emb = asyncio.run(main())
+    assert chat.choices[0].message.content == "w0 w1 "
+    assert streamed == "w0 w1 w2 "
+    np.testing.assert_allclose(emb.data[0].embedding, embed_vector("hello world"), atol=1e-6)
+
+
+def test_command_line_flags():
+    from naiad.cli import CliError, options_from_args
+
+    opts = options_from_args(["--model-repository=/m", "--allow-openai=true",
+                              "--openai-port=9100", "--openai-tool-call-parser=llama3",
+                              "--openai-default-max-tokens=32"])
+    assert (opts.allow_openai, opts.openai_port, opts.openai_tool_call_parser,
+            opts.openai_default_max_tokens) == (True, 9100, "llama3", 32)
+    assert options_from_args(["--model-repository=/m"]).allow_openai is False  # off by default
+    assert options_from_args(["--model-repository=/m"]).openai_port == 9000
+    for bad in (["--openai-tool-call-parser=xml"], ["--openai-port=70000"],
+                ["--openai-default-max-tokens=0"], ["--openai-chat-template=/no/such/file"]):
+        with pytest.raises(CliError):
+            options_from_args(["--model-repository=/m", "--allow-openai=true", *bad])
+
+
+def test_llama3_tool_call_parser():
+    from naiad.frontends.openai import tools
+
+    content, calls = tools.parse("llama3", '<|python_tag|>{"name": "f", "parameters": {"x": 1}};'
+                                           ' {"name": "g", "arguments": {}}')
+    assert content is None
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == \
+        [("f", {"x": 1}), ("g", {})]
+    assert tools.parse("llama3", "just words") == ("just words", [])
+    assert tools.parse("hermes", "<tool_call>{broken</tool_call>") == (
+        "<tool_call>{broken</tool_call>", [])
