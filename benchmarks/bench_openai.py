@@ -294,6 +294,7 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--concurrency", default="1,8")
+    ap.add_argument("--only", choices=("embeddings", "streaming"))
     ap.add_argument("--inprocess", choices=("embed", "stream"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -326,7 +327,7 @@ def main(argv=None) -> int:
     try:
         v1 = f"http://127.0.0.1:{openai_port}"
         v2 = server.base_url
-        for c in levels:
+        for c in levels if args.only != "streaming" else ():
             row = {}
             for name, one in (("openai_v1", _embed_openai(v1)), ("v2_infer", _embed_v2(v2))):
                 cpu0 = _cpu_seconds(server.pid)
@@ -343,7 +344,7 @@ def main(argv=None) -> int:
             print(f"[bench] embeddings c={c}: /v1 {row['openai_v1']['rps']:.0f}/s, "
                   f"/v2 {row['v2_infer']['rps']:.0f}/s, in-process "
                   f"{row['onnxruntime_inprocess']['rps']:.0f}/s", flush=True)
-        for c in levels:
+        for c in levels if args.only != "embeddings" else ():
             cpu0 = _cpu_seconds(server.pid)
             res = _summarise_stream(asyncio.run(_closed_loop(c, args.duration, args.warmup,
                                                              _stream_openai(v1))))

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -126,6 +127,9 @@ class TritonPythonModel:
                 first = False
                 pending = ""
                 unsent_tokens = 0
+                # hand the GIL over now: the server's event loop has a response to send,
+                # and would otherwise wait out the interpreter's switch interval
+                time.sleep(0)
         else:
             pending += held
             if count < max_tokens and not request.is_cancelled():
