@@ -63,8 +63,7 @@ class TritonPythonModel:
                 words = ["w%d " % (start + i) for i in range(limit)]
             words = words[:limit]
             pieces = ([prompt] if not exclude else []) + words
-            if not stream:
-                pieces = ["".join(pieces)]
+            held = []
             for piece in pieces:
                 if request.is_cancelled():
                     marker = params.get("marker")
@@ -73,10 +72,18 @@ class TritonPythonModel:
                             f.write(str(time.time()))
                     sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     return
-                out = pb_utils.Tensor("text_output", np.array([piece.encode()], dtype=np.object_))
-                sender.send(pb_utils.InferenceResponse([out]))
+                if stream:
+                    out = pb_utils.Tensor("text_output",
+                                          np.array([piece.encode()], dtype=np.object_))
+                    sender.send(pb_utils.InferenceResponse([out]))
+                else:
+                    held.append(piece)
                 if delay:
                     time.sleep(delay)
+            if not stream:  # one response with the whole text
+                out = pb_utils.Tensor("text_output",
+                                      np.array(["".join(held).encode()], dtype=np.object_))
+                sender.send(pb_utils.InferenceResponse([out]))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         except Exception as exc:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),

@@ -607,3 +607,12 @@ def test_llama3_tool_call_parser():
     assert tools.parse("llama3", "just words") == ("just words", [])
     assert tools.parse("hermes", "<tool_call>{broken</tool_call>") == (
         "<tool_call>{broken</tool_call>", [])
+
+
+def test_disconnect_cancels_a_request_that_does_not_stream(oa_server, tmp_path):
+    marker = tmp_path / "cancelled-plain"
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(oa_server.openai_base + "/v1/completions", timeout=(10, 0.5),
+                      json={"model": "mock_lm", "prompt": "hi", "max_tokens": 400,
+                            "delay": 0.05, "marker": str(marker)})
+    assert _wait_for(marker), "the model never saw its request cancelled"

@@ -205,12 +205,20 @@ class OpenAIApp:
             finally:
                 self._record(info, runs, endpoint, ok, started)
             return
-        try:
-            results = list(await asyncio.gather(*(run.run() for run in runs)))
+        done: list[gen.ChoiceResult] = []
+
+        async def work() -> None:
+            done.extend(await _all(run.run() for run in runs))
+
+        try:  # a client that goes away cancels the model's requests, streamed or not
+            finished = await until_disconnect(work(), receive)
         except OpenAIError:
             self._record(info, runs, endpoint, False, started)
             raise
-        self._record(info, runs, endpoint, True, started)
+        self._record(info, runs, endpoint, finished, started)
+        if not finished:
+            return
+        results = done
         created = int(time.time())
         prompts = 1 if chat else max(1, len(runs) // req.n)
         if chat:
@@ -474,6 +482,19 @@ class _SseWriter:
 
 class _ClientGone(Exception):
     pass
+
+
+async def _all(coros) -> list:
+    """Like ``asyncio.gather``, but the first failure cancels the others (and their
+    model requests) instead of leaving them running."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class OpenAIFrontend:
