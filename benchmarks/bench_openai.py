@@ -98,17 +98,20 @@ async def _closed_loop(concurrency: int, duration: float, warmup: float, one) ->
             "p99_ms": _pct(latencies, 0.99) * 1e3, "extra": extra}
 
 
-def _embed_openai(base: str):
-    body = json.dumps({"model": "minilm", "input": SENTENCE, "encoding_format": "base64"})
-
+def _post_json(url: str, body: str):
+    """A worker step that POSTs the same JSON body and checks for 200."""
     async def one(session, w, i):
-        async with session.post(base + "/v1/embeddings", data=body,
-                                headers={"content-type": "application/json"}) as r:
+        async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
             data = await r.read()
             if r.status != 200:
-                raise RuntimeError(f"/v1/embeddings: {r.status} {data[:200]!r}")
+                raise RuntimeError(f"{url}: {r.status} {data[:200]!r}")
         return None
     return one
+
+
+def _embed_openai(base: str):
+    body = json.dumps({"model": "minilm", "input": SENTENCE, "encoding_format": "base64"})
+    return _post_json(base + "/v1/embeddings", body)
 
 
 def _embed_v2(base: str):
@@ -123,15 +126,7 @@ def _embed_v2(base: str):
         {"name": "input_ids", "datatype": "INT64", "shape": [1, n], "data": ids},
         {"name": "attention_mask", "datatype": "INT64", "shape": [1, n], "data": [1] * n},
         {"name": "token_type_ids", "datatype": "INT64", "shape": [1, n], "data": [0] * n}]})
-
-    async def one(session, w, i):
-        async with session.post(base + "/v2/models/minilm/infer", data=body,
-                                headers={"content-type": "application/json"}) as r:
-            data = await r.read()
-            if r.status != 200:
-                raise RuntimeError(f"/v2 infer: {r.status} {data[:200]!r}")
-        return None
-    return one
+    return _post_json(base + "/v2/models/minilm/infer", body)
 
 
 def _stream_openai(base: str):
