@@ -14,8 +14,8 @@ One command (after ``python examples/openai/setup_models.py``):
 2. **Streaming generation** (tiny_lm, 64 tokens max, temperature 0.8, one
    seed per request): time to first token and tokens/s through
    ``/v1/chat/completions`` with ``stream: true`` at each concurrency,
-   against the same generation loop (``tinylm.generate``, the served model's
-   code) run in-process on as many threads.
+   against the same generation engine (``tinylm.BatchEngine``, the served
+   model's code) driven in-process by as many threads.
 
 The server runs pinned to CPU 0 (``taskset``), the HTTP clients (aiohttp, one
 event loop) on CPU 1, the in-process baselines in a child pinned to CPU 0.
@@ -203,8 +203,9 @@ def inprocess_main(kind: str, concurrency: int, duration: float, warmup: float) 
     else:
         sys.path.insert(0, str(MODELS / "tiny_lm" / "1"))
         from jinja2.sandbox import ImmutableSandboxedEnvironment
-        from tinylm import TextStream, TinyGPT, generate
+        from tinylm import BatchEngine, TextStream, TinyGPT, limit_blas_threads
 
+        limit_blas_threads()  # as the served model does
         folder = MODELS / "tiny_lm"
         lm = TinyGPT(folder)
         tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -212,24 +213,32 @@ def inprocess_main(kind: str, concurrency: int, duration: float, warmup: float) 
         prompt = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True) \
             .from_string(template).render(messages=MESSAGES, add_generation_prompt=True)
         eos = lm.config.get("eos_id")
+        engine = BatchEngine(lm)  # the served model's engine, driven by this process's threads
 
         def one(w, i):
             t0 = time.perf_counter()
             ids = tok.encode(prompt, add_special_tokens=False).ids
             stream = TextStream(tok)
-            first = last = None
-            n = 0
-            for token in generate(lm, ids, MAX_TOKENS, eos, temperature=TEMPERATURE,
-                                  seed=1000 * w + i):
-                n += 1
+            state = {"first": None, "last": None, "n": 0}
+            done = threading.Event()
+
+            def emit(token):
+                if token is None or isinstance(token, Exception):
+                    done.set()
+                    return
+                state["n"] += 1
                 if stream.push(token):
                     now = time.perf_counter()
-                    first = first or now
-                    last = now
-            if first is None:
+                    state["first"] = state["first"] or now
+                    state["last"] = now
+
+            engine.submit(emit, lambda: False, ids, MAX_TOKENS, eos, temperature=TEMPERATURE,
+                          seed=1000 * w + i)
+            done.wait()
+            if state["first"] is None:
                 return None
-            return {"ttft_s": first - t0, "tokens": n,
-                    "decode_s": (last - first) if n > 1 else None}
+            return {"ttft_s": state["first"] - t0, "tokens": state["n"],
+                    "decode_s": (state["last"] - state["first"]) if state["n"] > 1 else None}
 
     latencies: list[float] = []
     extra: list = []

@@ -4,9 +4,11 @@ Inputs and outputs follow Triton's vLLM backend (``text_input``, ``stream``,
 ``sampling_parameters`` JSON, ``exclude_input_in_output``,
 ``return_num_input_tokens`` / ``return_num_output_tokens``); each response's
 ``text_output`` is the text since the previous response, and the final one
-carries ``finish_reason`` (``stop`` or ``length``). Every request generates
-on its own thread, so several streams progress at once; a cancelled request
-(the client went away) stops at the next token.
+carries ``finish_reason`` (``stop`` or ``length``). One engine thread runs
+every request with continuous batching (``tinylm.BatchEngine``): requests
+join between steps and all running ones advance one token per step, in one
+batched forward pass; a cancelled request (the client went away) ends at the
+next step.
 
 The weights and tokenizer are written by ``examples/openai/setup_models.py``
 into this folder (``weights.npz``, ``config.json``, ``tokenizer.json``).
@@ -15,7 +17,6 @@ into this folder (``weights.npz``, ``config.json``, ``tokenizer.json``).
 import json
 import os
 import sys
-import threading
 import time
 
 import numpy as np
@@ -51,43 +52,103 @@ def _cut_at_stop(text, stops):
     return text[:len(text) - hold], text[len(text) - hold:], False
 
 
+class _Stream:
+    """One request's side of the engine: token ids in, responses out (engine thread)."""
+
+    def __init__(self, model, request, sender, prompt, prompt_ids, stream, exclude, stops,
+                 max_tokens):
+        self.model = model
+        self.request = request
+        self.sender = sender
+        self.prompt_tokens = len(prompt_ids)
+        self.stream = stream
+        self.stops = stops
+        self.max_tokens = max_tokens
+        self.decoder = model.text_stream(model.tokenizer)
+        self.pending = prompt if not exclude else ""  # text not sent yet
+        self.held = ""  # text that may be the start of a stop sequence
+        self.count = 0
+        self.unsent = 0
+        self.first = True
+        self.finished = False
+
+    def cancelled(self):
+        return self.finished or self.request.is_cancelled()
+
+    def emit(self, token):
+        if self.finished:
+            return
+        if isinstance(token, Exception):
+            self.finished = True
+            self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(token))),
+                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        if token is None:  # end of text, the limit, or cancelled
+            self.pending += self.held
+            finish = "stop" if self.count < self.max_tokens else "length"
+            self._finish(finish)
+            return
+        self.count += 1
+        self.unsent += 1
+        piece, self.held, stopped = _cut_at_stop(self.held + self.decoder.push(token),
+                                                 self.stops)
+        self.pending += piece
+        if stopped:
+            self._finish("stop")
+        elif self.stream and self.pending:
+            self.sender.send(self._response())
+
+    def _finish(self, reason):
+        self.finished = True
+        self.sender.send(self._response(reason),
+                         flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _response(self, finish=None):
+        outputs = [pb_utils.Tensor("text_output", np.array([self.pending.encode("utf-8")],
+                                                            dtype=np.object_)),
+                   pb_utils.Tensor("num_output_tokens", np.array([self.unsent], np.int32))]
+        if self.first:
+            outputs.append(pb_utils.Tensor("num_input_tokens",
+                                           np.array([self.prompt_tokens], np.int32)))
+            self.first = False
+        if finish is not None:
+            outputs.append(pb_utils.Tensor("finish_reason",
+                                           np.array([finish.encode()], dtype=np.object_)))
+        self.pending = ""
+        self.unsent = 0
+        return pb_utils.InferenceResponse(outputs)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         if not os.path.exists(os.path.join(FOLDER, "weights.npz")):
             raise pb_utils.TritonModelException(
                 "tiny_lm has no weights: run 'python examples/openai/setup_models.py' first")
         sys.path.insert(0, HERE)
-        from tinylm import TextStream, TinyGPT, generate
+        from tinylm import BatchEngine, TextStream, TinyGPT, limit_blas_threads
         from tokenizers import Tokenizer
 
-        self.generate_ids = generate
+        self.logger = pb_utils.Logger
+        self.logger.log_info(f"tiny_lm: {limit_blas_threads()}")
         self.text_stream = TextStream
         self.lm = TinyGPT(FOLDER)
         self.tokenizer = Tokenizer.from_file(os.path.join(FOLDER, "tokenizer.json"))
         self.eos_id = self.lm.config.get("eos_id")
-        self.threads = set()
-        self.lock = threading.Lock()
+        # one engine thread generates for every request; after each step it hands the
+        # GIL to the server's event loop, which has that step's responses to send
+        self.engine = BatchEngine(self.lm, after_step=lambda: time.sleep(0))
 
     def execute(self, requests):
         for request in requests:
-            thread = threading.Thread(target=self._run, args=(request,), daemon=True)
-            with self.lock:
-                self.threads.add(thread)
-            thread.start()
+            sender = request.get_response_sender()
+            try:
+                self._submit(request, sender)
+            except Exception as exc:  # the client gets the error as its final response
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 
-    def _run(self, request):
-        sender = request.get_response_sender()
-        try:
-            self._generate(request, sender)
-        except Exception as exc:  # the client gets the error as its final response
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
-                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        finally:
-            with self.lock:
-                self.threads.discard(threading.current_thread())
-
-    def _generate(self, request, sender):
+    def _submit(self, request, sender):
         prompt = _scalar(request, "text_input", "")
         stream = bool(_scalar(request, "stream", False))
         exclude = bool(_scalar(request, "exclude_input_in_output", True))
@@ -98,61 +159,16 @@ class TritonPythonModel:
         stops = params.get("stop") or []
         stops = [stops] if isinstance(stops, str) else [s for s in stops if s]
         prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
-        tokens = self.generate_ids(
-            self.lm, prompt_ids, max_tokens, self.eos_id,
+        out = _Stream(self, request, sender, prompt, prompt_ids, stream, exclude, stops,
+                      max_tokens)
+        seed = params.get("seed")
+        self.engine.submit(
+            out.emit, out.cancelled, prompt_ids, max_tokens, self.eos_id,
             temperature=float(params.get("temperature", 1.0)),
             top_p=float(params.get("top_p", 1.0)),
-            seed=params.get("seed"),
+            seed=int(seed) if seed is not None else None,
             presence_penalty=float(params.get("presence_penalty", 0.0)),
-            frequency_penalty=float(params.get("frequency_penalty", 0.0)),
-            cancelled=request.is_cancelled)
-        decoder = self.text_stream(self.tokenizer)
-        pending = prompt if not exclude else ""  # text not sent yet
-        held = ""  # text that may be the start of a stop sequence
-        count = 0
-        unsent_tokens = 0
-        finish = "length"
-        first = True
-        for token in tokens:
-            count += 1
-            unsent_tokens += 1
-            piece, held, stopped = _cut_at_stop(held + decoder.push(token), stops)
-            pending += piece
-            if stopped:
-                finish = "stop"
-                break
-            if stream and pending:
-                sender.send(self._response(pending, len(prompt_ids) if first else None,
-                                           unsent_tokens))
-                first = False
-                pending = ""
-                unsent_tokens = 0
-                # hand the GIL over now: the server's event loop has a response to send,
-                # and would otherwise wait out the interpreter's switch interval
-                time.sleep(0)
-        else:
-            pending += held
-            if count < max_tokens and not request.is_cancelled():
-                finish = "stop"  # the model ended its speech (end-of-text token)
-        final = self._response(pending, len(prompt_ids) if first else None, unsent_tokens,
-                               finish)
-        sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-
-    @staticmethod
-    def _response(text, input_tokens, output_tokens, finish=None):
-        outputs = [pb_utils.Tensor("text_output", np.array([text.encode("utf-8")],
-                                                            dtype=np.object_)),
-                   pb_utils.Tensor("num_output_tokens", np.array([output_tokens], np.int32))]
-        if input_tokens is not None:
-            outputs.append(pb_utils.Tensor("num_input_tokens",
-                                           np.array([input_tokens], np.int32)))
-        if finish is not None:
-            outputs.append(pb_utils.Tensor("finish_reason",
-                                           np.array([finish.encode()], dtype=np.object_)))
-        return pb_utils.InferenceResponse(outputs)
+            frequency_penalty=float(params.get("frequency_penalty", 0.0)))
 
     def finalize(self):
-        with self.lock:
-            threads = list(self.threads)
-        for thread in threads:
-            thread.join(timeout=5)
+        self.engine.close()
