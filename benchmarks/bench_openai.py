@@ -222,7 +222,7 @@ def inprocess_main(kind: str, concurrency: int, duration: float, warmup: float) 
             state = {"first": None, "last": None, "n": 0}
             done = threading.Event()
 
-            def emit(token):
+            def emit(token, logprobs=None):
                 if token is None or isinstance(token, Exception):
                     done.set()
                     return

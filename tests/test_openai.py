@@ -616,3 +616,11 @@ def test_disconnect_cancels_a_request_that_does_not_stream(oa_server, tmp_path):
                       json={"model": "mock_lm", "prompt": "hi", "max_tokens": 400,
                             "delay": 0.05, "marker": str(marker)})
     assert _wait_for(marker), "the model never saw its request cancelled"
+
+
+def test_logprobs_are_null_when_the_model_returns_none(client):
+    out = client.chat.completions.create(model="mock_lm", messages=HELLO, max_tokens=2,
+                                         logprobs=True, top_logprobs=2)
+    assert out.choices[0].logprobs is None and out.choices[0].message.content == "w0 w1 "
+    out = client.completions.create(model="mock_lm", prompt="hi", max_tokens=2, logprobs=1)
+    assert out.choices[0].logprobs is None

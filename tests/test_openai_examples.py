@@ -136,3 +136,44 @@ def test_tiny_lm_completion_stop_and_echo(example_server):
                                         max_tokens=20, seed=1, temperature=0.0, stop=stop)
         assert cut.choices[0].finish_reason == "stop"
         assert cut.choices[0].text == body[:body.index(stop)]
+
+
+def test_tiny_lm_logprobs_are_the_models_own(example_server):
+    import sys
+
+    from tokenizers import Tokenizer
+
+    folder = QUICK / "tiny_lm"
+    sys.path.insert(0, str(folder / "1"))
+    try:
+        from tinylm import TinyGPT
+    finally:
+        sys.path.pop(0)
+    client = example_server.client
+    prompt = "First Citizen:\n"
+    out = client.chat.completions.create(
+        model="tiny_lm", messages=[{"role": "user", "content": "Speak."}], max_tokens=6,
+        temperature=0.0, logprobs=True, top_logprobs=3)
+    content = out.choices[0].logprobs.content
+    assert len(content) == out.usage.completion_tokens
+    assert "".join(c.token for c in content) == out.choices[0].message.content
+    for c in content:  # greedy: the sampled token is the likeliest
+        assert c.logprob <= 0 and len(c.top_logprobs) == 3
+        assert c.top_logprobs[0].token == c.token
+        assert abs(c.top_logprobs[0].logprob - c.logprob) < 1e-6
+        assert c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob >= \
+            c.top_logprobs[2].logprob
+    # completions, streamed: the first token's logprob is what the model computes in-process
+    stream = client.completions.create(model="tiny_lm", prompt=prompt, max_tokens=4,
+                                       temperature=0.0, logprobs=2, stream=True)
+    chunks = [c for c in stream if c.choices and c.choices[0].logprobs]
+    first = chunks[0].choices[0].logprobs
+    lm = TinyGPT(folder)
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    logits = lm.forward(tok.encode(prompt, add_special_tokens=False).ids, lm.new_cache(), 0)
+    lsm = logits - logits.max()
+    lsm = lsm - np.log(np.exp(lsm).sum())
+    assert abs(first.token_logprobs[0] - float(lsm.max())) < 1e-4
+    assert first.text_offset[0] == 0
+    text = "".join(c.choices[0].text for c in chunks)
+    assert "".join(t for c in chunks for t in c.choices[0].logprobs.tokens) == text

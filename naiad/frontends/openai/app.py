@@ -221,13 +221,16 @@ class OpenAIApp:
         results = done
         created = int(time.time())
         prompts = 1 if chat else max(1, len(runs) // req.n)
+        top = gen.logprobs_wanted(req)
         if chat:
-            choices = [self._chat_choice(r, parser, named_tool) for r in results]
+            choices = [self._chat_choice(r, parser, named_tool, top) for r in results]
             answer = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                       "created": created, "model": req.model, "system_fingerprint": None,
                       "choices": choices, "usage": gen.usage(results, prompts)}
         else:
-            choices = [{"index": r.index, "text": r.text, "logprobs": None,
+            choices = [{"index": r.index, "text": r.text,
+                        "logprobs": None if top is None else
+                        gen.completion_logprobs(r.logprobs, top),
                         "finish_reason": r.finish_reason} for r in results]
             answer = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                       "created": created, "model": req.model, "system_fingerprint": None,
@@ -322,7 +325,8 @@ class OpenAIApp:
         return runs
 
     @staticmethod
-    def _chat_choice(r: gen.ChoiceResult, parser: str | None, named_tool: str | None) -> dict:
+    def _chat_choice(r: gen.ChoiceResult, parser: str | None, named_tool: str | None,
+                     top: int | None = None) -> dict:
         content: str | None = r.text
         calls: list[dict] = []
         if parser is not None:
@@ -337,7 +341,9 @@ class OpenAIApp:
             message["tool_calls"] = calls
             if finish == "stop":
                 finish = "tool_calls"
-        return {"index": r.index, "message": message, "logprobs": None, "finish_reason": finish}
+        logprobs = None if top is None else gen.chat_logprobs(r.logprobs, top)
+        return {"index": r.index, "message": message, "logprobs": logprobs,
+                "finish_reason": finish}
 
     # -- streaming ---------------------------------------------------------------------------------
 
@@ -391,6 +397,7 @@ class _SseWriter:
         self.created = int(time.time())
         self.object = "chat.completion.chunk" if chat else "text_completion"
         self.role_sent: set[int] = set()
+        self.top = gen.logprobs_wanted(req)
         self.held: dict[int, str] = {}  # text held back while it may be a tool call
         self.holding: set[int] = set()
 
@@ -419,12 +426,22 @@ class _SseWriter:
                                        "delta": {"role": "assistant", "content": ""},
                                        "logprobs": None, "finish_reason": None}))
 
-    async def _text(self, index: int, text: str) -> None:
+    async def _text(self, index: int, text: str, run: gen.ChoiceRun | None = None) -> None:
+        logprobs = None
+        if self.top is not None and run is not None:
+            entries = run.take_logprobs()
+            if self.chat:
+                logprobs = gen.chat_logprobs(entries, self.top)
+            else:
+                logprobs = gen.completion_logprobs(entries, self.top, run.text_offset)
+        if run is not None:
+            run.text_offset += len(text)
         if self.chat:
-            choice = {"index": index, "delta": {"content": text}, "logprobs": None,
+            choice = {"index": index, "delta": {"content": text}, "logprobs": logprobs,
                       "finish_reason": None}
         else:
-            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": None}
+            choice = {"index": index, "text": text, "logprobs": logprobs,
+                      "finish_reason": None}
         await self._write(self._chunk(choice))
 
     async def event(self, run: gen.ChoiceRun, text: str | None) -> None:
@@ -437,7 +454,7 @@ class _SseWriter:
                     return
                 self.held.pop(index, None)
                 text = so_far
-            await self._text(index, text)
+            await self._text(index, text, run)
             return
         # the choice ended
         r = run.result
@@ -456,7 +473,7 @@ class _SseWriter:
                                                "logprobs": None, "finish_reason": None}))
                 finish = choice["finish_reason"]
             elif held:
-                await self._text(index, held)
+                await self._text(index, held, run)
         if self.chat:
             choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": finish}
         else:

@@ -51,10 +51,73 @@ def sampling_parameters(req: Any, max_tokens: int, seed: int | None) -> dict[str
     stops = req.stop_list()
     if stops:
         params["stop"] = stops
+    top = logprobs_wanted(req)
+    if top is not None:
+        params["logprobs"] = top  # vLLM's meaning: the sampled token plus the top N
     for key, value in (req.model_extra or {}).items():
         if key not in NOT_SAMPLING and isinstance(value, (str, int, float, bool, list)):
             params[key] = value
     return params
+
+
+def logprobs_wanted(req: Any) -> int | None:
+    """How many top alternatives a request wants with its logprobs; None: no logprobs."""
+    value = getattr(req, "logprobs", None)
+    if value is None or value is False:
+        return None
+    if value is True:  # chat: a flag, with top_logprobs as the count
+        return int(getattr(req, "top_logprobs", None) or 0)
+    return int(value)  # completions: the count itself
+
+
+def _entry(entry: dict, top: int) -> tuple[str, float, list[tuple[str, float]]] | None:
+    """(token, logprob, [(alternative, logprob)...]) from one vLLM-style logprobs entry:
+    {token id: {logprob, rank, decoded_token}}, the sampled token first."""
+    if not isinstance(entry, dict) or not entry:
+        return None
+    items = list(entry.values())
+    if not all(isinstance(v, dict) for v in items):
+        return None
+    first = items[0]
+    ranked = sorted(items, key=lambda v: v.get("rank") or 1 << 30)
+    alts = [(str(v.get("decoded_token", "")), float(v.get("logprob", 0.0)))
+            for v in ranked if (v.get("rank") or 1 << 30) <= top]
+    return str(first.get("decoded_token", "")), float(first.get("logprob", 0.0)), alts
+
+
+def chat_logprobs(entries: list, top: int) -> dict | None:
+    """OpenAI's chat ``logprobs`` object; None when the model returned none."""
+    if not entries:
+        return None
+    content = []
+    for entry in entries:
+        e = _entry(entry, top)
+        if e is None:
+            continue
+        token, lp, alts = e
+        content.append({"token": token, "logprob": lp, "bytes": list(token.encode("utf-8")),
+                        "top_logprobs": [{"token": t, "logprob": a,
+                                          "bytes": list(t.encode("utf-8"))} for t, a in alts]})
+    return {"content": content}
+
+
+def completion_logprobs(entries: list, top: int, offset: int = 0) -> dict | None:
+    """The completions API's ``logprobs`` object; None when the model returned none."""
+    if not entries:
+        return None
+    tokens, lps, tops, offsets = [], [], [], []
+    for entry in entries:
+        e = _entry(entry, top)
+        if e is None:
+            continue
+        token, lp, alts = e
+        tokens.append(token)
+        lps.append(lp)
+        tops.append(dict(alts) if top > 0 else None)
+        offsets.append(offset)
+        offset += len(token)
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops,
+            "text_offset": offsets}
 
 
 class StopFilter:
@@ -107,6 +170,14 @@ def _first_text(tensor: Any) -> str:
     return str(item)
 
 
+def _json_list(text: str) -> list:
+    try:
+        value = orjson.loads(text) if text else None
+    except orjson.JSONDecodeError:
+        return []
+    return value if isinstance(value, list) else []
+
+
 def _first_int(tensor: Any) -> int | None:
     data = np.asarray(tensor.data)
     if data.size == 0 or data.dtype.kind not in "iu":
@@ -122,6 +193,7 @@ class ChoiceResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     tool_calls: list[dict] = field(default_factory=list)
+    logprobs: list = field(default_factory=list)  # the model's entries, one per token
 
 
 class ChoiceRun:
@@ -147,6 +219,8 @@ class ChoiceRun:
         self._model_output_tokens: int | None = None
         self._model_finish: str | None = None
         self._pieces: list[str] = []
+        self._new_logprobs: list = []  # entries not yet taken by a streamed chunk
+        self.text_offset = 0  # characters already streamed (completions' text_offset)
 
     def build_request(self) -> Any:
         info = self.info
@@ -205,6 +279,10 @@ class ChoiceRun:
                         reason = _first_text(tensor)
                         if reason:
                             self._model_finish = reason
+                    elif name == "logprobs":
+                        entries = _json_list(_first_text(tensor))
+                        self.result.logprobs.extend(entries)
+                        self._new_logprobs.extend(entries)
                 if not text:
                     continue
                 now = time.perf_counter()
@@ -255,6 +333,11 @@ class ChoiceRun:
             r.finish_reason = "length"
         else:
             r.finish_reason = "stop"
+
+    def take_logprobs(self) -> list:
+        """The logprob entries that arrived since the last call (streamed chunks)."""
+        out, self._new_logprobs = self._new_logprobs, []
+        return out
 
     async def run(self) -> ChoiceResult:
         async for _ in self.deltas():

@@ -71,11 +71,23 @@ class _Stream:
         self.unsent = 0
         self.first = True
         self.finished = False
+        self.logprobs = []  # entries not sent yet (vLLM backend's "logprobs" output)
+
+    def _logprob_entry(self, info):
+        """{token id: {logprob, rank, decoded_token}}: the sampled token first, then the
+        likeliest ones (the JSON the vLLM backend returns per token)."""
+        decode = self.model.tokenizer.decode
+        entry = {str(info["token"]): {"logprob": info["logprob"], "rank": info["rank"],
+                                      "decoded_token": decode([info["token"]])}}
+        for rank, (tid, lp) in enumerate(info["top"], start=1):
+            entry.setdefault(str(tid), {"logprob": lp, "rank": rank,
+                                        "decoded_token": decode([tid])})
+        return entry
 
     def cancelled(self):
         return self.finished or self.request.is_cancelled()
 
-    def emit(self, token):
+    def emit(self, token, logprobs=None):
         if self.finished:
             return
         if isinstance(token, Exception):
@@ -90,6 +102,8 @@ class _Stream:
             return
         self.count += 1
         self.unsent += 1
+        if logprobs is not None:
+            self.logprobs.append(self._logprob_entry(logprobs))
         piece, self.held, stopped = _cut_at_stop(self.held + self.decoder.push(token),
                                                  self.stops)
         self.pending += piece
@@ -114,6 +128,10 @@ class _Stream:
         if finish is not None:
             outputs.append(pb_utils.Tensor("finish_reason",
                                            np.array([finish.encode()], dtype=np.object_)))
+        if self.logprobs:
+            outputs.append(pb_utils.Tensor("logprobs", np.array(
+                [json.dumps(self.logprobs).encode()], dtype=np.object_)))
+            self.logprobs = []
         self.pending = ""
         self.unsent = 0
         return pb_utils.InferenceResponse(outputs)
@@ -168,7 +186,8 @@ class TritonPythonModel:
             top_p=float(params.get("top_p", 1.0)),
             seed=int(seed) if seed is not None else None,
             presence_penalty=float(params.get("presence_penalty", 0.0)),
-            frequency_penalty=float(params.get("frequency_penalty", 0.0)))
+            frequency_penalty=float(params.get("frequency_penalty", 0.0)),
+            logprobs=int(params["logprobs"]) if params.get("logprobs") is not None else None)
 
     def finalize(self):
         self.engine.close()

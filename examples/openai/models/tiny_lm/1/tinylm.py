@@ -147,14 +147,30 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float,
     return min(i, len(probs) - 1)
 
 
+def token_logprobs(logits: np.ndarray, token: int, top: int) -> dict:
+    """The model's log-probability of ``token`` (and its rank, 1 = likeliest) and of the
+    ``top`` likeliest tokens, from the raw logits."""
+    z = logits - logits.max()
+    lsm = z - np.log(np.exp(z).sum())
+    out = {"token": token, "logprob": float(lsm[token]),
+           "rank": int((lsm > lsm[token]).sum()) + 1, "top": []}
+    if top > 0:
+        best = np.argpartition(-lsm, top - 1)[:top]
+        best = best[np.argsort(-lsm[best])]
+        out["top"] = [(int(i), float(lsm[i])) for i in best]
+    return out
+
+
 class Sequence:
     """One generation in progress: its tokens, key/value cache and sampling state."""
 
     def __init__(self, model: TinyGPT, prompt_ids: list[int], max_tokens: int,
                  eos_id: int | None, temperature: float = 1.0, top_p: float = 1.0,
                  seed: int | None = None, presence_penalty: float = 0.0,
-                 frequency_penalty: float = 0.0):
+                 frequency_penalty: float = 0.0, logprobs: int | None = None):
         self.model = model
+        self.logprobs = logprobs  # None: not asked; N: the sampled token plus the N likeliest
+        self.last_logprobs: dict | None = None
         self.ids = list(prompt_ids)[-(model.ctx - 1):] or [eos_id if eos_id is not None else 0]
         self.remaining = max_tokens
         self.eos_id = eos_id
@@ -178,6 +194,8 @@ class Sequence:
         token = sample(logits, self.rng, self.temperature, self.top_p)
         if token == self.eos_id:
             return None
+        if self.logprobs is not None:
+            self.last_logprobs = token_logprobs(self.logits, token, self.logprobs)
         self.remaining -= 1
         self.counts[token] += 1
         self.ids.append(token)
@@ -226,7 +244,8 @@ class BatchEngine:
     """Continuous batching: one thread advances every running sequence by one token a step.
 
     ``submit`` adds a sequence between steps; each step samples one token for
-    every sequence, calls its ``emit(token)`` (``emit(None)`` once when it
+    every sequence, calls its ``emit(token, logprobs)`` (``logprobs`` from
+    ``token_logprobs`` when the sequence asked for them; ``emit(None)`` once when it
     ends: end-of-text, its limit, or ``cancelled()``), then runs one batched
     forward pass for all of them (``TinyGPT.forward_step``): the matrix
     products serve the whole batch at once, which is what makes many streams
@@ -245,7 +264,7 @@ class BatchEngine:
         self._thread = threading.Thread(target=self._run, name="tiny-lm-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, emit: Callable[[int | None], None], cancelled: Callable[[], bool],
+    def submit(self, emit: Callable[..., None], cancelled: Callable[[], bool],
                prompt_ids: list[int], max_tokens: int, eos_id: int | None, **sampling) -> None:
         with self._wake:
             self._pending.append((emit, cancelled, prompt_ids, max_tokens, eos_id, sampling))
@@ -282,7 +301,7 @@ class BatchEngine:
                 if token is None:
                     emit(None)
                     continue
-                emit(token)
+                emit(token, seq.last_logprobs)
                 if seq.remaining <= 0:
                     emit(None)
                     continue
