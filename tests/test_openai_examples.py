@@ -24,6 +24,9 @@ import pytest
 
 from tests.conftest import ROOT, NaiadProcess, free_port
 
+# the first run builds the torch environment and both models (minutes on a busy machine)
+pytestmark = pytest.mark.timeout(1800)
+
 SETUP = ROOT / "examples" / "openai" / "setup_models.py"
 MINILM = ROOT / "examples" / "openai" / "models" / "minilm"
 QUICK = ROOT / "benchmarks" / ".work" / "openai-test-models"
