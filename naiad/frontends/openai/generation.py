@@ -28,7 +28,7 @@ import orjson
 from naiad.core.errors import NaiadError
 from naiad.frontends.generate import build_request
 from naiad.frontends.openai.catalog import ModelInfo
-from naiad.frontends.openai.errors import OpenAIError, from_naiad
+from naiad.frontends.openai.errors import from_naiad
 
 # request fields that are not sampling parameters (never sent to the model)
 NOT_SAMPLING = frozenset({
@@ -400,8 +400,3 @@ def usage(results: list[ChoiceResult], prompts: int = 1) -> dict[str, int]:
     completion = sum(r.completion_tokens for r in results)
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
-
-
-def check_runs(runs: list[ChoiceRun]) -> None:
-    if not runs:
-        raise OpenAIError(400, "nothing to generate")

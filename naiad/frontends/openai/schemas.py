@@ -19,17 +19,8 @@ MAX_STOP = 4
 MAX_N = 128
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
 class _Open(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
-
-
-class TextPart(_Open):
-    type: Literal["text"]
-    text: str
 
 
 class ChatMessage(_Open):
