@@ -369,6 +369,9 @@ def test_error_statuses(client, oa_server):
     assert r.status_code == 400
     r = requests.post(base + "/v1/embeddings", json={"model": "text_embedder", "input": []})
     assert r.status_code == 400 and _error(r)["param"] == "input"
+    r = requests.post(base + "/v1/embeddings",  # more inputs than OpenAI allows: refused whole
+                      json={"model": "text_embedder", "input": ["x"] * 2049})
+    assert r.status_code == 400 and _error(r)["param"] == "input"
     r = requests.get(base + "/v1/chat/completions")
     assert r.status_code == 405
     r = requests.get(base + "/v1/nothing")

@@ -113,8 +113,8 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, Annotated[list[str], Field(min_length=1)], TokenIds,
-                  Annotated[list[TokenIds], Field(min_length=1)]]
+    prompt: Union[str, Annotated[list[str], Field(min_length=1, max_length=MAX_N)], TokenIds,
+                  Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_N)]]
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
@@ -132,11 +132,15 @@ class CompletionRequest(_Sampling):
         return self.max_tokens
 
 
+MAX_INPUTS = 2048  # OpenAI's limit of inputs per embeddings request
+
+
 class EmbeddingRequest(_Open):
     model: str = Field(min_length=1)
     input: Union[Annotated[str, Field(min_length=1)],
-                 Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)],
-                 TokenIds, Annotated[list[TokenIds], Field(min_length=1)]]
+                 Annotated[list[Annotated[str, Field(min_length=1)]],
+                           Field(min_length=1, max_length=MAX_INPUTS)],
+                 TokenIds, Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS)]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1)] | None = None
     user: str | None = None
