@@ -141,12 +141,14 @@ def write_tokenizer(folder: Path) -> Path:
 
 
 def write_mock_lm(repo: Path, name: str = "mock_lm", parameters: dict | None = None,
-                  tokenizer: bool = True) -> Path:
+                  tokenizer: bool = True, max_batch_size: int = 0) -> Path:
+    """``max_batch_size`` > 0 makes a batching model (TensorRT-LLM-style shapes [1, 1])."""
     extra = "".join(
         f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n'
         for k, v in (parameters or {}).items())
-    model_dir = write_model(repo, name, MOCK_LM_CONFIG.format(name=name, extra=extra),
-                            {"model.py": MOCK_LM})
+    config = MOCK_LM_CONFIG.format(name=name, extra=extra).replace(
+        "max_batch_size: 0", f"max_batch_size: {max_batch_size}")
+    model_dir = write_model(repo, name, config, {"model.py": MOCK_LM})
     if tokenizer:
         write_tokenizer(model_dir)
     return model_dir

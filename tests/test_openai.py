@@ -58,6 +58,7 @@ def oa_server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("openai_repo")
     write_mock_lm(repo, "mock_lm", {"openai_tool_call_parser": "hermes"})
     write_mock_lm(repo, "bare_lm", tokenizer=False)
+    write_mock_lm(repo, "batched_lm", max_batch_size=4)
     write_text_embedder(repo, "text_embedder", {"openai_embedding_dimensions": "truncate"})
     write_model(repo, "busy_embedder", SLOW_EMBED_CONFIG, {"model.py": SLOW_EMBED})
     port = free_port()
@@ -104,7 +105,8 @@ HELLO = [{"role": "system", "content": "you are a helpful assistant"},
 def test_models_list_and_retrieve(client):
     models = {m.id: m for m in client.models.list()}
     # every model that serves chat/completions or embeddings, and nothing else
-    assert set(models) == {"mock_lm", "bare_lm", "text_embedder", "busy_embedder"}
+    assert set(models) == {"mock_lm", "bare_lm", "batched_lm", "text_embedder",
+                           "busy_embedder"}
     for m in models.values():
         assert m.object == "model" and m.owned_by == "naiad"
         assert abs(m.created - time.time()) < 3600
@@ -268,6 +270,16 @@ def test_completions_stream(client):
     chunks = list(stream)
     assert "".join(c.choices[0].text for c in chunks) == "w0 w1 w2 w3 "
     assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_batching_generation_model(client):
+    """A model with max_batch_size > 0 gets its tensors shaped [1, 1], as TensorRT-LLM's do."""
+    out = client.chat.completions.create(model="batched_lm", messages=HELLO, max_tokens=3,
+                                         n=2, seed=1)
+    assert [c.message.content for c in out.choices] == ["w1 w2 w3 ", "w2 w3 w4 "]
+    chunks = list(client.completions.create(model="batched_lm", prompt="hi", max_tokens=2,
+                                            stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == "w0 w1 "
 
 
 def test_model_without_tokenizer_or_template(client):
