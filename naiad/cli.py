@@ -18,8 +18,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from naiad import __version__
-from naiad.options import ServerOptions
+from naiad.options import ServerOptions, parse_bool
+from naiad.version import __version__
 
 log = logging.getLogger("naiad.server")
 
@@ -28,13 +28,11 @@ class CliError(Exception):
     pass
 
 
-def parse_bool(text: str) -> bool:
-    v = str(text).strip().lower()
-    if v in ("true", "1", "on"):
-        return True
-    if v in ("false", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid value for bool option: {text}")
+def bool_option(text: str) -> bool:
+    value = parse_bool(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"invalid value for bool option: {text}")
+    return value
 
 
 def _setting(text: str) -> tuple[str, str, str]:
@@ -60,7 +58,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # (flag, dest, type, default, help). type None: a switch without a value.
-_B, _I, _F, _S = parse_bool, int, float, str
+_B, _I, _F, _S = bool_option, int, float, str
 _FLAGS: list[tuple[str, str, Any, Any, str]] = [
     ("--id", "server_id", _S, "triton", "Identifier for this server."),
     ("--exit-timeout-secs", "exit_timeout_secs", _I, 30,
@@ -69,7 +67,7 @@ _FLAGS: list[tuple[str, str, Any, Any, str]] = [
     ("--log-info", "log_info", _B, True, "Enable/disable info-level logging."),
     ("--log-warning", "log_warning", _B, True, "Enable/disable warning-level logging."),
     ("--log-error", "log_error", _B, True, "Enable/disable error-level logging."),
-    ("--log-format", "log_format", _S, "default", "Log format: default or ISO8601."),
+    ("--log-format", "log_format", _S, "default", "Log format: default, ISO8601 or json (one JSON object per line)."),
     ("--log-file", "log_file", _S, "", "Write the log to this file instead of stderr."),
     ("--exit-on-error", "exit_on_error", _B, True,
      "Exit if an error (such as a model failing to load) occurs during initialization."),
@@ -199,6 +197,15 @@ _LISTS: list[tuple[str, str, Callable, str]] = [
 ]
 
 
+def _shown_default(value: Any) -> str:
+    """A default as --help shows it: booleans as tritonserver spells them, '' as none."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "":
+        return "none"
+    return str(value).replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="naiad", description="naiad: a Triton-compatible inference server",
                 add_help=True)
@@ -209,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable-auto-complete-config", dest="disable_auto_complete_config",
                    action="store_true", help="Disable config auto-completion.")
     for flag, dest, typ, default, help_ in _FLAGS:
-        p.add_argument(flag, dest=dest, type=typ, default=default, help=help_, metavar="VALUE")
+        if "(default:" not in help_:
+            help_ = f"{help_} (default: {_shown_default(default)})"
+        p.add_argument(flag, dest=dest, type=typ, default=default, metavar="VALUE", help=help_)
     for flag, dest, typ, help_ in _LISTS:
         p.add_argument(flag, dest=dest, type=typ, action="append", default=[], help=help_,
                        metavar="VALUE")
@@ -221,7 +230,7 @@ def options_from_args(argv: list[str]) -> ServerOptions:
     if ns.model_control_mode not in ("none", "poll", "explicit"):
         raise CliError(f"unexpected value for --model-control-mode: '{ns.model_control_mode}'"
                        " (expected none, poll or explicit)")
-    if ns.log_format not in ("default", "ISO8601"):
+    if ns.log_format not in ("default", "ISO8601", "json"):
         raise CliError(f"unexpected value for --log-format: '{ns.log_format}'")
     if ns.rate_limit not in ("off", "execution_count"):
         raise CliError(f"unexpected value for --rate-limit: '{ns.rate_limit}'")
@@ -340,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         if predicate(options):
             return _fail(message, 2)
     from naiad.core.errors import NaiadError
-    from naiad.observability.extensions import validate_options
+    from naiad.observability import validate_options
 
     try:
         validate_options(options)
@@ -365,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
 async def run(options: ServerOptions) -> int:
     """Start the server, serve until SIGINT/SIGTERM, shut down gracefully."""
     from naiad.core.errors import NaiadError
-    from naiad.observability.logging import LogSettings, render_table
+    from naiad.observability.logging import MULTILINE, LogSettings, render_table
     from naiad.server import Server
 
     settings = LogSettings(options.log_file, options.log_info, options.log_warning,
@@ -375,8 +384,7 @@ async def run(options: ServerOptions) -> int:
     except OSError as exc:
         return _fail(f"unable to open log file: {exc}")
     server = Server(options)
-    server.log_settings = settings
-    server.extensions.append("logging")
+    server.log_settings = settings  # the logging extension
 
     try:
         await server.check()
@@ -393,7 +401,7 @@ async def run(options: ServerOptions) -> int:
             os._exit(1)
         log.info("signal received, shutting down (waiting up to %ss for in-flight requests)",
                  options.exit_timeout_secs)
-        server.shutting_down = True  # not ready, new inference refused, from this moment
+        server.begin_shutdown()  # not ready, new inference refused, from this moment
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -423,9 +431,9 @@ async def run(options: ServerOptions) -> int:
         await server.stop(timeout=5)
         return _fail(_creating_server_error(exc))
     rows = server.manager.status_rows()
-    log.info("\n%s\n", render_table(["Model", "Version", "Status"], rows))
+    log.info("%s", render_table(["Model", "Version", "Status"], rows), extra=MULTILINE)
     # tritonserver prints the option table, then gives up if a model failed
-    log.info("\n%s\n", render_table(["Option", "Value"], server.option_rows()))
+    log.info("%s", render_table(["Option", "Value"], server.option_rows()), extra=MULTILINE)
     # Everything loaded so far lives as long as the server: move it out of the
     # garbage collector's sight, so full collections stay short while serving.
     gc.collect()

@@ -33,8 +33,8 @@ all-JSON response                                  application/json, no        s
                                                    header length
 request parameters -> request.parameters()         JSON of the custom keys     same keys and values
 Content-Encoding gzip / deflate request            200                         200
-Content-Encoding br                                501 "Unsupported            501 (was 415)
-                                                   compression type"
+Content-Encoding br                                501 "Unsupported            415 (a client
+                                                   compression type"           mistake: no 5xx)
 Accept-Encoding gzip, deflate, q-values            highest q, first on a tie,  same (was: substring
                                                    q=0 and identity honoured   match, q ignored)
 keep-alive, errors included                        one connection              one connection
@@ -58,6 +58,7 @@ import requests
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from tests.clients import post as http_post
 from tests.conftest import EXAMPLES, NaiadProcess, _http_status, free_port, write_model
 
 # -- the server under test: naiad, or the reference Triton ---------------------------------
@@ -201,7 +202,7 @@ def get(server, path, **kw):
 
 
 def post(server, path, body=b"", **kw):
-    return requests.post(server.base + path, data=body, timeout=10, **kw)
+    return http_post(server.base, path, body, **kw)
 
 
 A = {"name": "INPUT0", "datatype": "FP32", "shape": [4], "data": [1, 2, 3, 4]}
@@ -322,8 +323,14 @@ def test_model_config(server):
 
 
 def test_model_stats_shape(server):
-    assert get(server, "/v2/models/idle/stats").json() == IDLE_STATS
-    assert get(server, "/v2/models/idle/versions/1/stats").json() == IDLE_STATS
+    for path in ("/v2/models/idle/stats", "/v2/models/idle/versions/1/stats"):
+        got = get(server, path).json()
+        # memory_usage: Triton's python backend reports none; naiad reports the RSS growth
+        # of the version's load when it loaded alone (see test_memory_usage.py)
+        usage = got["model_stats"][0].pop("memory_usage")
+        assert all(set(u) == {"type", "id", "byte_size"} for u in usage), usage
+        got["model_stats"][0]["memory_usage"] = []
+        assert got == IDLE_STATS
     everything = get(server, "/v2/models/stats").json()
     names = {(s["name"], s["version"]) for s in everything["model_stats"]}
     assert {("add_sub", "1"), ("idle", "1"), ("multi", "1"), ("multi", "2"),
@@ -499,7 +506,8 @@ def test_compressed_request(server, encoding, compress):
 
 def test_unsupported_content_encoding(server):
     r = post(server, "/v2/models/add_sub/infer", ADD_SUB, headers={"Content-Encoding": "br"})
-    assert r.status_code == 501
+    assert r.status_code == (501 if REFERENCE else 415)
+    assert "Content-Encoding" in r.json()["error"] or REFERENCE
 
 
 @naiad_only

@@ -573,7 +573,7 @@ def test_in_process_app_serves_the_openai_client(tmp_path):
         server = Server(model_repository=str(repo), allow_metrics=False)
         await server.start()
         try:
-            app = OpenAIApp(server)
+            app = OpenAIApp(server.dataplane)
             http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://naiad")
             async with openai.AsyncOpenAI(base_url="http://naiad/v1", api_key="x",

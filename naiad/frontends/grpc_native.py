@@ -45,10 +45,11 @@ from typing import Any
 
 import grpc
 
-from naiad.core.errors import NaiadError, Unavailable, as_naiad_error
+from naiad.core.errors import NaiadError, as_naiad_error
 from naiad.core.types import InferenceRequest, InferenceResponse, successful
 from naiad.frontends import restrictions
-from naiad.frontends.extensions import SHUTTING_DOWN
+from naiad.frontends.grpc_service import END, HEALTH_SERVICE, SERVICE, STATUS, StreamSession
+from naiad.observability.logging import log_grpc_call, log_response_outputs
 from naiad.protocol import grpc_codec as codec
 from naiad.protocol import grpc_service_pb2 as pb
 from naiad.protocol import health_pb2
@@ -138,13 +139,11 @@ def _status_ops(code: grpc.StatusCode, details: str) -> tuple:
 
 
 def _error_ops(exc: BaseException) -> tuple:
-    from naiad.frontends.grpc import _STATUS as CODES
-
     if not isinstance(exc, NaiadError):
         log.error("unhandled error in a gRPC call: %s: %s", type(exc).__name__, exc,
                   exc_info=exc)
         exc = as_naiad_error(exc)
-    return _status_ops(CODES.get(exc.kind, grpc.StatusCode.UNKNOWN), exc.message)
+    return _status_ops(STATUS.get(exc.kind, grpc.StatusCode.UNKNOWN), exc.message)
 
 
 def _allowed(rule: tuple[str, str] | None, metadata: Any) -> bool:
@@ -180,6 +179,8 @@ class _Infer:
             response = successful(response, self.request.model_name)
             if trace is not None:
                 trace.response(response)
+            if log.isEnabledFor(logging.DEBUG):
+                log_response_outputs(log, response)
             body = codec.encode_infer_response(response, self.request,
                                                self.shm).SerializeToString()
             ops: tuple = (_META(None, _NO_FLAGS), _SEND(body, _NO_FLAGS),
@@ -216,8 +217,6 @@ class _NativeStream:
     """The transport of one ModelStreamInfer call; ``StreamSession`` does the rest."""
 
     def __init__(self, core: NativeServer, call: Any, metadata: Any):
-        from naiad.frontends.grpc import StreamSession
-
         outer = self
 
         class Session(StreamSession):
@@ -244,9 +243,9 @@ class _NativeStream:
                 self.session.end_of_requests()
             return
         try:
-            msg = pb.ModelInferRequest.FromString(data)
-        except Exception:
-            self.session.refuse(NaiadError("unable to parse the request message"), "")
+            msg = codec.parse_message(pb.ModelInferRequest, data)
+        except NaiadError as exc:
+            self.session.refuse(exc, "")
         else:
             self.session.submit(msg)
         if not self.session.closed:
@@ -266,7 +265,7 @@ class _NativeStream:
     def _write_next_locked(self) -> None:
         while self.writes:
             item = self.writes.popleft()
-            if item is _END:
+            if item is END:
                 self.finished = True
                 ops: tuple = (_STATUS(None, _OK, b"", _NO_FLAGS),)
                 if not self.headers_sent:
@@ -297,18 +296,11 @@ class _NativeStream:
             self.session.abort()
 
 
-_END = None  # set below to StreamSession's END marker (import order)
-
-
 class NativeServer:
     """The server: one completion queue, one polling thread."""
 
     def __init__(self, service: Any, pool: Any, options: list[tuple[str, Any]],
                  credentials: Any, restricted: dict[str, tuple[str, str]]):
-        global _END
-        from naiad.frontends.grpc import END, HEALTH_SERVICE, SERVICE
-
-        _END = END
         self.service = service
         self.pool = pool
         self.restricted = restricted
@@ -319,6 +311,10 @@ class NativeServer:
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._shutting_down = False
+        # held while the C server is called from outside the pollers (shutdown, cancel):
+        # the poller that gets the shutdown event destroys it only then (grpcio's rule)
+        self._server_lock = threading.Lock()
+        self._destroyed = False
         self._pollers: dict[int, bool] = {}  # poller thread id -> waiting in poll()
         self._pollers_lock = threading.Lock()
         self._events = 0  # events handled so far (the watchdog's sign of progress)
@@ -391,23 +387,30 @@ class NativeServer:
         if self._shutting_down:
             return self._stopped
         self._shutting_down = True
-        self.server.shutdown(self.cq, self._on_shutdown)
+        with self._server_lock:
+            # the shutdown event can reach a poller before this call returns
+            self.server.shutdown(self.cq, self._on_shutdown)
 
         def cancel_after_grace() -> None:
             if not self._stopped.wait(grace):
-                try:
-                    self.server.cancel_all_calls()
-                except Exception:  # already down
-                    pass
+                with self._server_lock:
+                    if self._destroyed:
+                        return
+                    try:
+                        self.server.cancel_all_calls()
+                    except Exception:  # already down
+                        pass
 
         threading.Thread(target=cancel_after_grace, name="naiad-grpc-stop", daemon=True).start()
         return self._stopped
 
     def _on_shutdown(self, event: Any) -> None:
         """Every call is over: release the server, then drain and end the queue."""
-        destroy = getattr(self.server, "destroy", None)
-        if destroy is not None:
-            destroy()
+        with self._server_lock:  # not while stop() is still inside server.shutdown()
+            self._destroyed = True
+            destroy = getattr(self.server, "destroy", None)
+            if destroy is not None:
+                destroy()
         self.cq.shutdown()
 
     def _add_poller(self) -> threading.Thread:
@@ -506,6 +509,7 @@ class NativeServer:
 
     def _arm(self, path: str) -> None:
         handler, receive_first = self.methods[path]
+        method = path.rpartition("/")[2]
 
         def on_call(event: Any) -> None:
             if self._shutting_down:
@@ -518,6 +522,8 @@ class NativeServer:
                 return
             call = event.call
             metadata = event.invocation_metadata
+            if log.isEnabledFor(logging.DEBUG):  # --log-verbose: as Triton's handlers
+                log_grpc_call(log, method)
             if receive_first:
                 self.start(call, (_RECV(_NO_FLAGS),),
                            lambda ev: handler(call, metadata, ev))
@@ -557,11 +563,10 @@ class NativeServer:
                     restrictions.restricted_message("protocol", self._infer_rule[0]))
                     + (_CLOSE(_NO_FLAGS),))
                 return
-            if server.shutting_down:
-                raise Unavailable(SHUTTING_DOWN)
+            server.refuse_if_shutting_down()
             tracer = server.tracer
-            received = time.monotonic_ns() if tracer is not None and tracer.active else 0
-            msg = pb.ModelInferRequest.FromString(data)
+            received = time.monotonic_ns() if tracer.active else 0
+            msg = codec.parse_message(pb.ModelInferRequest, data)
             shm = server.shared_memory
             request, _ = codec.decode_infer_request(msg, shm)
             if service.forward is not None:
@@ -604,7 +609,7 @@ class NativeServer:
                 if rule is not None and not _allowed(rule, metadata):
                     context.abort(grpc.StatusCode.UNAVAILABLE,
                                   restrictions.restricted_message("protocol", rule[0]))
-                response = handler(request_cls.FromString(data), context)
+                response = handler(codec.parse_message(request_cls, data), context)
             except _Abort:
                 response = None
             except Exception as exc:

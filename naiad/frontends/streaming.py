@@ -2,7 +2,7 @@
 
 A streamed answer (server-sent events from ``/generate_stream`` or the
 OpenAI frontend) is produced by a coroutine that iterates
-``Server.infer_stream``. Once the request body has been read, the next ASGI
+``DataPlane.infer_stream``. Once the request body has been read, the next ASGI
 ``receive()`` returns ``http.disconnect`` only when the connection drops
 (naiad's server and uvicorn both work this way), so the coroutine races a
 watcher on ``receive``: on a disconnect the coroutine is cancelled, which

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from naiad.core import tensor_bytes
 from naiad.core.errors import InvalidArgument, NaiadError
 from naiad.core.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 from naiad.protocol import grpc_service_pb2 as pb
-from naiad.protocol import tensor_codec
 from naiad.protocol.http_codec import (
     SharedMemory,
     apply_request_parameters,
@@ -145,9 +145,9 @@ def decode_contents(contents: Any, datatype: str, shape: tuple[int, ...], name: 
                 f"'{model_name}' of type '{carried}', expected datatype '{datatype}'")
         found, found_field = values, field
     if found is None:  # no data at all: right only for an empty tensor
-        return tensor_codec.decode_raw(b"", datatype, shape, name)
+        return tensor_bytes.decode_raw(b"", datatype, shape, name)
     if datatype == "BYTES":
-        return tensor_codec.bytes_tensor(list(found), shape, name)
+        return tensor_bytes.bytes_tensor(list(found), shape, name)
     arr = np.array(found, dtype=_FIELD_NUMPY[found_field])
     narrow = _NARROW.get(datatype)
     if narrow is not None:
@@ -159,7 +159,7 @@ def decode_contents(contents: Any, datatype: str, shape: tuple[int, ...], name: 
                 f"{datatype}")
         arr = arr.astype(narrow)
     # the same size check (and message) as raw bytes
-    return tensor_codec.decode_raw(memoryview(arr).cast("B"), datatype, shape, name)
+    return tensor_bytes.decode_raw(memoryview(arr).cast("B"), datatype, shape, name)
 
 
 def _requested_outputs(outputs: Any, shm: SharedMemory | None) -> dict[str, RequestedOutput]:
@@ -205,13 +205,13 @@ def decode_infer_request(msg: Any, shm: SharedMemory | None = None
     nraw = len(raw)
     used = 0
     inputs: dict[str, Tensor] = {}
-    decode_raw = tensor_codec.decode_raw
+    decode_raw = tensor_bytes.decode_raw
     for t in msg.inputs:
         name = t.name
-        datatype = tensor_codec.check_datatype(t.datatype, name)
-        shape = tensor_codec.check_shape(tuple(t.shape), name)
+        datatype = tensor_bytes.check_datatype(t.datatype, name)
+        shape = tensor_bytes.check_shape(tuple(t.shape), name)
         if name in inputs:
-            raise tensor_codec.duplicate_input_error(name, msg.id)
+            raise tensor_bytes.duplicate_input_error(name, msg.id)
         if t.parameters and "shared_memory_region" in t.parameters:
             if t.HasField("contents"):
                 raise InvalidArgument(
@@ -264,7 +264,7 @@ def encode_infer_response(response: InferenceResponse, request: InferenceRequest
     requested = request.requested_outputs
     outs = []
     raws = []
-    raw_bytes = tensor_codec.raw_bytes
+    raw_bytes = tensor_bytes.raw_bytes
     OutputTensor = ModelInferResponse.InferOutputTensor
     for t in response.outputs:
         data = t.data
@@ -372,12 +372,55 @@ def fill_log_settings(target: Any, settings: dict[str, Any]) -> None:
             v.string_param = str(value)
 
 
-def trace_settings_dict(settings: Any) -> dict[str, list[str]]:
-    """TraceSettingRequest settings: each a list of strings (empty: reset)."""
-    return {key: list(value.value) for key, value in settings.items()}
+def trace_settings_dict(settings: Any) -> dict[str, Any]:
+    """TraceSettingRequest settings in the HTTP JSON shapes: ``trace_level`` a list of
+    strings, the others one string; no value resets the setting (None)."""
+    out: dict[str, Any] = {}
+    for key, setting in settings.items():
+        values = list(setting.value)
+        if key == "trace_level":
+            out[key] = values or None
+        elif len(values) > 1:
+            raise InvalidArgument(f"expect only 1 value for '{key}'")  # Triton's text
+        else:
+            out[key] = values[0] if values else None
+    return out
 
 
 def fill_trace_settings(target: Any, settings: dict[str, Any]) -> None:
     for key, value in settings.items():
         values = value if isinstance(value, (list, tuple)) else [value]
         target[key].value.extend(str(v) for v in values)
+
+
+def parse_message(cls: Any, data: bytes) -> Any:
+    """An RPC's request message from its bytes; bytes that do not parse as it are the
+    client's mistake (INVALID_ARGUMENT), never a server error."""
+    try:
+        return cls.FromString(data)
+    except Exception as exc:
+        raise InvalidArgument(
+            f"Unable to parse request: not a valid {cls.DESCRIPTOR.full_name} message "
+            f"({exc or type(exc).__name__})") from None
+
+
+class Unparsable:
+    """What a lenient deserializer hands the handler for bytes that did not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: NaiadError):
+        self.error = error
+
+
+def lenient_parser(cls: Any) -> Any:
+    """A grpcio request deserializer that never raises (grpcio would answer INTERNAL):
+    bytes that do not parse become an ``Unparsable`` for the handler to refuse."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return parse_message(cls, data)
+        except NaiadError as exc:
+            return Unparsable(exc)
+
+    return parse

@@ -26,7 +26,6 @@ class RepositoryPoller:
     def __init__(self, manager: "ModelRepositoryManager", interval_s: float):
         self.manager = manager
         self.interval_s = max(0.1, float(interval_s))
-        self.polls = 0
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -67,7 +66,7 @@ class RepositoryPoller:
             try:
                 fp = source.fingerprint(name)
             except Exception as exc:  # noqa: BLE001
-                log.error("unable to poll model '%s': %s", name, exc)
+                log.error("unable to poll model '%s': %s", name, exc, extra={"model": name})
                 continue
             if entry is None or entry.polled != fp or entry.source is not source:
                 to_load.append(name)
@@ -78,16 +77,16 @@ class RepositoryPoller:
     async def poll_once(self) -> None:
         loop = asyncio.get_running_loop()
         found, to_load, gone = await loop.run_in_executor(None, self._changes)
-        self.polls += 1
         mgr = self.manager
 
         async def load(name: str) -> None:
             try:
                 await mgr.load_model(name, _found=found)
             except NaiadError as exc:
-                log.error("poll: %s", exc.message)
+                log.error("poll: %s", exc.message, extra={"model": name})
 
         for name in gone:
-            log.info("poll: model '%s' left the repository; unloading it", name)
+            log.info("poll: model '%s' left the repository; unloading it", name,
+                     extra={"model": name})
         await asyncio.gather(*[load(n) for n in to_load],
                              *[mgr.forget(n) for n in gone], return_exceptions=True)

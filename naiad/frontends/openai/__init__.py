@@ -37,7 +37,8 @@ def check_options(opts: Any) -> None:
 
 
 def openai_frontend(server: Any) -> Any:
-    """The frontend ``Server.start_frontends`` starts when ``allow_openai`` is set."""
+    """The frontend ``Server.start_frontends`` starts, around its data plane, when
+    ``allow_openai`` is set."""
     from naiad.core.errors import InvalidArgument
     from naiad.frontends.openai.app import OpenAIFrontend
 

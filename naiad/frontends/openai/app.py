@@ -3,9 +3,9 @@
 Routes: ``GET /v1/models``, ``GET /v1/models/{model}``,
 ``POST /v1/chat/completions``, ``POST /v1/completions``,
 ``POST /v1/embeddings``, plus ``GET /health/ready`` and ``GET /metrics`` as
-Triton's OpenAI frontend has them. Every call goes through the ``Server``'s
-public API (``repository_index``, ``model_ready``, ``get_model``,
-``infer``, ``infer_stream``). Streamed answers are server-sent events ending
+Triton's OpenAI frontend has them. Every call goes through the data plane
+(``naiad.dataplane.DataPlane``: ``repository_index``, ``model_ready``,
+``get_model``, ``infer``, ``infer_stream``), as in the other frontends. Streamed answers are server-sent events ending
 with ``data: [DONE]``; a client that disconnects cancels its model requests.
 """
 
@@ -42,7 +42,10 @@ def _too_large(limit: int) -> bytes:
 
 
 class OpenAIApp:
-    """The ASGI application (also usable in-process: any ASGI server or test client)."""
+    """The ASGI application (also usable in-process: any ASGI server or test client).
+
+    ``server`` is the data plane (``Server.dataplane`` for an embedding application).
+    """
 
     def __init__(self, server: Any, max_input_size: int = 64 * 1024 * 1024,
                  tokenizer: str = "", chat_template: str = "", tool_call_parser: str = "",

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from naiad.core.errors import NaiadError
+from naiad.dataplane import make_request
 from naiad.frontends.openai.catalog import ModelInfo
 from naiad.frontends.openai.errors import bad_request, from_naiad
 from naiad.frontends.openai.schemas import EmbeddingRequest
-from naiad.server import make_request
 
 _NP_INT = {"INT64": np.int64, "INT32": np.int32}
 

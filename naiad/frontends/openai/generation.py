@@ -1,4 +1,4 @@
-"""Running one completion choice on a generation model, through ``Server.infer_stream``.
+"""Running one completion choice on a generation model, through ``DataPlane.infer_stream``.
 
 The request is built as Triton's OpenAI frontend builds it for the vLLM
 backend: ``text_input`` (the prompt or the rendered chat), ``stream``,
