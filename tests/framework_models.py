@@ -198,7 +198,7 @@ def openvino_ir(version_dir: Path, onnx_path: Path, static_batch: int | None = N
         kwargs["input"] = [static_batch, 6]
     model = ov.convert_model(str(onnx_path), **kwargs)
     version_dir.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, str(version_dir / "model.xml"))
+    ov.save_model(model, str(version_dir / "model.xml"), compress_to_fp16=False)
     return model
 
 
