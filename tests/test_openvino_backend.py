@@ -150,6 +150,9 @@ def test_streams_and_dynamic_batching_under_concurrency(ov_server, ov_repo):
     assert after["execution_count"] - before["execution_count"] < 24
     config = _get(ov_server, "/v2/models/ir_streams/config")
     assert config["parameters"]["NUM_STREAMS"] == {"string_value": "2"}
+    # two streams: each instance keeps two infer requests and splits batches across them
+    assert "model 'ir_streams': compiled for CPU" in ov_server.output()
+    assert "2 infer request(s) per instance" in ov_server.output()
 
 
 def test_batch_padding_for_a_static_batch_model(ov_server, ov_repo):

@@ -377,6 +377,12 @@ def test_metadata_config_and_statistics(torch_server):
         assert after.inference_stats.compute_infer.ns > before.inference_stats.compute_infer.ns
     finally:
         client.close()
+    with urllib.request.urlopen(f"http://127.0.0.1:{torch_server.metrics_port}/metrics",
+                                timeout=10) as r:
+        metrics = r.read().decode()
+    line = next(x for x in metrics.splitlines()
+                if x.startswith("nv_inference_request_success{") and 'model="ts_cnn"' in x)
+    assert float(line.rsplit(" ", 1)[1]) >= 1
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

@@ -345,8 +345,13 @@ class BatchingInstance(BackendInstance):
         return Internal(str(exc) or type(exc).__name__)
 
     def execute(self, requests: list[core.InferenceRequest]) -> list[core.InferenceResponse]:
+        return self.run_groups(requests, self.groups(requests))
+
+    def run_groups(self, requests: list[core.InferenceRequest],
+                   groups: list[list[int]]) -> list[core.InferenceResponse]:
+        """Run each group of request indices as one batch; one response per request."""
         responses: list[core.InferenceResponse | None] = [None] * len(requests)
-        for group in self.groups(requests):
+        for group in groups:
             batch = [requests[i] for i in group]
             try:
                 results = self._run_group(batch)

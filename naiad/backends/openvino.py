@@ -311,13 +311,13 @@ class OpenVINOInstance(BatchingInstance):
     def execute(self, requests: list[core.InferenceRequest]) -> list[core.InferenceResponse]:
         groups = self.groups(requests)
         if self._pool is None or len(groups) == 1:
-            return super().execute(requests)
+            return self.run_groups(requests, groups)
         # run the parts at once: each on a pool thread (OpenVINO releases the GIL) and one here
         responses: list[core.InferenceResponse | None] = [None] * len(requests)
 
         def part(group: list[int]) -> None:
             sub = [requests[i] for i in group]
-            for i, resp in zip(group, BatchingInstance.execute(self, sub)):
+            for i, resp in zip(group, self.run_groups(sub, [list(range(len(sub)))])):
                 responses[i] = resp
 
         futures = [self._pool.submit(part, g) for g in groups[1:]]

@@ -550,10 +550,9 @@ def _load_runner_locked(model: str, path: str, config: mc.ModelConfig) -> _Runne
     except NaiadError:
         raise
     except Exception as exc:
-        raise Unavailable(
-            f"unable to load model '{model}': failed to load model '{model}': "
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
-        ) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise Unavailable(f"unable to load model '{model}': failed to read '{path}': "
+                          f"{type(exc).__name__}: {first}") from None
 
 
 def _is_pt2(path: str) -> bool:
