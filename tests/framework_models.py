@@ -310,3 +310,24 @@ def infer_error(server, model: str, inputs: dict[str, tuple[str, list[int], np.n
         raise AssertionError("the request succeeded")
     finally:
         client.close()
+
+
+def load_without(module: str, repo: Path, model: str) -> tuple[bool, str]:
+    """Load a repository in a child process where ``import <module>`` fails; (ready, reason)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+sys.modules[{module!r}] = None  # importing it now raises ImportError
+from naiad.embedded import EmbeddedServer
+with EmbeddedServer(model_repository={str(repo)!r}, exit_on_error=False) as server:
+    print(server.model_ready({model!r}))
+    print([m.get("reason", "") for m in server.server.repository_index()
+           if m["name"] == {model!r}][0])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=str(Path(__file__).resolve().parent.parent))
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2, out.stdout + out.stderr
+    return lines[0] == "True", lines[1]

@@ -528,28 +528,13 @@ def test_aoti_package_with_forward_based_names(tmp_path):
 
 def test_missing_torch_makes_the_model_unavailable_naming_the_extra(tmp_path):
     """Without torch installed (blocked in a child process) the model is UNAVAILABLE."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     fm.torchscript_module(tmp_path / "m" / "1", Fails())
     fm.write_config(tmp_path / "m", """
         backend: "pytorch"
         input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
         output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
     """)
-    code = f"""
-import sys
-sys.modules["torch"] = None  # import torch now raises ImportError
-from naiad.embedded import EmbeddedServer
-with EmbeddedServer(model_repository={str(tmp_path)!r}, exit_on_error=False) as server:
-    print(server.model_ready("m"))
-    print([m.get("reason", "") for m in server.server.repository_index() if m["name"] == "m"][0])
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=str(ROOT))
-    lines = out.stdout.strip().splitlines()
-    assert lines[0] == "False", out.stderr
-    assert "backend 'pytorch' is not available" in lines[1]
-    assert "pip install 'naiad[torch]'" in lines[1]
+    ready, reason = fm.load_without("torch", tmp_path, "m")
+    assert not ready
+    assert "backend 'pytorch' is not available" in reason
+    assert "pip install 'naiad[torch]'" in reason

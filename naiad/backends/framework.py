@@ -42,6 +42,7 @@ __all__ = [
     "mc", "datatypes", "parse_int", "parse_bool", "param", "dims_str", "TensorSpec",
     "compare_dims", "check_scalar", "io_incomplete", "fill_dims", "complete_max_batch_size",
     "complete_io", "OutputPlan", "batch_groups", "wanted_outputs", "split_outputs",
+    "check_batch_rows", "select_outputs", "config_dims",
     "BatchingInstance", "DEFAULT_MAX_BATCH_SIZE",
 ]
 
@@ -302,18 +303,25 @@ def select_outputs(request: core.InferenceRequest, outputs: dict[str, tuple[str,
     return out
 
 
-def split_outputs(model_name: str, requests: list[core.InferenceRequest],
-                  outputs: dict[str, tuple[str, np.ndarray]],
-                  plan: OutputPlan) -> list[list[core.Tensor]]:
-    """Each request's rows of a batch's outputs."""
-    if len(requests) == 1:
-        return [select_outputs(requests[0], outputs, None, plan)]
+def check_batch_rows(model_name: str, requests: list[core.InferenceRequest],
+                     outputs: dict[str, tuple[str, np.ndarray]]) -> int:
+    """The batch's total rows; INTERNAL when an output does not have one row per batch item."""
     total = sum(r.batch_size for r in requests)
     for name, (_, arr) in outputs.items():
         if arr.ndim == 0 or arr.shape[0] != total:
             raise Internal(
                 f"model '{model_name}' output '{name}' has shape {list(arr.shape)}, which "
                 f"cannot be split back into requests of a batch of {total}")
+    return total
+
+
+def split_outputs(model_name: str, requests: list[core.InferenceRequest],
+                  outputs: dict[str, tuple[str, np.ndarray]],
+                  plan: OutputPlan) -> list[list[core.Tensor]]:
+    """Each request's rows of a batch's outputs."""
+    if len(requests) == 1:
+        return [select_outputs(requests[0], outputs, None, plan)]
+    check_batch_rows(model_name, requests, outputs)
     results = []
     offset = 0
     for r in requests:

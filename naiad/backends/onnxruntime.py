@@ -60,6 +60,7 @@ from naiad.backends.base import (
 from naiad.backends.framework import (
     OutputPlan,
     batch_groups,
+    check_batch_rows,
     check_scalar,
     complete_max_batch_size,
     fill_dims,
@@ -776,12 +777,7 @@ class OnnxRuntimeInstance(BackendInstance):
                     scattered[name] = (wire, pieces)
         if len(requests) == 1 and not scattered:
             return [self._select(requests[0], outputs, None)]
-        total = sum(r.batch_size for r in requests)
-        for name, (_, arr) in outputs.items():
-            if arr.ndim == 0 or arr.shape[0] != total:
-                raise Internal(
-                    f"model '{model.name}' output '{name}' has shape {list(arr.shape)}, which "
-                    f"cannot be split back into requests of a batch of {total}")
+        check_batch_rows(model.name, requests, outputs)
         results = []
         offset = 0
         for i, r in enumerate(requests):
