@@ -216,3 +216,20 @@ def test_bad_parameters_fail_the_load(tmp_path, ov_repo):
         assert not server.model_ready("m")
         reason = next(m for m in server.server.repository_index() if m["name"] == "m")["reason"]
     assert "PERFORMANCE_HINT must be one of LATENCY, THROUGHPUT" in reason
+
+
+def test_switches_take_openvino_yes_no_and_the_backends_spellings():
+    """OpenVINO's switches are written YES/NO in Triton's configs; the other backends read
+    booleans as Triton's common parser does (true/on/1, false/off/0), so 'yes' is refused
+    there with the parameter named."""
+    from naiad.backends.framework import parse_bool
+    from naiad.core.errors import InvalidArgument
+
+    assert parse_bool("YES", "SKIP_OV_DYNAMIC_BATCHSIZE", yes_no=True) is True
+    assert parse_bool(" no ", "SKIP_OV_DYNAMIC_BATCHSIZE", yes_no=True) is False
+    assert parse_bool("On", "SKIP_OV_DYNAMIC_BATCHSIZE", yes_no=True) is True
+    assert parse_bool("0", "enable_mem_arena") is False
+    with pytest.raises(InvalidArgument, match="failed to convert 'yes' to boolean for 'k'"):
+        parse_bool("yes", "k")
+    with pytest.raises(InvalidArgument, match="failed to convert 'maybe' to boolean for 'k'"):
+        parse_bool("maybe", "k", yes_no=True)

@@ -8,8 +8,8 @@ auto-completes a config and splits a batch the same way:
 * signatures: :class:`TensorSpec` (a model input/output as the framework
   reports it, in config terms), :func:`compare_dims`, :func:`check_scalar`;
 * auto-complete: :func:`io_incomplete`, :func:`fill_dims`,
-  :func:`complete_max_batch_size`, :func:`complete_io` (Triton's rules: fill
-  what the config leaves out, never overwrite what it says);
+  :func:`complete_max_batch_size`, :func:`complete_io`, :func:`complete_entries`
+  (Triton's rules: fill what the config leaves out, never overwrite what it says);
 * batches: :class:`OutputPlan` (the outputs a model version produces, with
   their wire types and the implicit-state outputs the sequence batcher
   needs), :func:`batch_groups`, :func:`wanted_outputs`,
@@ -20,7 +20,8 @@ auto-completes a config and splits a batch the same way:
   request its rows back.
 
 The model-config protobuf and the datatype table are imported here once for
-the framework backends (``mc``, ``datatypes``).
+the framework backends (``mc``, ``datatypes``). Boolean parameters go through
+the one parser, :func:`naiad.options.parse_bool`.
 """
 
 from __future__ import annotations
@@ -28,20 +29,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from naiad.backends.base import BackendInstance
+from naiad.core import datatypes
 from naiad.core import types as core
 from naiad.core.errors import Internal, InvalidArgument, NaiadError, Unsupported
-from naiad.protocol import datatypes
+from naiad.options import parse_bool as parse_flag
 from naiad.protocol import model_config_pb2 as mc
 
 __all__ = [
     "mc", "datatypes", "parse_int", "parse_bool", "param", "dims_str", "TensorSpec",
     "compare_dims", "check_scalar", "io_incomplete", "fill_dims", "complete_max_batch_size",
-    "complete_io", "OutputPlan", "batch_groups", "wanted_outputs", "split_outputs",
+    "complete_io", "complete_entries", "OutputPlan", "batch_groups", "wanted_outputs", "split_outputs",
     "check_batch_rows", "select_outputs", "config_dims",
     "BatchingInstance", "DEFAULT_MAX_BATCH_SIZE",
 ]
@@ -64,13 +66,21 @@ def parse_int(value: str, what: str) -> int:
         raise InvalidArgument(f"failed to convert '{value}' to integral number for '{what}'") from None
 
 
-def parse_bool(value: str, what: str) -> bool:
-    v = str(value).strip().lower()
-    if v in ("true", "on", "1", "yes"):
-        return True
-    if v in ("false", "off", "0", "no"):
-        return False
-    raise InvalidArgument(f"failed to convert '{value}' to boolean for '{what}'")
+def parse_bool(value: str, what: str, yes_no: bool = False) -> bool:
+    """A boolean model parameter, read by :func:`naiad.options.parse_bool` (Triton's
+    true/on/1, false/off/0); INVALID_ARG naming the parameter when it is neither.
+
+    ``yes_no`` also takes YES/NO, the spelling Triton's OpenVINO backend documents
+    for its switches (``SKIP_OV_DYNAMIC_BATCHSIZE: "YES"``).
+    """
+    if yes_no:
+        text = str(value).strip().lower()
+        if text in ("yes", "no"):
+            return text == "yes"
+    flag = parse_flag(value)
+    if flag is None:
+        raise InvalidArgument(f"failed to convert '{value}' to boolean for '{what}'")
+    return flag
 
 
 def param(config: mc.ModelConfig, key: str) -> str | None:
@@ -108,23 +118,18 @@ def compare_dims(model: str, tensor: str, model_shape: tuple[int, ...], dims: tu
                 f"shape should have at least 1 dimension and the first dimension must be -1; "
                 f"but shape expected by the model is {dims_str(model_shape)}")
         full = (-1,) + tuple(dims)
-        ok = len(model_shape) == len(full) and all(
-            m == f for m, f in zip(model_shape, full) if exact or m != -1)
-        if not ok:
-            raise InvalidArgument(
-                f"model '{model}', tensor '{tensor}': the model expects {len(model_shape)} "
-                f"dimensions (shape {dims_str(model_shape)}) but the model configuration "
-                f"specifies {len(full)} dimensions (an initial batch dimension because "
-                f"max_batch_size > 0 followed by the explicit tensor shape, making complete "
-                f"shape {dims_str(full)})")
+        how = (f"{len(full)} dimensions (an initial batch dimension because max_batch_size > 0 "
+               f"followed by the explicit tensor shape, making complete shape "
+               f"{dims_str(full)})")
     else:
-        ok = len(model_shape) == len(dims) and all(
-            m == d for m, d in zip(model_shape, dims) if exact or m != -1)
-        if not ok:
-            raise InvalidArgument(
-                f"model '{model}', tensor '{tensor}': the model expects {len(model_shape)} "
-                f"dimensions (shape {dims_str(model_shape)}) but the model configuration "
-                f"specifies {len(dims)} dimensions (shape {dims_str(dims)})")
+        full = tuple(dims)
+        how = f"{len(dims)} dimensions (shape {dims_str(dims)})"
+    if len(model_shape) != len(full) or not all(
+            m == f for m, f in zip(model_shape, full) if exact or m != -1):
+        raise InvalidArgument(
+            f"model '{model}', tensor '{tensor}': the model expects {len(model_shape)} "
+            f"dimensions (shape {dims_str(model_shape)}) but the model configuration "
+            f"specifies {how}")
 
 
 def check_scalar(model: str, tensor: str, dims: tuple[int, ...]) -> None:
@@ -226,16 +231,23 @@ def complete_io(config: mc.ModelConfig, inputs: Sequence[TensorSpec],
                 entry.name = spec.name
                 entry.data_type = mc.DataType.Value(spec.config_type)
                 fill_dims(entry, spec.dims, mbs)
+    complete_entries(config, {s.name: s for s in inputs}, {s.name: s for s in outputs})
+
+
+def complete_entries(config: mc.ModelConfig, inputs: Mapping[str, TensorSpec],
+                     outputs: Mapping[str, TensorSpec]) -> None:
+    """naiad's extension: entries the config lists without a data_type or dims get the
+    model's (``inputs``/``outputs``: name -> anything with ``config_type`` and ``dims``)."""
     mbs = int(config.max_batch_size)
-    by_name = {s.name: s for s in list(inputs) + list(outputs)}
-    for entry in list(config.input) + list(config.output):
-        spec = by_name.get(entry.name)
-        if spec is None or not io_incomplete(entry):
-            continue
-        if entry.data_type == mc.TYPE_INVALID and spec.config_type != "TYPE_INVALID":
-            entry.data_type = mc.DataType.Value(spec.config_type)
-        if len(entry.dims) == 0 and not entry.HasField("reshape"):
-            fill_dims(entry, spec.dims, mbs)
+    for field, specs in ((config.input, inputs), (config.output, outputs)):
+        for entry in field:
+            spec = specs.get(entry.name)
+            if spec is None or not io_incomplete(entry):
+                continue
+            if entry.data_type == mc.TYPE_INVALID and spec.config_type != "TYPE_INVALID":
+                entry.data_type = mc.DataType.Value(spec.config_type)
+            if len(entry.dims) == 0 and not entry.HasField("reshape"):
+                fill_dims(entry, spec.dims, mbs)
 
 
 # ---------------------------------------------------------------------------

@@ -57,11 +57,13 @@ from naiad.backends.base import (
     InstanceSpec,
     ModelLoadContext,
 )
+from naiad.backends.batch_io import BatchIO
 from naiad.backends.framework import (
     OutputPlan,
     batch_groups,
     check_batch_rows,
     check_scalar,
+    complete_entries,
     complete_max_batch_size,
     fill_dims,
     io_incomplete,
@@ -73,6 +75,7 @@ from naiad.backends.framework import dims_str as _dims_str
 from naiad.backends.framework import param as _param
 from naiad.backends.framework import parse_bool as _parse_bool
 from naiad.backends.framework import parse_int as _parse_int
+from naiad.core import datatypes
 from naiad.core import types as core
 from naiad.core.errors import (
     ErrorKind,
@@ -82,9 +85,7 @@ from naiad.core.errors import (
     Unavailable,
     Unsupported,
 )
-from naiad.protocol import datatypes
 from naiad.protocol import model_config_pb2 as mc
-from naiad.scheduling.ragged import BatchIO
 
 log = logging.getLogger("naiad.backends.onnxruntime")
 
@@ -151,6 +152,17 @@ def ort_error_text(exc: BaseException) -> str:
 def _ort_error(exc: BaseException, prefix: str = "") -> NaiadError:
     kind = ErrorKind.INVALID_ARG if isinstance(exc, _ORT_INVALID_ARG) else ErrorKind.INTERNAL
     return NaiadError(prefix + ort_error_text(exc), kind)
+
+
+def register_custom_ops(options: Any, config: mc.ModelConfig, action: str) -> None:
+    """Register the config's ``model_operations`` libraries with session options."""
+    for lib in config.model_operations.op_library_filename:
+        try:
+            options.register_custom_ops_library(lib)
+        except Exception as exc:
+            raise InvalidArgument(
+                f"unable to {action} model '{config.name}': failed to register custom "
+                f"operations library '{lib}': {ort_error_text(exc)}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,12 +293,16 @@ class SessionSettings:
                     setattr(so, attr, count)
                 summary[key] = max(count, 0)
 
-        key = "session.use_device_allocator_for_initializers"
-        value = _param(config, key)
-        if value is not None:
-            log.debug("model '%s': configuring '%s' to '%s'", name, key, value)
-            so.add_session_config_entry(key, value)
-            summary[key] = value
+        def config_entry(key: str, add) -> None:
+            """A parameter passed through as an onnxruntime config entry."""
+            value = _param(config, key)
+            if value is not None:
+                log.debug("model '%s': configuring '%s' to '%s'", name, key, value)
+                add(key, value)
+                summary[key] = value
+
+        config_entry("session.use_device_allocator_for_initializers",
+                     so.add_session_config_entry)
 
         for key, attr in (("enable_mem_arena", "enable_cpu_mem_arena"),
                           ("enable_mem_pattern", "enable_mem_pattern")):
@@ -297,20 +313,9 @@ class SessionSettings:
                 summary[key] = flag
 
         run_options = ort.RunOptions()
-        key = "memory.enable_memory_arena_shrinkage"
-        value = _param(config, key)
-        if value is not None:
-            log.debug("model '%s': configuring '%s' to '%s'", name, key, value)
-            run_options.add_run_config_entry(key, value)
-            summary[key] = value
+        config_entry("memory.enable_memory_arena_shrinkage", run_options.add_run_config_entry)
 
-        for lib in config.model_operations.op_library_filename:
-            try:
-                so.register_custom_ops_library(lib)
-            except Exception as exc:
-                raise InvalidArgument(
-                    f"unable to load model '{name}': failed to register custom operations "
-                    f"library '{lib}': {ort_error_text(exc)}") from None
+        register_custom_ops(so, config, "load")
 
         providers: list = []
         available = ort.get_available_providers()
@@ -496,17 +501,7 @@ def auto_complete(config: mc.ModelConfig, io: SessionIO, backend_config: dict[st
                         f"type {info.ort_type}, which a model configuration cannot express")
                 _fill_io(field.add(), info, mbs)
     # naiad's extension: complete entries the config lists without data_type/dims
-    mbs = int(config.max_batch_size)
-    for field, infos in ((config.input, {**io.inputs, **io.overridable}),
-                         (config.output, io.outputs)):
-        for entry in field:
-            info = infos.get(entry.name)
-            if info is None or not io_incomplete(entry):
-                continue
-            if entry.data_type == mc.TYPE_INVALID and info.config_type != "TYPE_INVALID":
-                entry.data_type = mc.DataType.Value(info.config_type)
-            if len(entry.dims) == 0 and not entry.HasField("reshape"):
-                _fill_dims(entry, info, mbs)
+    complete_entries(config, {**io.inputs, **io.overridable}, io.outputs)
 
 
 def _auto_complete_max_batch(config: mc.ModelConfig, io: SessionIO,
@@ -583,13 +578,7 @@ class OnnxRuntimeBackend(Backend):
         # only the signature is read: skip the optimizers, keep custom ops
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.intra_op_num_threads = 1
-        for lib in config.model_operations.op_library_filename:
-            try:
-                options.register_custom_ops_library(lib)
-            except Exception as exc:
-                raise InvalidArgument(
-                    f"unable to auto-complete model '{config.name}': failed to register custom "
-                    f"operations library '{lib}': {ort_error_text(exc)}") from None
+        register_custom_ops(options, config, "auto-complete")
         session = create_session(path, options, ["CPUExecutionProvider"], config.name)
         try:
             auto_complete(config, SessionIO.of(session), backend_config)
@@ -624,7 +613,7 @@ class OnnxRuntimeModel(BackendModel):
         self.output_dims = self.plan.dims
         self.all_outputs = self.plan.all_outputs
         self.state_outputs = self.plan.state_outputs
-        # ragged inputs, batch_input and batch_output (naiad.scheduling.ragged)
+        # ragged inputs, batch_input and batch_output (naiad.backends.batch_io)
         batch_io = BatchIO(config)
         self.batch_io: BatchIO | None = batch_io if batch_io.active else None
         self.model = None

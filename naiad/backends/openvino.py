@@ -95,7 +95,7 @@ def _get_core(extension: str | None = None) -> ov.Core:
 
 def _yes(config: mc.ModelConfig, key: str) -> bool:
     value = param(config, key)
-    return bool(value) and parse_bool(value, key)
+    return bool(value) and parse_bool(value, key, yes_no=True)
 
 
 def _port_name(port) -> str:
