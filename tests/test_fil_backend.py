@@ -233,4 +233,4 @@ def test_missing_framework_makes_the_model_unavailable_naming_the_extra(tmp_path
     fm.write_config(tmp_path / "m", _config("xgboost_json"))
     ready, reason = fm.load_without("xgboost", tmp_path, "m")
     assert not ready
-    assert "pip install 'naiad[fil]'" in reason
+    assert "pip install -e '.[fil]'" in reason

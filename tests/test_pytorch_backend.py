@@ -537,4 +537,4 @@ def test_missing_torch_makes_the_model_unavailable_naming_the_extra(tmp_path):
     ready, reason = fm.load_without("torch", tmp_path, "m")
     assert not ready
     assert "backend 'pytorch' is not available" in reason
-    assert "pip install 'naiad[torch]'" in reason
+    assert "pip install -e '.[torch]'" in reason

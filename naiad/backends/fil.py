@@ -60,6 +60,7 @@ from naiad.backends.framework import (
     parse_int,
 )
 from naiad.core.errors import Internal, InvalidArgument, NaiadError, Unavailable
+from naiad.core.extras import install_hint
 
 log = logging.getLogger("naiad.backends.fil")
 
@@ -252,7 +253,7 @@ def load_forest(name: str, path: str, kind: str, nthread: int) -> _Forest:
         raise
     except ImportError as exc:
         raise Unavailable(f"unable to load model '{name}': {exc} (install it with: "
-                          f"pip install 'naiad[fil]')") from None
+                          f"{install_hint('fil')})") from None
     except Exception as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise Unavailable(f"unable to load model '{name}': failed to read '{path}' as "
