@@ -80,7 +80,9 @@ class BackendInstance:
         """Run the requests; return one response per request, in order.
 
         Return None when the instance delivers responses itself through
-        ``request.respond`` (decoupled models). An exception fails every
+        ``request.respond`` (decoupled models); an entry ``core.types.DEFERRED``
+        when it answers that one request itself later (``Model.deliver``) or has
+        set ``request.reschedule`` to run it again. An exception fails every
         request in the list with an INTERNAL error carrying its message.
         """
         raise NotImplementedError
