@@ -123,6 +123,7 @@ class Engine:
         self._drained: asyncio.Event | None = None
         self._rate_handle = None
         self._pending: deque = deque()
+        self._finishing = False
         self._sequences: list[_Sequence] = []
         self._shm: list = []
         self._snap_cpu = time.process_time()
@@ -336,7 +337,7 @@ class Engine:
 
     def _release(self, slot) -> None:
         """A rate-mode slot is free: serve the oldest waiting request or go idle."""
-        if self._pending and self._running:
+        if self._pending and (self._running or self._finishing):
             seq, due_ns = self._pending.popleft()
             self._issue(slot, seq, time.time_ns() - due_ns > DELAY_TOLERANCE_NS)
         else:
@@ -367,7 +368,12 @@ class Engine:
                                      seq_id, p.index, extra))
             if seq is not None:
                 seq.busy = False
-            if self._mode == "concurrency":
+            if self._finishing:
+                if seq is not None and seq.remaining > 0 and not self.error:
+                    self._send_final(seq, slot)
+                elif self._mode != "concurrency":
+                    self._release(slot)
+            elif self._mode == "concurrency":
                 if self._running and not self.error:
                     self._issue(slot, seq)
             else:
@@ -375,7 +381,7 @@ class Engine:
                     due = seq.queue.popleft()
                     self._dispatch(seq, due)
                 self._release(slot)
-            if self.in_flight == 0 and self._drained is not None:
+            if self.in_flight == 0 and not self._pending and self._drained is not None:
                 self._drained.set()
 
         try:
@@ -390,20 +396,55 @@ class Engine:
         self._running = False
 
     async def stop(self, timeout: float = 30.0) -> None:
-        """Stop sending; wait for the requests in flight."""
+        """Stop sending; wait for the requests in flight.
+
+        Sequences the level leaves open are completed first, as perf_analyzer
+        does: each gets one last request with ``sequence_end`` (sent as soon as
+        its request in flight returns), so no sequence keeps holding a slot of
+        the server's sequence batcher, and none blocks the sequences queued
+        behind it.
+        """
         self._running = False
         if self._rate_handle is not None:
             self._rate_handle.cancel()
             self._rate_handle = None
         self._pending.clear()
-        if self.in_flight:
+        self._limited = False
+        if self._sequences and not self.error:
+            self._finishing = True
+            for seq in self._sequences:
+                seq.queue.clear()
+                if seq.remaining > 0 and not seq.busy:
+                    seq.remaining = 1
+                    self._send_final(seq)
+        await self._drain(timeout)
+        self._finishing = False
+        self._idle = list(self._slots)
+
+    def _send_final(self, seq: _Sequence, slot=None) -> None:
+        """Send a live sequence's last request (on ``slot``, or any free one)."""
+        seq.remaining = 1
+        if slot is None:
+            if self._mode == "concurrency":
+                slot = self._slots[self._sequences.index(seq)]
+            elif self._idle:
+                slot = self._idle.pop()
+            else:
+                self._pending.append((seq, time.time_ns()))
+                if not self._opening:
+                    self._opening += 1
+                    asyncio.ensure_future(self._grow())
+                return
+        self._issue(slot, seq)
+
+    async def _drain(self, timeout: float) -> None:
+        if self.in_flight or self._pending:
             self._drained = asyncio.Event()
             try:
                 await asyncio.wait_for(self._drained.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
             self._drained = None
-        self._idle = list(self._slots)
 
     async def wait_done(self, timeout: float) -> None:
         """Wait until a limited level has sent and completed all its requests."""

@@ -88,7 +88,7 @@ class HttpConnection(asyncio.Protocol):
         self.header_length = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) == 30 and name.lower() == b"inference-header-content-length":
+        if len(name) == 31 and name.lower() == b"inference-header-content-length":
             try:
                 self.header_length = int(value)
             except ValueError:

@@ -94,6 +94,8 @@ class Profiler:
         else:
             print(f"Request Rate: {_num(value)} inference requests per second", file=self.out,
                   flush=True)
+        if o.request_count:  # the one window holds every request: open it before the load
+            await self._open_window()
         await self._start(value, o.request_count)
         stable = await self._windows(level)
         await self._stop()
@@ -264,15 +266,17 @@ class Profiler:
             within = all(v < threshold * 1_000_000 for v in lat[-STABILITY_WINDOW:])
         return stable or (not within and threshold != NO_LIMIT)
 
+    async def _open_window(self) -> None:
+        start_server = await self._server_stats()
+        for e in self.engines:  # the window starts now: restart the CPU clocks
+            await e.snapshot_async()
+        self._prev_end_ns, self._prev_server = time.time_ns(), start_server
+
     async def _measure(self, level: PerfStatus, trial: int) -> PerfStatus:
         o = self.o
         if self._prev_end_ns == 0:
-            start_ns = time.time_ns()
-            start_server = await self._server_stats()
-            for e in self.engines:  # the window starts now: restart the CPU clocks
-                await e.snapshot_async()
-        else:
-            start_ns, start_server = self._prev_end_ns, self._prev_server
+            await self._open_window()
+        start_ns, start_server = self._prev_end_ns, self._prev_server
         progress = _Progress(o, level, trial, self.err)
         try:
             if o.request_count:

@@ -51,9 +51,15 @@ def make_transport(plan: Plan):
     from naiad.tools.perf.transports import GrpcTransport, HttpTransport
 
     if plan.protocol == "grpc":
+        tls = None
+        if plan.ssl.get("grpc"):
+            tls = http_wire.ssl_context(ca_file=plan.ssl.get("root", ""),
+                                        cert_file=plan.ssl.get("chain", ""),
+                                        key_file=plan.ssl.get("key", ""))
+            tls.set_alpn_protocols(["h2"])
         return GrpcTransport(lambda: _channel(plan), plan.model, plan.version, plan.outputs,
                              plan.headers, plan.grpc_compression, plan.streaming,
-                             plan.keep_outputs)
+                             plan.keep_outputs, url=plan.url, tls=tls)
     tls = _https_context(plan.ssl) if http_wire.parse_url(plan.url)[0] else None
     return HttpTransport(plan.url, plan.model, plan.version, plan.outputs, plan.headers,
                          plan.input_format, plan.output_format, tls, plan.keep_outputs)

@@ -247,9 +247,14 @@ def grpc_channel(url: str, ssl: bool = False, root: str = "", key: str = "", cha
 class GrpcTransport:
     name = "grpc"
 
+    #: calls per raw HTTP/2 connection before another is opened (like tritonclient's
+    #: channel sharing)
+    SLOTS_PER_CONNECTION = 16
+
     def __init__(self, channel_factory: Callable[[], Any], model: str, version: str,
                  outputs: list[str], headers: list[tuple[str, str]], compression: str = "none",
-                 streaming: bool = False, keep_outputs: bool = False):
+                 streaming: bool = False, keep_outputs: bool = False, url: str = "",
+                 tls=None):
         from naiad.protocol import grpc_service_pb2 as pb
 
         self.pb = pb
@@ -262,6 +267,12 @@ class GrpcTransport:
         self.streaming = streaming
         self.keep_outputs = keep_outputs
         self.channel = None
+        self.url = url
+        self.tls = tls
+        # unary calls without compression take the raw HTTP/2 path (grpc_wire)
+        self.raw = not streaming and compression == "none" and bool(url)
+        self._conns: list = []
+        self._slots_on_last = 0
 
     def prepare(self, index: int, step: Step, shm: ShmPlan | None = None) -> Prepared:
         from naiad.protocol.grpc_codec import set_parameters
@@ -302,6 +313,8 @@ class GrpcTransport:
     async def open(self) -> None:
         import grpc
 
+        if self.raw:
+            return
         self.channel = self.channel_factory()
         self._compression = {"gzip": grpc.Compression.Gzip,
                              "deflate": grpc.Compression.Deflate}.get(self.compression)
@@ -311,6 +324,18 @@ class GrpcTransport:
                                                  response_deserializer=_identity)
 
     async def new_slot(self):
+        if self.raw:
+            from naiad.tools.perf import grpc_wire
+
+            if not self._conns or self._slots_on_last >= self.SLOTS_PER_CONNECTION:
+                target = self.url.split("://", 1)[-1]
+                host, _, port = target.rpartition(":")
+                conn = await grpc_wire.connect(host or "localhost", int(port), _INFER,
+                                               self.metadata or (), self.tls)
+                self._conns.append(conn)
+                self._slots_on_last = 0
+            self._slots_on_last += 1
+            return GrpcRawSlot(self, self._conns[-1])
         if self.streaming:
             slot = GrpcStreamSlot(self)
             await slot.open()
@@ -326,9 +351,40 @@ class GrpcTransport:
         return [out]
 
     async def close(self) -> None:
+        for conn in self._conns:
+            conn.close()
+        self._conns = []
         if self.channel is not None:
             await self.channel.close()
             self.channel = None
+
+
+class GrpcRawSlot:
+    """Unary calls on a shared raw HTTP/2 connection (one in flight per slot)."""
+
+    def __init__(self, transport: GrpcTransport, conn):
+        self.t = transport
+        self.conn = conn
+
+    def send(self, p: Prepared, params: dict | None, callback: Callback) -> None:
+        t0 = time.time_ns()
+        data = self.t.encode(p, params)
+        keep = self.t.keep_outputs
+
+        def done(ok: bool, error: str, message: bytes | None, first_ns: int, end_ns: int):
+            if not ok:
+                callback(Result(False, error, t0, end_ns, 0, 0))
+                return
+            outputs = self.t.decode_outputs(message) if keep else None
+            callback(Result(True, "", t0, end_ns, send_ns, end_ns - first_ns if first_ns else 0,
+                            outputs=outputs))
+
+        send_ns = 0
+        self.conn.call(data, done)
+        send_ns = time.time_ns() - t0
+
+    def close(self) -> None:
+        pass
 
 
 class GrpcSlot:
