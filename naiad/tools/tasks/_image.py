@@ -1,0 +1,39 @@
+"""What the image tasks share: the pre-processing settings every pipeline takes."""
+
+from __future__ import annotations
+
+from naiad.protocol import model_config_pb2 as mc
+from naiad.tools import tasks
+from naiad.tools.tasks import TaskContext, TaskError
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+PRE_OPTIONS = {
+    "size": "HEIGHTxWIDTH of the network input when the network's is variable",
+    "layout": "NCHW or NHWC (default: from the input's format or shape)",
+    "scale": "multiplies the 0..255 pixel values first (default 1/255)",
+    "mean": "per-channel mean subtracted after scaling",
+    "std": "per-channel divisor after the mean",
+}
+
+
+def pre_settings(ctx: TaskContext, image: tasks.ImageInput, height: int, width: int,
+                 mean: list[float], std: list[float]) -> dict[str, str]:
+    """The settings of a pre-processing model, from the network and the task options."""
+    mean = ctx.floats("mean", mean)
+    std = ctx.floats("std", std)
+    if len(mean) not in (0, 1, image.channels) or len(std) not in (0, 1, image.channels):
+        raise TaskError(f"mean and std need 1 or {image.channels} values")
+    return {"output": image.name, "layout": image.layout, "height": str(height),
+            "width": str(width), "channels": str(image.channels),
+            "data_type": mc.DataType.Name(image.data_type),
+            "scale": str(ctx.option("scale", 1 / 255.0, float)),
+            "mean": ",".join(str(v) for v in mean), "std": ",".join(str(v) for v in std)}
+
+
+def labels_files(ctx: TaskContext) -> dict[str, str]:
+    if ctx.labels_file:
+        return {"labels.txt": ctx.labels_file}
+    ctx.warnings.append("no --labels: LABELS carries class indices")
+    return {}
