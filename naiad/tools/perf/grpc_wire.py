@@ -299,7 +299,9 @@ def decode_status(block: bytes) -> tuple[int, str]:
     """(grpc-status, grpc-message) from a trailers header block (-1 if absent)."""
     try:
         from hpack import Decoder
-
+    except ImportError:
+        return -1, "the server answered with a gRPC error (pip install 'naiad[tools]' to read it)"
+    try:
         headers = Decoder().decode(block, raw=True)
     except Exception as exc:  # noqa: BLE001 - a block we cannot read
         return -1, f"unreadable gRPC trailers: {exc}"

@@ -358,8 +358,10 @@ def write_export(path: str, statuses: list[PerfStatus], o: PerfOptions, model: M
 
 def plot(path: str, statuses: list[PerfStatus], o: PerfOptions, title: str) -> None:
     """Throughput (x) against latency (y, p50/p99 and the stabilizing latency) per level."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install 'naiad[tools]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
