@@ -456,3 +456,48 @@ def test_outputs_equal_for_random_data(server):
     assert all(len(s) == 5 for s in step["S"].array)
     (zero,) = data.load(["zero"], info, {}, string_length=3)
     assert not zero[0]["X"].array.any()
+
+
+def test_grpc_over_mutual_tls(tmp_path):
+    """The raw HTTP/2 path over TLS (ALPN h2) with a client certificate."""
+    from test_grpc_options import _certificates
+
+    certs = _certificates(tmp_path)
+    with NaiadProcess(ROOT / "examples" / "model_repository", "--grpc-use-ssl-mutual=true",
+                      f"--grpc-server-cert={certs['server_cert']}",
+                      f"--grpc-server-key={certs['server_key']}",
+                      f"--grpc-root-cert={certs['ca']}") as server:
+        r = perf("-m", "add_sub", "-i", "grpc", "-u", server.grpc_url, "--ssl-grpc-use-ssl",
+                 "--ssl-grpc-root-certifications-file", certs["ca"],
+                 "--ssl-grpc-private-key-file", certs["client_key"],
+                 "--ssl-grpc-certificate-chain-file", certs["client_cert"],
+                 "--request-count", "9")
+        assert levels(r.stdout)[0]["server_count"] == 9
+        # without the client certificate the server refuses the connection
+        r = perf("-m", "add_sub", "-i", "grpc", "-u", server.grpc_url, "--ssl-grpc-use-ssl",
+                 "--ssl-grpc-root-certifications-file", certs["ca"], "--request-count", "2",
+                 check=False)
+        assert r.returncode == 1
+
+
+def test_client_bound_levels_are_flagged():
+    """A level whose load process used >= 0.85 core prints perf_analyzer's warning."""
+    import io
+
+    from naiad.tools.perf import report
+    from naiad.tools.perf.model import ModelInfo
+    from naiad.tools.perf.options import PerfOptions
+    from naiad.tools.perf.stats import PerfStatus, summarize_latency
+
+    info = ModelInfo("m", "1", "", [], [], 0, False, False, False, False, False)
+    for cores, flagged in (([0.4, 0.91], True), ([0.84], False)):
+        s = PerfStatus(concurrency=8, client_cores=cores)
+        summarize_latency([1000, 2000, 3000], s.client, -1)
+        out = io.StringIO()
+        report.print_level(s, PerfOptions(), info, False, out)
+        text = out.getvalue()
+        assert ("[WARNING] Perf Analyzer is not able to keep up with the desired load. The "
+                "results may not be accurate." in text) == flagged
+        if flagged:
+            assert "the load generator used 0.40, 0.91 CPU cores per process" in text
+            assert "add --workers" in text
