@@ -5,7 +5,8 @@ models an ensemble needs) with the variant's config.pbtxt goes into a
 scratch repository, a server is started on it (naiad, or ``--server-command``),
 and ``naiad perf`` measures each concurrency level over the wire. A level
 that goes over the latency budget ends that configuration's sweep, as do
-levels that stop adding throughput (less than 5% twice in a row). Quick
+levels that stop adding throughput (less than 5% twice in a row) and two
+levels in a row that cannot be measured stably (one is skipped). Quick
 search moves between configurations by the objective; ``--time-budget``
 stops starting new configurations once the budget would be exceeded.
 """
@@ -259,6 +260,7 @@ class Sweep:
                                    log_path=os.path.join(logs, f"{name}.server.log"))
             with server:
                 last: list[float] = []
+                unstable = 0
                 for conc in s.concurrency:
                     t0 = time.monotonic()
                     buf = io.StringIO()
@@ -268,14 +270,24 @@ class Sweep:
                             "-r", str(s.max_trials), "--no-progress", *s.perf_args]
                     try:
                         run = perf.run(perf.parse(argv), out=buf, err=buf)
+                    except perf.PerfError as exc:
+                        if "stable measurement" not in str(exc):
+                            raise
+                        run = None  # this level never settled
                     finally:
                         with open(os.path.join(logs, f"{name}.perf.log"), "a") as f:
                             f.write(buf.getvalue())
                     self.per_level_s.append(time.monotonic() - t0)
                     levels_done += 1
                     self._advance(1)
-                    if not run.statuses:
-                        break  # unstable at this level: higher ones will not be better
+                    if run is None or not run.statuses:  # no stable measurement here
+                        unstable += 1
+                        if unstable >= 2:  # two in a row: it cannot be measured here
+                            if not result.measurements:
+                                result.error = "no stable measurement (see the perf log)"
+                            break
+                        continue
+                    unstable = 0
                     m = self._measurement(result, conc, run)
                     result.measurements.append(m)
                     if s.latency_budget_ms and m.p99_ms > s.latency_budget_ms:
