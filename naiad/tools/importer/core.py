@@ -137,7 +137,12 @@ def _copy_files(opts: ImportOptions, fmt: formats.Format, vdir: str,
 
 
 def _draft(opts: ImportOptions, fmt: formats.Format, name: str) -> mc.ModelConfig:
+    from naiad.backends import registry
+
     draft = mc.ModelConfig(name=name, backend=fmt.backend)
+    if fmt.name != "python" and registry.DEFAULT_MODEL_FILENAMES.get(fmt.backend) != \
+            fmt.filename:
+        draft.default_model_filename = fmt.filename  # e.g. the fil backend's xgboost.json
     for key, value in fmt.parameters:
         draft.parameters[key].string_value = value
     if opts.max_batch_size is not None:
@@ -152,8 +157,13 @@ def _draft(opts: ImportOptions, fmt: formats.Format, name: str) -> mc.ModelConfi
 
 def _concise(done: mc.ModelConfig, fmt: formats.Format, opts: ImportOptions) -> mc.ModelConfig:
     """The config to write: what matters, not every default the server fills in."""
+    from naiad.backends import registry
+
     out = mc.ModelConfig(name=done.name, backend=done.backend,
                          max_batch_size=done.max_batch_size)
+    if done.default_model_filename and done.default_model_filename != \
+            registry.DEFAULT_MODEL_FILENAMES.get(done.backend):
+        out.default_model_filename = done.default_model_filename
     out.input.extend(done.input)
     out.output.extend(done.output)
     if done.max_batch_size > 0 and opts.dynamic_batching:
