@@ -501,3 +501,25 @@ def test_client_bound_levels_are_flagged():
         if flagged:
             assert "the load generator used 0.40, 0.91 CPU cores per process" in text
             assert "add --workers" in text
+
+
+def test_headers_json_tensors_and_a_data_directory(tmp_path):
+    """-H reaches the server (a restricted inference API), JSON tensors both ways, and
+    --input-data DIR (one raw file per input)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "INPUT0").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    (data / "INPUT1").write_bytes(np.ones(4, dtype=np.float32).tobytes())
+    export = tmp_path / "export.json"
+    with NaiadProcess(ROOT / "examples" / "model_repository",
+                      "--http-restricted-api=inference:x-perf-key=letmein") as server:
+        r = perf("-m", "add_sub", "-u", server.http_url, "--request-count", "4", check=False)
+        assert r.returncode == 1 and "Thread [0] had error" in r.stderr
+        r = perf("-m", "add_sub", "-u", server.http_url, "-H", "x-perf-key:letmein",
+                 "--input-data", str(data), "--input-tensor-format", "json",
+                 "--output-tensor-format", "json", "--request-count", "5",
+                 "--profile-export-file", str(export))
+        assert levels(r.stdout)[0]["server_count"] == 5
+    reqs = json.loads(export.read_text())["experiments"][0]["requests"]
+    assert {tuple(q["request_inputs"]["INPUT0"]) for q in reqs} == {(0.0, 1.0, 2.0, 3.0)}
+    assert reqs[0]["response_outputs"][0]["OUTPUT0"] == [1.0, 2.0, 3.0, 4.0]
