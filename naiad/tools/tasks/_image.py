@@ -18,6 +18,23 @@ PRE_OPTIONS = {
 }
 
 
+def network_image(ctx: TaskContext) -> tuple[tasks.ImageInput, int, int]:
+    """The network's image input and the size images are resized to."""
+    image = tasks.image_input(ctx.model_config, ctx.option("layout", ""))
+    height, width = tasks.image_size(ctx, image)
+    return image, height, width
+
+
+def chosen_output(ctx: TaskContext):
+    """The network output named by ``output=`` (default: the first)."""
+    net = ctx.model_config
+    name = ctx.option("output", net.output[0].name if net.output else "")
+    outs = [o for o in net.output if o.name == name]
+    if not outs:
+        raise TaskError(f"the network has no output '{name}'")
+    return outs[0]
+
+
 def pre_settings(ctx: TaskContext, image: tasks.ImageInput, height: int, width: int,
                  mean: list[float], std: list[float]) -> dict[str, str]:
     """The settings of a pre-processing model, from the network and the task options."""

@@ -14,7 +14,9 @@ from naiad.tools.tasks._image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PRE_OPTIONS,
+    chosen_output,
     labels_files,
+    network_image,
     pre_settings,
 )
 
@@ -33,13 +35,10 @@ class Classification(tasks.Task):
 
     def build(self, ctx: TaskContext) -> list[str]:
         net = ctx.model_config
-        image = tasks.image_input(net, ctx.option("layout", ""))
-        height, width = tasks.image_size(ctx, image)
-        out_name = ctx.option("output", net.output[0].name if net.output else "")
-        outs = [o for o in net.output if o.name == out_name]
-        if not outs:
-            raise TaskError(f"the network has no output '{out_name}'")
-        scores_dims = tasks.network_output_dims(net, outs[0])
+        image, height, width = network_image(ctx)
+        output = chosen_output(ctx)
+        out_name = output.name
+        scores_dims = tasks.network_output_dims(net, output)
         softmax = ctx.option("softmax", "auto")
         if softmax not in ("auto", "true", "false"):
             raise TaskError(f"softmax={softmax}: expected auto, true or false")
@@ -58,7 +57,7 @@ class Classification(tasks.Task):
         files = labels_files(ctx)
         tasks.python_model(
             ctx.repository, post, "classification_post.py",
-            [tasks.tensor("SCORES_IN", outs[0].data_type, scores_dims)],
+            [tasks.tensor("SCORES_IN", output.data_type, scores_dims)],
             [tasks.tensor("CLASS_IDS", "TYPE_INT64", [-1], output=True),
              tasks.tensor("SCORES", "TYPE_FP32", [-1], output=True),
              tasks.tensor("LABELS", "TYPE_STRING", [-1], output=True)],

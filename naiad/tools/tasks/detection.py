@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from naiad.tools import tasks
 from naiad.tools.tasks import TaskContext, TaskError
-from naiad.tools.tasks._image import PRE_OPTIONS, labels_files, pre_settings
+from naiad.tools.tasks._image import PRE_OPTIONS, labels_files, network_image, pre_settings
 
 
 class Detection(tasks.Task):
@@ -37,8 +37,7 @@ class Detection(tasks.Task):
 
     def build(self, ctx: TaskContext) -> list[str]:
         net = ctx.model_config
-        image = tasks.image_input(net, ctx.option("layout", ""))
-        height, width = tasks.image_size(ctx, image)
+        image, height, width = network_image(ctx)
         fmt = ctx.option("format", "yolo")
         resize = ctx.option("resize", "letterbox")
         if resize not in ("letterbox", "stretch"):

@@ -16,7 +16,9 @@ from naiad.tools.tasks._image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PRE_OPTIONS,
+    chosen_output,
     labels_files,
+    network_image,
     pre_settings,
 )
 
@@ -36,12 +38,9 @@ class Segmentation(tasks.Task):
 
     def build(self, ctx: TaskContext) -> list[str]:
         net = ctx.model_config
-        image = tasks.image_input(net, ctx.option("layout", ""))
-        height, width = tasks.image_size(ctx, image)
-        out_name = ctx.option("output", net.output[0].name if net.output else "")
-        outs = [o for o in net.output if o.name == out_name]
-        if not outs:
-            raise TaskError(f"the network has no output '{out_name}'")
+        image, height, width = network_image(ctx)
+        output = chosen_output(ctx)
+        out_name = output.name
         layout = ctx.option("output_layout", "NCHW")
         if layout not in ("NCHW", "NHWC"):
             raise TaskError(f"output_layout={layout}: expected NCHW or NHWC")
@@ -56,7 +55,7 @@ class Segmentation(tasks.Task):
                     "segmentation).")
         tasks.python_model(
             ctx.repository, post, "segmentation_post.py",
-            [tasks.tensor("LOGITS", outs[0].data_type, tasks.network_output_dims(net, outs[0])),
+            [tasks.tensor("LOGITS", output.data_type, tasks.network_output_dims(net, output)),
              tasks.tensor("IMAGE_SIZE", "TYPE_INT64", [2])],
             [tasks.tensor("MASK", "TYPE_INT32", [-1, -1], output=True),
              tasks.tensor("CLASS_IDS", "TYPE_INT64", [-1], output=True),

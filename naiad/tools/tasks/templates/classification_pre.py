@@ -12,27 +12,13 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
-        s = imagelib.settings(args)
-        self.output = s["output"]
-        self.layout = s["layout"]
-        self.height, self.width = int(s["height"]), int(s["width"])
-        self.channels = int(s["channels"])
-        self.dtype = pb_utils.triton_string_to_numpy(s["data_type"])
-        self.scale = float(s["scale"])
-        self.mean, self.std = imagelib.floats(s["mean"]), imagelib.floats(s["std"])
+        self.pre = imagelib.Preprocess(args, pb_utils.triton_string_to_numpy)
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            data = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
-            try:
-                img = imagelib.decode(data, self.channels)
-            except ValueError as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    str(exc), pb_utils.TritonError.INVALID_ARG)))
-                continue
-            img = imagelib.resize(img, self.height, self.width)
-            x = imagelib.to_tensor(img, self.layout, self.dtype, self.scale, self.mean,
-                                   self.std)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output, x)]))
-        return responses
+        pre = self.pre
+
+        def handle(img):
+            img = imagelib.resize(img, pre.height, pre.width)
+            return [pb_utils.Tensor(pre.output, pre.tensor(img))]
+
+        return pre.run(requests, pb_utils, handle)

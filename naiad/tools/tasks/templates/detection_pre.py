@@ -15,37 +15,21 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
-        s = imagelib.settings(args)
-        self.output = s["output"]
-        self.layout = s["layout"]
-        self.height, self.width = int(s["height"]), int(s["width"])
-        self.channels = int(s["channels"])
-        self.dtype = pb_utils.triton_string_to_numpy(s["data_type"])
-        self.scale = float(s["scale"])
-        self.mean, self.std = imagelib.floats(s["mean"]), imagelib.floats(s["std"])
-        self.stretch = s["resize"] == "stretch"
+        self.pre = imagelib.Preprocess(args, pb_utils.triton_string_to_numpy)
+        self.stretch = self.pre.settings["resize"] == "stretch"
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            data = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
-            try:
-                img = imagelib.decode(data, self.channels)
-            except ValueError as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    str(exc), pb_utils.TritonError.INVALID_ARG)))
-                continue
+        pre = self.pre
+
+        def handle(img):
             h, w = img.shape[:2]
             if self.stretch:
-                boxed = imagelib.resize(img, self.height, self.width)
-                geometry = [self.width / w, self.height / h, 0.0, 0.0, w, h]
+                boxed = imagelib.resize(img, pre.height, pre.width)
+                geometry = [pre.width / w, pre.height / h, 0.0, 0.0, w, h]
             else:
-                boxed, scale, px, py = imagelib.letterbox(img, self.height, self.width)
+                boxed, scale, px, py = imagelib.letterbox(img, pre.height, pre.width)
                 geometry = [scale, scale, px, py, w, h]
-            x = imagelib.to_tensor(boxed, self.layout, self.dtype, self.scale, self.mean,
-                                   self.std)
-            responses.append(pb_utils.InferenceResponse([
-                pb_utils.Tensor(self.output, x),
-                pb_utils.Tensor("GEOMETRY", np.array(geometry, dtype=np.float32)),
-            ]))
-        return responses
+            return [pb_utils.Tensor(pre.output, pre.tensor(boxed)),
+                    pb_utils.Tensor("GEOMETRY", np.array(geometry, dtype=np.float32))]
+
+        return pre.run(requests, pb_utils, handle)

@@ -66,6 +66,40 @@ def to_tensor(img: np.ndarray, layout: str, dtype: str, scale: float, mean: list
     return np.ascontiguousarray(x[None]).astype(dtype)
 
 
+class Preprocess:
+    """The pre-processing every image pipeline shares, set from the model's parameters:
+    the network input's name, layout, height, width, channels, data type, scale, mean, std."""
+
+    def __init__(self, args, to_numpy):
+        s = settings(args)
+        self.settings = s
+        self.output = s["output"]
+        self.layout = s["layout"]
+        self.height, self.width = int(s["height"]), int(s["width"])
+        self.channels = int(s["channels"])
+        self.dtype = to_numpy(s["data_type"])
+        self.scale = float(s["scale"])
+        self.mean, self.std = floats(s["mean"]), floats(s["std"])
+
+    def tensor(self, img: np.ndarray) -> np.ndarray:
+        return to_tensor(img, self.layout, self.dtype, self.scale, self.mean, self.std)
+
+    def run(self, requests, pb_utils, handle) -> list:
+        """One response per request: ``handle(image)`` -> output tensors, where ``image``
+        is the request's IMAGE decoded; an undecodable file answers INVALID_ARG."""
+        responses = []
+        for request in requests:
+            data = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
+            try:
+                img = decode(data, self.channels)
+            except ValueError as exc:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    str(exc), pb_utils.TritonError.INVALID_ARG)))
+                continue
+            responses.append(pb_utils.InferenceResponse(handle(img)))
+        return responses
+
+
 def read_labels(path: str) -> list:
     try:
         with open(path, encoding="utf-8") as f:
