@@ -114,51 +114,48 @@ def _plots(r: ModelResult, s: Settings) -> tuple[str, str]:
 
     best = r.best(s)
     points = [m for c in r.configs for m in c.measurements]
-    front = pareto(points)
-    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=100)
-    for c in r.configs:
-        if not c.measurements:
-            continue
-        ms = sorted(c.measurements, key=lambda m: m.concurrency)
-        lw = 2.6 if best and c is best[0] else 1.0
-        ax.plot([m.p99_ms for m in ms], [m.throughput for m in ms], "o-", lw=lw, ms=3.5,
-                label=c.variant.label(), alpha=0.9)
-    if front:
-        ax.plot([m.p99_ms for m in front], [m.throughput for m in front], "k--", lw=1.2,
-                label="Pareto front")
-    if s.latency_budget_ms:
-        ax.axvline(s.latency_budget_ms, color="red", lw=1, ls=":", label="latency budget")
-    if s.min_throughput:
-        ax.axhline(s.min_throughput, color="orange", lw=1, ls=":", label="min throughput")
-    ax.set_xlabel("p99 latency (ms)")
-    ax.set_ylabel("throughput (infer/s)")
-    ax.set_title(f"{r.model}: throughput vs p99 latency")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    first = _png(fig)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
-    for c in r.configs:
-        if not c.measurements:
-            continue
-        ms = sorted(c.measurements, key=lambda m: m.concurrency)
-        ax.plot([m.concurrency for m in ms], [m.throughput for m in ms], "o-", ms=3.5,
-                lw=2.6 if best and c is best[0] else 1.0, label=c.variant.label())
-    ax.set_xscale("log", base=2)
-    levels = sorted({m.concurrency for m in points})
-    ax.set_xticks(levels)
-    ax.set_xticklabels([str(v) for v in levels])
-    ax.minorticks_off()
-    ax.set_xlabel("concurrency")
-    ax.set_ylabel("throughput (infer/s)")
-    ax.set_title(f"{r.model}: throughput vs concurrency")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    second = _png(fig)
-    plt.close(fig)
-    return first, second
+
+    def figure(x, title: str, xlabel: str, extra) -> str:
+        """Throughput against ``x(measurement)``, one line per configuration (the best bold)."""
+        fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=100)
+        for c in r.configs:
+            if not c.measurements:
+                continue
+            ms = sorted(c.measurements, key=lambda m: m.concurrency)
+            ax.plot([x(m) for m in ms], [m.throughput for m in ms], "o-", ms=3.5, alpha=0.9,
+                    lw=2.6 if best and c is best[0] else 1.0, label=c.variant.label())
+        extra(ax)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("throughput (infer/s)")
+        ax.set_title(f"{r.model}: {title}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        image = _png(fig)
+        plt.close(fig)
+        return image
+
+    def latency_extras(ax) -> None:
+        front = pareto(points)
+        if front:
+            ax.plot([m.p99_ms for m in front], [m.throughput for m in front], "k--", lw=1.2,
+                    label="Pareto front")
+        if s.latency_budget_ms:
+            ax.axvline(s.latency_budget_ms, color="red", lw=1, ls=":", label="latency budget")
+        if s.min_throughput:
+            ax.axhline(s.min_throughput, color="orange", lw=1, ls=":", label="min throughput")
+
+    def concurrency_axis(ax) -> None:
+        ax.set_xscale("log", base=2)
+        levels = sorted({m.concurrency for m in points})
+        ax.set_xticks(levels)
+        ax.set_xticklabels([str(v) for v in levels])
+        ax.minorticks_off()
+
+    return (figure(lambda m: m.p99_ms, "throughput vs p99 latency", "p99 latency (ms)",
+                   latency_extras),
+            figure(lambda m: m.concurrency, "throughput vs concurrency", "concurrency",
+                   concurrency_axis))
 
 
 _CSS = """

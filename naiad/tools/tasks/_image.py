@@ -9,13 +9,15 @@ from naiad.tools.tasks import TaskContext, TaskError
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
-PRE_OPTIONS = {
-    "size": "HEIGHTxWIDTH of the network input when the network's is variable",
-    "layout": "NCHW or NHWC (default: from the input's format or shape)",
-    "scale": "multiplies the 0..255 pixel values first (default 1/255)",
-    "mean": "per-channel mean subtracted after scaling",
-    "std": "per-channel divisor after the mean",
-}
+def pre_options(normalization: str) -> dict[str, str]:
+    """The documented pre-processing options; ``normalization`` names mean/std's default."""
+    return {
+        "size": "HEIGHTxWIDTH of the network input when the network's is variable",
+        "layout": "NCHW or NHWC (default: from the input's format or shape)",
+        "scale": "multiplies the 0..255 pixel values first (default 1/255)",
+        "mean": f"per-channel mean subtracted after scaling (default {normalization})",
+        "std": f"per-channel divisor after the mean (default {normalization})",
+    }
 
 
 def network_image(ctx: TaskContext) -> tuple[tasks.ImageInput, int, int]:

@@ -13,10 +13,10 @@ from naiad.tools.tasks import TaskContext, TaskError
 from naiad.tools.tasks._image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    PRE_OPTIONS,
     chosen_output,
     labels_files,
     network_image,
+    pre_options,
     pre_settings,
 )
 
@@ -25,9 +25,7 @@ class Classification(tasks.Task):
     name = "classification"
     description = "image -> top-k labels and scores"
     options = {
-        **PRE_OPTIONS,
-        "mean": "per-channel mean subtracted after scaling (default ImageNet's)",
-        "std": "per-channel divisor after the mean (default ImageNet's)",
+        **pre_options("ImageNet's"),
         "topk": "how many classes to return (default 5)",
         "softmax": "auto (default: unless the scores already sum to 1), true or false",
         "output": "the network output holding the class scores (default: the first)",

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 from naiad.tools import tasks
 from naiad.tools.tasks import TaskContext, TaskError
-from naiad.tools.tasks._image import PRE_OPTIONS, labels_files, network_image, pre_settings
+from naiad.tools.tasks._image import labels_files, network_image, pre_options, pre_settings
 
 
 class Detection(tasks.Task):
     name = "detection"
     description = "image -> boxes, classes, scores"
     options = {
-        **PRE_OPTIONS,
-        "mean": "per-channel mean subtracted after scaling (default none)",
-        "std": "per-channel divisor after the mean (default none)",
+        **pre_options("none"),
         "resize": "letterbox (default: keep the aspect ratio, pad with grey) or stretch",
         "format": "yolo (default) or boxes: the network's output format",
         "objectness": "yolo: rows carry an objectness score after the box (YOLOv5)",

@@ -15,10 +15,10 @@ from naiad.tools.tasks import TaskContext, TaskError
 from naiad.tools.tasks._image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    PRE_OPTIONS,
     chosen_output,
     labels_files,
     network_image,
+    pre_options,
     pre_settings,
 )
 
@@ -27,9 +27,7 @@ class Segmentation(tasks.Task):
     name = "segmentation"
     description = "image -> per-pixel class mask"
     options = {
-        **PRE_OPTIONS,
-        "mean": "per-channel mean subtracted after scaling (default ImageNet's)",
-        "std": "per-channel divisor after the mean (default ImageNet's)",
+        **pre_options("ImageNet's"),
         "output": "the network output holding the per-pixel scores (default: the first)",
         "threshold": "one-channel outputs: foreground at or above this (default 0.5)",
         "class_ids": "the output already holds class ids (default false)",
