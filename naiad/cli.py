@@ -21,8 +21,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from naiad import __version__
-from naiad.options import ServerOptions
+from naiad.options import ServerOptions, parse_bool
+from naiad.version import __version__
 
 log = logging.getLogger("naiad.server")
 
@@ -52,13 +52,11 @@ def run_subcommand(argv: list[str]) -> int | None:
     return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
 
 
-def parse_bool(text: str) -> bool:
-    v = str(text).strip().lower()
-    if v in ("true", "1", "on"):
-        return True
-    if v in ("false", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid value for bool option: {text}")
+def bool_option(text: str) -> bool:
+    value = parse_bool(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"invalid value for bool option: {text}")
+    return value
 
 
 def _setting(text: str) -> tuple[str, str, str]:
@@ -84,7 +82,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # (flag, dest, type, default, help). type None: a switch without a value.
-_B, _I, _F, _S = parse_bool, int, float, str
+_B, _I, _F, _S = bool_option, int, float, str
 _FLAGS: list[tuple[str, str, Any, Any, str]] = [
     ("--id", "server_id", _S, "triton", "Identifier for this server."),
     ("--exit-timeout-secs", "exit_timeout_secs", _I, 30,
@@ -348,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         if predicate(options):
             return _fail(message, 2)
     from naiad.core.errors import NaiadError
-    from naiad.observability.extensions import validate_options
+    from naiad.observability import validate_options
 
     try:
         validate_options(options)
@@ -383,8 +381,7 @@ async def run(options: ServerOptions) -> int:
     except OSError as exc:
         return _fail(f"unable to open log file: {exc}")
     server = Server(options)
-    server.log_settings = settings
-    server.extensions.append("logging")
+    server.log_settings = settings  # the logging extension
 
     try:
         await server.check()
@@ -401,7 +398,7 @@ async def run(options: ServerOptions) -> int:
             os._exit(1)
         log.info("signal received, shutting down (waiting up to %ss for in-flight requests)",
                  options.exit_timeout_secs)
-        server.shutting_down = True  # not ready, new inference refused, from this moment
+        server.begin_shutdown()  # not ready, new inference refused, from this moment
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -12,7 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, copy_example, write_model
+
+from tests.conftest import ROOT, copy_example, write_model
 
 FAST = ["-p", "150", "-s", "1000", "--concurrency", "1,2", "--no-progress"]
 

@@ -7,9 +7,8 @@ import importlib
 import subprocess
 import sys
 
-from conftest import ROOT
-
 from naiad import cli
+from tests.conftest import ROOT
 
 # what the tools may never import: the running server's internals
 SERVER_INTERNALS = ("naiad.server", "naiad.frontends", "naiad.embedded", "naiad.core.model",

@@ -17,9 +17,10 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import EXAMPLES, ROOT, NaiadProcess
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageDraw
+
+from tests.conftest import EXAMPLES, ROOT, NaiadProcess
 
 SIMPLE_ONNX = EXAMPLES / "simple_onnx" / "1" / "model.onnx"
 
@@ -351,7 +352,8 @@ def test_task_refusals_leave_nothing_behind(tmp_path):
 def test_ocr_pipeline_reads_text(tmp_path):
     pytest.importorskip("rapidocr_onnxruntime")
     import rapidocr_onnxruntime
-    from test_ocr import render
+
+    from tests.test_ocr import render
 
     models = Path(rapidocr_onnxruntime.__file__).parent / "models"
     repo = tmp_path / "models"

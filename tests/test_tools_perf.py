@@ -16,31 +16,11 @@ import sys
 import numpy as np
 import pytest
 import requests
-from conftest import ROOT, NaiadProcess, copy_example, write_model
+
+from tests.conftest import ROOT, NaiadProcess, copy_example, write_model
+from tests.models import step, write_affine, write_ensemble, write_repeat
 
 FAST = ["-p", "150", "-s", "1000"]  # 180 ms windows; any three windows count as stable
-
-BATCH_PY = '''
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def execute(self, requests):
-        out = []
-        for r in requests:
-            x = pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", x * 2)]))
-        return out
-'''
-
-BATCH_CONFIG = """
-name: "batch_double"
-backend: "python"
-max_batch_size: 8
-input [ { name: "IN" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]
-dynamic_batching { }
-"""
 
 # Fails a request that continues a sequence it never saw start, or restarts a live one:
 # perf's sequence flags and ids must be right for every request.
@@ -85,31 +65,6 @@ sequence_batching {
 }
 """
 
-REPEAT_PY = '''
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def execute(self, requests):
-        for r in requests:
-            n = int(pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()[0])
-            sender = r.get_response_sender()
-            for i in range(n):
-                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT",
-                                                                        np.array([i], np.int32))]))
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        return None
-'''
-
-REPEAT_CONFIG = """
-name: "repeat"
-backend: "python"
-max_batch_size: 0
-model_transaction_policy { decoupled: true }
-input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]
-output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
-"""
-
 FAIL_PY = '''
 import triton_python_backend_utils as pb_utils
 
@@ -127,33 +82,18 @@ input [ { name: "IN" data_type: TYPE_FP32 dims: [ 1 ] } ]
 output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
 """
 
-ENSEMBLE_CONFIG = """
-name: "pipe"
-platform: "ensemble"
-max_batch_size: 0
-input [ { name: "A" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "B" data_type: TYPE_FP32 dims: [ 4 ] } ]
-output [ { name: "SUM" data_type: TYPE_FP32 dims: [ 4 ] } ]
-ensemble_scheduling { step [ {
-  model_name: "add_sub" model_version: -1
-  input_map { key: "INPUT0" value: "A" } input_map { key: "INPUT1" value: "B" }
-  output_map { key: "OUTPUT0" value: "SUM" } output_map { key: "OUTPUT1" value: "DIFF_UNUSED" }
-} ] }
-"""
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("perf_models")
     copy_example(repo, "add_sub")
-    write_model(repo, "batch_double", BATCH_CONFIG, {"model.py": BATCH_PY})
+    write_affine(repo, "batch_double", mul=2.0, mbs=8, extra="dynamic_batching { }")
     write_model(repo, "seq", SEQ_CONFIG, {"model.py": SEQ_PY})
-    write_model(repo, "repeat", REPEAT_CONFIG, {"model.py": REPEAT_PY})
+    write_repeat(repo)  # decoupled: IN[0] responses, then the final flag
     write_model(repo, "fail", FAIL_CONFIG, {"model.py": FAIL_PY})
-    # the ensemble's unused output must be consumed: give it a second output
-    write_model(repo, "pipe", ENSEMBLE_CONFIG.replace(
-        'output [ { name: "SUM" data_type: TYPE_FP32 dims: [ 4 ] } ]',
-        'output [ { name: "SUM" data_type: TYPE_FP32 dims: [ 4 ] }, '
-        '{ name: "DIFF_UNUSED" data_type: TYPE_FP32 dims: [ 4 ] } ]'))
+    write_ensemble(repo, "pipe", [("A", "TYPE_FP32", "4"), ("B", "TYPE_FP32", "4")],
+                   [("SUM", "TYPE_FP32", "4"), ("DIFF", "TYPE_FP32", "4")],
+                   [step("add_sub", {"INPUT0": "A", "INPUT1": "B"},
+                         {"OUTPUT0": "SUM", "OUTPUT1": "DIFF"})])
     with NaiadProcess(repo) as s:
         yield s
 
@@ -249,7 +189,7 @@ def test_warmup_requests_are_sent_and_not_counted(server):
 
 
 def test_batching_model_with_shape_and_batch_size(server):
-    r = perf("-m", "batch_double", "-u", server.http_url, "-b", "4", "--shape", "IN:3",
+    r = perf("-m", "batch_double", "-u", server.http_url, "-b", "4", "--shape", "X:3",
              "--request-count", "10")
     level = levels(r.stdout)[0]
     assert level["client_count"] == 10
@@ -261,7 +201,7 @@ def test_batching_model_with_shape_and_batch_size(server):
 def test_variable_input_without_shape_is_refused(server):
     r = perf("-m", "batch_double", "-u", server.http_url, "--request-count", "5", check=False)
     assert r.returncode == 1
-    assert "input IN contains dynamic shape, provide shapes to send along with the request" \
+    assert "input X contains dynamic shape, provide shapes to send along with the request" \
         in r.stderr
 
 
@@ -460,7 +400,7 @@ def test_outputs_equal_for_random_data(server):
 
 def test_grpc_over_mutual_tls(tmp_path):
     """The raw HTTP/2 path over TLS (ALPN h2) with a client certificate."""
-    from test_grpc_options import _certificates
+    from tests.test_grpc_options import _certificates
 
     certs = _certificates(tmp_path)
     with NaiadProcess(ROOT / "examples" / "model_repository", "--grpc-use-ssl-mutual=true",

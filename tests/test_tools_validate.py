@@ -14,7 +14,8 @@ import sys
 
 import pytest
 import requests
-from conftest import EXAMPLES, ROOT, NaiadProcess, copy_example, write_model
+
+from tests.conftest import EXAMPLES, ROOT, NaiadProcess, copy_example, write_model
 
 PY_OK = """
 import triton_python_backend_utils as pb_utils

@@ -70,7 +70,7 @@ def best_config(result: ModelResult, variant: Variant) -> mc.ModelConfig:
 
 
 def write_configs(export: str, results: list[ModelResult], s: Settings) -> dict[str, str]:
-    from naiad.tools.tasks import config_text
+    from naiad.tools.pbtxt import config_text
 
     written = {}
     for r in results:
@@ -237,7 +237,7 @@ def write_html(path: str, results: list[ModelResult], s: Settings, elapsed_s: fl
                          f"{'client-bound' if m.client_cores >= 0.85 else ''}</td></tr>")
         parts.append("</table>")
         if best is not None:
-            from naiad.tools.tasks import config_text
+            from naiad.tools.pbtxt import config_text
 
             parts.append("<details><summary>best config.pbtxt</summary><pre>"
                          f"{e(config_text(best_config(r, best[0].variant)))}</pre></details>")

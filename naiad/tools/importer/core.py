@@ -187,7 +187,7 @@ def _concise(done: mc.ModelConfig, fmt: formats.Format, opts: ImportOptions) -> 
 def write_config(model_dir: str, config: mc.ModelConfig, comment: str = "") -> str:
     path = os.path.join(model_dir, cfg.CONFIG_FILENAME)
     head = "".join(f"# {line}\n" for line in comment.splitlines()) if comment else ""
-    from naiad.tools.tasks import config_text
+    from naiad.tools.pbtxt import config_text
 
     with open(path, "w", encoding="utf-8") as f:
         f.write(head + config_text(config))
@@ -279,11 +279,20 @@ def import_model(opts: ImportOptions) -> ImportResult:
         if task is not None:
             from naiad.tools import tasks
 
+            def import_network(source: str, net_name: str, mbs: int | None):
+                try:
+                    return import_model(ImportOptions(
+                        source=source, repository=opts.repository, name=net_name,
+                        max_batch_size=mbs, force=True,
+                        backend_config=opts.backend_config)).config
+                except ImportError_ as exc:
+                    raise tasks.TaskError(f"{os.path.basename(source)}: {exc}") from None
+
             ctx = tasks.TaskContext(repository=opts.repository, name=base, model_name=name,
                                     model_config=written, options=dict(opts.task_options),
                                     models=dict(opts.task_models),
                                     labels_file=os.path.join(model_dir, "labels.txt")
-                                    if opts.labels else "")
+                                    if opts.labels else "", import_network=import_network)
             try:
                 added = task.build(ctx)
             except tasks.TaskError as exc:

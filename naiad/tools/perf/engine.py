@@ -133,14 +133,14 @@ class Engine:
     # -- set-up -----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        from naiad.tools.perf import runner
+        from naiad.tools.perf import connect
 
         plan = self.plan
-        self.transport = runner.make_transport(plan)
+        self.transport = connect.make_transport(plan)
         await self.transport.open()
         shm_plans = None
         if plan.shared_memory == "system":
-            self.control = runner.make_control(plan)
+            self.control = connect.make_control(plan)
             shm_plans = await self._setup_shm()
         for si, stream in enumerate(plan.streams):
             row = []
@@ -472,9 +472,9 @@ class Engine:
 
 
 def _worker_main(conn, plan: Plan, index: int, workers: int) -> None:  # pragma: no cover - child
-    from naiad.tools.perf import runner
+    from naiad.tools.perf import connect
 
-    runner.install_loop_policy()
+    connect.install_loop_policy()
 
     async def serve() -> None:
         engine = Engine(plan, index, workers)

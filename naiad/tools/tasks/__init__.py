@@ -11,94 +11,57 @@ config's ``parameters``, so the repository runs on naiad and on Triton alike
 Adding a task (issue 17 adds keypoints, oriented detection, instance
 segmentation, text detection/recognition this way):
 
-1. subclass :class:`Task`: ``name``, ``description``, ``options`` (each
-   setting and its help, shown in the docs), ``model_names(name)`` (the
-   folders it writes, so ``--force`` and clean-up know them) and
-   ``build(ctx)`` (write them; return their names, the ensemble first);
+1. in a new module here, subclass :class:`~naiad.tools.tasks.base.Task`:
+   ``name``, ``description``, ``options`` (each setting and its help, shown
+   in the docs), ``model_names(name)`` (the folders it writes, so ``--force``
+   and clean-up know them) and ``build(ctx)`` (write them; return their
+   names, the ensemble first); end the module with ``TASK = MyTask()``;
 2. put its model.py templates in ``templates/`` (self-contained: numpy,
    Pillow, ``imagelib.py`` which is copied beside them);
-3. register it: ``register(MyTask())`` at the end of its module, and import
-   the module in ``_load`` below.
+3. add the module's name to ``_MODULES`` below.
 
-The helpers here do the repetitive parts: :func:`image_input` reads the
-network's image tensor (layout, size, channels), :func:`python_model` writes
-a templated python model, :func:`ensemble` chains the steps, and
-:func:`finish` checks everything written with ``naiad validate``'s checks.
+``base.py`` has the interface and the helpers that do the repetitive parts:
+:func:`image_input` reads the network's image tensor (layout, size,
+channels), :func:`python_model` writes a templated python model,
+:func:`ensemble` chains the steps, ``TaskContext.import_network`` imports a
+further network file (a task with several networks), and :func:`finish`
+checks everything written with ``naiad validate``'s checks. Task modules
+import ``base`` only, never this package, so the registry can import them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import shutil
+import importlib
 
-from google.protobuf import text_format
+from naiad.tools.tasks.base import (  # noqa: F401 - the interface, importable from here
+    TEMPLATES,
+    ImageInput,
+    Task,
+    TaskContext,
+    TaskError,
+    ensemble,
+    finish,
+    image_input,
+    image_size,
+    network_output_dims,
+    python_model,
+    read_labels,
+    tensor,
+)
 
-from naiad.protocol import model_config_pb2 as mc
-
-TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
-
-
-class TaskError(Exception):
-    pass
-
-
-@dataclasses.dataclass
-class TaskContext:
-    repository: str
-    name: str  # the pipeline's (ensemble's) name
-    model_name: str  # the imported network
-    model_config: mc.ModelConfig  # the network's config as written
-    options: dict[str, str]  # --task-option KEY=VALUE
-    models: dict[str, str]  # --task-model ROLE=FILE
-    labels_file: str = ""  # the labels copied beside the network, if any
-    warnings: list[str] = dataclasses.field(default_factory=list)
-    used: set[str] = dataclasses.field(default_factory=set)
-
-    def option(self, key: str, default=None, kind=str):
-        self.used.add(key)
-        if key not in self.options:
-            return default
-        text = self.options[key]
-        try:
-            if kind is bool:
-                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(text)
-                return text.lower() in ("true", "1", "yes")
-            return kind(text)
-        except ValueError:
-            raise TaskError(f"option {key}={text}: expected a {kind.__name__}") from None
-
-    def floats(self, key: str, default: list[float]) -> list[float]:
-        text = self.option(key, None)
-        if text is None:
-            return list(default)
-        try:
-            return [float(v) for v in text.split(",")]
-        except ValueError:
-            raise TaskError(f"option {key}={text}: expected comma-separated numbers") from None
-
-
-class Task:
-    name = ""
-    description = ""
-    options: dict[str, str] = {}
-    #: the network's max_batch_size when --max-batch-size is not given (None: auto-complete's)
-    max_batch_size: int | None = None
-
-    def model_names(self, name: str) -> list[str]:
-        """Model folders the task writes besides the network (the ensemble first)."""
-        return [name, f"{name}_preprocess", f"{name}_postprocess"]
-
-    def build(self, ctx: TaskContext) -> list[str]:
-        raise NotImplementedError
-
+#: the task modules: each defines ``TASK``, an instance of its Task subclass
+_MODULES = ("classification", "detection", "segmentation", "ocr")
 
 TASKS: dict[str, Task] = {}
 
 
 def register(task: Task) -> None:
     TASKS[task.name] = task
+
+
+def _load() -> None:
+    for name in _MODULES:
+        register(importlib.import_module(f"naiad.tools.tasks.{name}").TASK)
 
 
 def all_tasks() -> dict[str, Task]:
@@ -112,195 +75,3 @@ def get(name: str) -> Task:
     if task is None:
         raise TaskError(f"unknown task '{name}' (one of {', '.join(sorted(TASKS))})")
     return task
-
-
-def _load() -> None:
-    from naiad.tools.tasks import classification, detection, ocr, segmentation  # noqa: F401
-
-
-# ---------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class ImageInput:
-    name: str
-    data_type: int
-    layout: str  # "NCHW" or "NHWC" (without the batch dimension: CHW / HWC)
-    channels: int
-    height: int  # -1: variable
-    width: int
-    batched: bool  # the network has max_batch_size > 0
-
-    def dims(self, height: int, width: int) -> list[int]:
-        core = [self.channels, height, width] if self.layout == "NCHW" else \
-            [height, width, self.channels]
-        return ([-1] if self.batched else [1]) + core
-
-    def full_dims(self) -> list[int]:
-        core = [self.channels, self.height, self.width] if self.layout == "NCHW" else \
-            [self.height, self.width, self.channels]
-        return ([-1] if self.batched else []) + core
-
-
-def image_input(config: mc.ModelConfig, layout: str = "") -> ImageInput:
-    """The network's image tensor: one input of 3 dims (+ batch) with 1 or 3 channels."""
-    batched = config.max_batch_size > 0
-    if len(config.input) != 1:
-        raise TaskError(f"the network has {len(config.input)} inputs; an image task needs one")
-    t = config.input[0]
-    dims = list(t.dims)
-    if not batched and len(dims) == 4:
-        if dims[0] not in (1, -1):
-            raise TaskError(f"input {t.name} has batch dimension {dims[0]}: expected 1")
-        dims = dims[1:]
-    if len(dims) != 3:
-        raise TaskError(f"input {t.name} has dims {list(t.dims)}: expected an image "
-                        "[C,H,W] or [H,W,C] (plus the batch dimension)")
-    if not layout:
-        if t.format == mc.ModelInput.FORMAT_NHWC:
-            layout = "NHWC"
-        elif t.format == mc.ModelInput.FORMAT_NCHW:
-            layout = "NCHW"
-        elif dims[0] in (1, 3) and dims[2] not in (1, 3):
-            layout = "NCHW"
-        elif dims[2] in (1, 3) and dims[0] not in (1, 3):
-            layout = "NHWC"
-        else:
-            layout = "NCHW"
-    if layout not in ("NCHW", "NHWC"):
-        raise TaskError(f"layout {layout}: expected NCHW or NHWC")
-    c, h, w = (dims[0], dims[1], dims[2]) if layout == "NCHW" else (dims[2], dims[0], dims[1])
-    if c not in (1, 3, -1):
-        raise TaskError(f"input {t.name}: {c} channels; expected 1 or 3 (or give layout=)")
-    return ImageInput(t.name, t.data_type, layout, 3 if c == -1 else c, h, w, batched)
-
-
-def image_size(ctx: TaskContext, image: ImageInput) -> tuple[int, int]:
-    """(height, width): the network's, or ``size=HxW`` when the network's is variable."""
-    text = ctx.option("size", None)
-    if text:
-        try:
-            h, w = (int(v) for v in text.lower().split("x"))
-        except ValueError:
-            raise TaskError(f"size={text}: expected HEIGHTxWIDTH, e.g. 224x224") from None
-        if (image.height not in (-1, h)) or (image.width not in (-1, w)):
-            raise TaskError(f"size={text} differs from the network's input "
-                            f"{image.height}x{image.width}")
-        return h, w
-    if image.height < 1 or image.width < 1:
-        raise TaskError("the network's input size is variable: give --task-option "
-                        "size=HEIGHTxWIDTH")
-    return image.height, image.width
-
-
-def tensor(name: str, data_type: int | str, dims: list[int], output: bool = False):
-    t = mc.ModelOutput() if output else mc.ModelInput()
-    t.name = name
-    t.data_type = mc.DataType.Value(data_type) if isinstance(data_type, str) else data_type
-    t.dims.extend(dims)
-    return t
-
-
-def network_output_dims(config: mc.ModelConfig, output: mc.ModelOutput) -> list[int]:
-    """An output's dims as a non-batching model sees them ([-1, ...] for batched networks)."""
-    return ([-1] if config.max_batch_size > 0 else []) + list(output.dims)
-
-
-def python_model(repository: str, name: str, template: str, inputs: list, outputs: list,
-                 parameters: dict[str, str], files: dict[str, str] | None = None,
-                 comment: str = "") -> str:
-    """Write ``<repo>/<name>/config.pbtxt`` and ``1/model.py`` from a template (+ helpers)."""
-    model_dir = os.path.join(repository, name)
-    vdir = os.path.join(model_dir, "1")
-    os.makedirs(vdir, exist_ok=True)
-    config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
-    config.input.extend(inputs)
-    config.output.extend(outputs)
-    group = config.instance_group.add()
-    group.count, group.kind = 1, mc.ModelInstanceGroup.KIND_CPU
-    for key, value in parameters.items():
-        config.parameters[key].string_value = str(value)
-    _write(model_dir, config, comment)
-    shutil.copyfile(os.path.join(TEMPLATES, template), os.path.join(vdir, "model.py"))
-    shutil.copyfile(os.path.join(TEMPLATES, "imagelib.py"), os.path.join(vdir, "imagelib.py"))
-    for target, source in (files or {}).items():
-        shutil.copyfile(source, os.path.join(vdir, target))
-    return name
-
-
-def ensemble(repository: str, name: str, inputs: list, outputs: list,
-             steps: list[tuple[str, dict[str, str], dict[str, str]]], comment: str = "") -> str:
-    """Write an ensemble: steps are (model, {model input: tensor}, {model output: tensor})."""
-    model_dir = os.path.join(repository, name)
-    os.makedirs(os.path.join(model_dir, "1"), exist_ok=True)
-    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=0)
-    config.input.extend(inputs)
-    config.output.extend(outputs)
-    for model, ins, outs in steps:
-        step = config.ensemble_scheduling.step.add()
-        step.model_name, step.model_version = model, -1
-        for k, v in ins.items():
-            step.input_map[k] = v
-        for k, v in outs.items():
-            step.output_map[k] = v
-    _write(model_dir, config, comment)
-    return name
-
-
-_FIRST = ("name", "platform", "backend", "max_batch_size", "input", "output")
-
-
-def config_text(config: mc.ModelConfig) -> str:
-    """A config as config.pbtxt text, the usual fields first, short lists on one line."""
-    parts = []
-    names = [f.name for f in config.DESCRIPTOR.fields]
-    for field in list(_FIRST) + [n for n in names if n not in _FIRST]:
-        part = mc.ModelConfig()
-        value = getattr(config, field)
-        if config.DESCRIPTOR.fields_by_name[field].message_type is not None and \
-                not hasattr(value, "__len__"):
-            if not config.HasField(field):
-                continue
-            getattr(part, field).CopyFrom(value)
-        elif hasattr(value, "extend") or hasattr(value, "add") or hasattr(value, "items"):
-            if not len(value):
-                continue
-            if hasattr(value, "items"):
-                for k, v in value.items():
-                    getattr(part, field)[k].CopyFrom(v)
-            else:
-                getattr(part, field).extend(value)
-        else:
-            if not value:
-                continue
-            setattr(part, field, value)
-        parts.append(text_format.MessageToString(part, use_short_repeated_primitives=True))
-    return "".join(parts)
-
-
-def _write(model_dir: str, config: mc.ModelConfig, comment: str) -> None:
-    head = "".join(f"# {line}\n" for line in comment.splitlines()) if comment else ""
-    with open(os.path.join(model_dir, "config.pbtxt"), "w", encoding="utf-8") as f:
-        f.write(head + config_text(config))
-
-
-def finish(ctx: TaskContext, names: list[str]) -> list[str]:
-    """Refuse unknown options; check every written model as a load would."""
-    unknown = sorted(set(ctx.options) - ctx.used)
-    if unknown:
-        raise TaskError(f"unknown option(s) {', '.join(unknown)}")
-    from naiad.tools.validate import validate_repositories
-
-    reports, problems = validate_repositories([ctx.repository])
-    wanted = set(names) | {ctx.model_name}
-    errors = [f"{r.name}: {r.errors[0]}" for r in reports if r.name in wanted and r.errors]
-    if problems or errors:
-        raise TaskError("the pipeline does not load: " + "; ".join(problems + errors))
-    return names
-
-
-def read_labels(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from naiad.protocol import model_config_pb2 as mc
-from naiad.tools import tasks
-from naiad.tools.tasks import TaskContext, TaskError
+from naiad.tools.tasks import base as tasks
+from naiad.tools.tasks.base import TaskContext, TaskError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

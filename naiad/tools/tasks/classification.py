@@ -8,8 +8,7 @@ if it batches) and one output of class scores ([C] logits or probabilities).
 
 from __future__ import annotations
 
-from naiad.tools import tasks
-from naiad.tools.tasks import TaskContext, TaskError
+from naiad.tools.tasks import base as tasks
 from naiad.tools.tasks._image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -19,6 +18,7 @@ from naiad.tools.tasks._image import (
     pre_options,
     pre_settings,
 )
+from naiad.tools.tasks.base import TaskContext, TaskError
 
 
 class Classification(tasks.Task):
@@ -76,6 +76,6 @@ class Classification(tasks.Task):
         return tasks.finish(ctx, [ctx.name, pre, post])
 
 
-tasks.register(Classification())
+TASK = Classification()
 
 __all__ = ["Classification"]

@@ -12,9 +12,9 @@ suppressed).
 
 from __future__ import annotations
 
-from naiad.tools import tasks
-from naiad.tools.tasks import TaskContext, TaskError
+from naiad.tools.tasks import base as tasks
 from naiad.tools.tasks._image import labels_files, network_image, pre_options, pre_settings
+from naiad.tools.tasks.base import TaskContext, TaskError
 
 
 class Detection(tasks.Task):
@@ -109,4 +109,4 @@ class Detection(tasks.Task):
         return tasks.finish(ctx, [ctx.name, pre, post])
 
 
-tasks.register(Detection())
+TASK = Detection()

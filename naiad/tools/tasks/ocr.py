@@ -22,8 +22,8 @@ from __future__ import annotations
 import os
 import shutil
 
-from naiad.tools import tasks
-from naiad.tools.tasks import TaskContext, TaskError
+from naiad.tools.tasks import base as tasks
+from naiad.tools.tasks.base import TaskContext, TaskError
 
 TEMPLATES = os.path.join(tasks.TEMPLATES, "ocr")
 PYTHON_MODELS = ("ocr_det_pre", "ocr_det_post", "ocr_rec_pre", "ocr_rec_post")
@@ -67,8 +67,6 @@ class OCR(tasks.Task):
             [f"{name}_{m[4:]}" for m in PYTHON_MODELS]
 
     def build(self, ctx: TaskContext) -> list[str]:
-        from naiad.tools.importer.core import ImportError_, ImportOptions, import_model
-
         unknown = sorted(set(ctx.models) - {"rec", "cls"})
         if unknown or "rec" not in ctx.models or "cls" not in ctx.models:
             raise TaskError("give the recogniser and the angle classifier: --task-model "
@@ -77,14 +75,7 @@ class OCR(tasks.Task):
         n = ctx.name
         nets = {}
         for role in ("cls", "rec"):
-            try:
-                result = import_model(ImportOptions(source=ctx.models[role],
-                                                    repository=ctx.repository,
-                                                    name=f"{n}_{role}", max_batch_size=0,
-                                                    force=True))
-            except ImportError_ as exc:
-                raise TaskError(f"{role}: {exc}") from None
-            nets[role] = result.config
+            nets[role] = ctx.import_network(ctx.models[role], f"{n}_{role}", 0)
         det = ctx.model_config
         rec = nets["rec"]
         for label, config in (("detection", det), ("rec", rec), ("cls", nets["cls"])):
@@ -131,4 +122,4 @@ class OCR(tasks.Task):
         return tasks.finish(ctx, [n, *(f"{n}_{r}" for r in nets), *names.values()])
 
 
-tasks.register(OCR())
+TASK = OCR()

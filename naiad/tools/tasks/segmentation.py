@@ -10,8 +10,7 @@ class ids (class_ids=true); see ``templates/segmentation_post.py``.
 
 from __future__ import annotations
 
-from naiad.tools import tasks
-from naiad.tools.tasks import TaskContext, TaskError
+from naiad.tools.tasks import base as tasks
 from naiad.tools.tasks._image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -21,6 +20,7 @@ from naiad.tools.tasks._image import (
     pre_options,
     pre_settings,
 )
+from naiad.tools.tasks.base import TaskContext, TaskError
 
 
 class Segmentation(tasks.Task):
@@ -77,4 +77,4 @@ class Segmentation(tasks.Task):
         return tasks.finish(ctx, [ctx.name, pre, post])
 
 
-tasks.register(Segmentation())
+TASK = Segmentation()
