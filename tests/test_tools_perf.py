@@ -18,9 +18,27 @@ import pytest
 import requests
 
 from tests.conftest import ROOT, NaiadProcess, copy_example, write_model
-from tests.models import step, write_affine, write_ensemble, write_repeat
+from tests.models import step, write_ensemble, write_repeat
 
 FAST = ["-p", "150", "-s", "1000"]  # 180 ms windows; any three windows count as stable
+
+DOUBLE_PY = '''
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy() * 2)]) for r in requests]
+'''
+
+DOUBLE_CONFIG = """
+name: "batch_double"
+backend: "python"
+max_batch_size: 8
+input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "Y" data_type: TYPE_FP32 dims: [ -1 ] } ]
+dynamic_batching { }
+"""
 
 # Fails a request that continues a sequence it never saw start, or restarts a live one:
 # perf's sequence flags and ids must be right for every request.
@@ -86,7 +104,7 @@ output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("perf_models")
     copy_example(repo, "add_sub")
-    write_affine(repo, "batch_double", mul=2.0, mbs=8, extra="dynamic_batching { }")
+    write_model(repo, "batch_double", DOUBLE_CONFIG, {"model.py": DOUBLE_PY})
     write_model(repo, "seq", SEQ_CONFIG, {"model.py": SEQ_PY})
     write_repeat(repo)  # decoupled: IN[0] responses, then the final flag
     write_model(repo, "fail", FAIL_CONFIG, {"model.py": FAIL_PY})

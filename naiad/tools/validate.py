@@ -32,6 +32,7 @@ from google.protobuf import text_format
 from naiad.backends import registry
 from naiad.core.errors import NaiadError
 from naiad.protocol import model_config_pb2 as mc
+from naiad.protocol.config_json import config_to_dict
 from naiad.repository import config as cfg
 from naiad.repository import storage
 from naiad.repository.dependencies import dependencies_of
@@ -58,7 +59,7 @@ class ModelReport:
              "versions": self.versions, "backend": self.backend, "platform": self.platform,
              "errors": self.errors, "warnings": self.warnings}
         if with_config and self.config is not None:
-            d["config"] = cfg.config_to_dict(self.config)
+            d["config"] = config_to_dict(self.config)
         return d
 
 

@@ -156,7 +156,7 @@ class GrpcControl(Control):
                 "inputs": tensors(r.inputs), "outputs": tensors(r.outputs)}
 
     async def model_config(self, model: str, version: str = "") -> dict:
-        from naiad.repository.config import config_to_dict
+        from naiad.protocol.config_json import config_to_dict
 
         r = await self._call("ModelConfig",
                              self.pb.ModelConfigRequest(name=model, version=version))

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from naiad.protocol import datatypes, tensor_codec
+from naiad.core import datatypes
+from naiad.core import tensor_bytes as tb
 from naiad.tools.perf.model import ModelInfo, TensorSpec
 
 
@@ -99,7 +100,7 @@ def synthetic(model: ModelInfo, kind: str, shapes: dict[str, list[int]], string_
             elif spec.datatype in ("FP16", "FP32", "FP64"):
                 arr = rng.random(size=shape).astype(dtype)
             elif spec.datatype == "BF16":
-                arr = tensor_codec.float_to_bf16_bits(rng.random(size=shape))
+                arr = tb.float_to_bf16_bits(rng.random(size=shape))
             else:
                 arr = rng.integers(0, 100, size=shape).astype(dtype)
         step[spec.name] = Value(spec.datatype, shape, arr)
@@ -109,7 +110,7 @@ def synthetic(model: ModelInfo, kind: str, shapes: dict[str, list[int]], string_
 def _decode_b64(text: str, spec: TensorSpec, shape: list[int] | None) -> np.ndarray:
     raw = base64.b64decode(text)
     if spec.datatype == "BYTES":
-        arr = tensor_codec.decode_bytes_elements(raw, (tensor_codec.count_bytes_elements(
+        arr = tb.decode_bytes_elements(raw, (tb.count_bytes_elements(
             raw, spec.name),), spec.name)
         return arr
     dtype = datatypes.WIRE_NUMPY[spec.datatype]
@@ -137,7 +138,7 @@ def _value(spec: TensorSpec, raw: Any, shapes: dict[str, list[int]], where: str)
             flat = np.empty(len(leaves), dtype=np.object_)
             flat[:] = [v.encode() if isinstance(v, str) else str(v).encode() for v in leaves]
         elif spec.datatype == "BF16":
-            flat = tensor_codec.float_to_bf16_bits(np.asarray(leaves, dtype=np.float32))
+            flat = tb.float_to_bf16_bits(np.asarray(leaves, dtype=np.float32))
         else:
             try:
                 flat = np.asarray(leaves, dtype=datatypes.numpy_dtype(spec.datatype))
@@ -255,4 +256,4 @@ def batched(step: Step, batch_size: int, batching: bool) -> Step:
 
 
 def tensor_bytes(value: Value) -> bytes:
-    return bytes(tensor_codec.raw_bytes(value.datatype, value.array))
+    return bytes(tb.raw_bytes(value.datatype, value.array))

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import numpy as np
 import orjson
 
+from naiad.core import tensor_bytes as tb
 from naiad.protocol import tensor_codec
 from naiad.tools.perf import http_wire
 from naiad.tools.perf.data import Step, Value, tensor_bytes
@@ -211,9 +212,9 @@ def _decode(raw: bytes, datatype: str, shape, name: str):
     try:
         shape = tuple(int(d) for d in shape)
         if datatype == "BYTES":
-            arr = tensor_codec.decode_bytes_elements(raw, shape, name)
+            arr = tb.decode_bytes_elements(raw, shape, name)
             return [bytes(x).decode("utf-8", "replace") for x in arr.reshape(-1)]
-        return tensor_codec.decode_raw(raw, datatype, shape, name).reshape(-1).tolist()
+        return tb.decode_raw(raw, datatype, shape, name).reshape(-1).tolist()
     except Exception:  # noqa: BLE001 - export only, never fails a measurement
         return []
 
