@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = build(args.output)
     print(f"OCR model repository written to {path}")
-    print(f"serve it with: python -m naiad --model-repository={path}")
+    naiad = os.path.join(os.path.dirname(sys.executable), "naiad")
+    print(f"serve it with: {naiad} --model-repository={path}")
     return 0
 
 

@@ -300,7 +300,9 @@ def decode_status(block: bytes) -> tuple[int, str]:
     try:
         from hpack import Decoder
     except ImportError:
-        return -1, "the server answered with a gRPC error (pip install 'naiad[tools]' to read it)"
+        from naiad.core.extras import install_hint
+
+        return -1, f"the server answered with a gRPC error (to read it: {install_hint('tools')})"
     try:
         headers = Decoder().decode(block, raw=True)
     except Exception as exc:  # noqa: BLE001 - a block we cannot read

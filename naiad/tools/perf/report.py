@@ -361,7 +361,9 @@ def plot(path: str, statuses: list[PerfStatus], o: PerfOptions, title: str) -> N
     try:
         import matplotlib
     except ImportError:
-        raise RuntimeError("--plot needs matplotlib: pip install 'naiad[tools]'") from None
+        from naiad.core.extras import install_hint
+
+        raise RuntimeError(f"--plot needs matplotlib: {install_hint('tools')}") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -32,14 +32,16 @@ LIB = os.path.join(TEMPLATES, "ocrlib.py")
 
 def read_dictionary(rec_model: str) -> str:
     """A PP-OCR recogniser's characters, one per line, from its ONNX metadata."""
-    import onnx
+    import onnxruntime as ort
 
-    model = onnx.load(rec_model, load_external_data=False)
-    for prop in model.metadata_props:
-        if prop.key == "character":
-            return prop.value if prop.value.endswith("\n") else prop.value + "\n"
-    raise TaskError(f"{rec_model} has no 'character' metadata: give the dictionary with "
-                    "--labels")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(rec_model, options, providers=["CPUExecutionProvider"])
+    keys = session.get_modelmeta().custom_metadata_map.get("character")
+    if keys is None:
+        raise TaskError(f"{rec_model} has no 'character' metadata: give the dictionary with "
+                        "--labels")
+    return keys if keys.endswith("\n") else keys + "\n"
 
 
 def copy_python_model(template: str, target_dir: str, name: str, replace: dict | None = None
