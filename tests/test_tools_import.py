@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +19,18 @@ import tritonclient.http as httpclient
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageDraw
 
-from tests.conftest import EXAMPLES, ROOT, NaiadProcess
+from tests.clients import naiad_tool
+from tests.conftest import EXAMPLES, NaiadProcess
 
 SIMPLE_ONNX = EXAMPLES / "simple_onnx" / "1" / "model.onnx"
 
 
 def naiad_import(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "naiad", "import", *args], capture_output=True,
-                       text=True, timeout=180, cwd=str(ROOT))
-    if check and r.returncode != 0:
-        raise AssertionError(f"naiad import failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
+    return naiad_tool("import", *args, check=check)
 
 
 def validate(repo: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "naiad", "validate", str(repo)],
-                          capture_output=True, text=True, timeout=120, cwd=str(ROOT))
+    return naiad_tool("validate", str(repo), timeout=120)
 
 
 def save(graph, path: Path) -> Path:

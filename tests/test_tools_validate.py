@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 import requests
 
-from tests.conftest import EXAMPLES, ROOT, NaiadProcess, copy_example, write_model
+from tests.clients import naiad_tool
+from tests.conftest import EXAMPLES, NaiadProcess, copy_example, write_model
 
 PY_OK = """
 import triton_python_backend_utils as pb_utils
@@ -34,8 +34,7 @@ output [ {{ name: "OUT" data_type: {dtype} dims: [ 4 ] }} ]
 
 
 def validate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "naiad", "validate", *args],
-                          capture_output=True, text=True, timeout=120, cwd=str(ROOT))
+    return naiad_tool("validate", *args, timeout=120)
 
 
 def as_json(*args: str) -> dict:

@@ -199,20 +199,28 @@ def check_model(name: str, repository: str, model_dir: str, *, config_name: str 
                                        f"in {model_dir}")
     if config.platform == "ensemble":
         return report
-    # the model file each version needs
-    filename = config.default_model_filename or registry.DEFAULT_MODEL_FILENAMES.get(
-        config.backend, "")
+    # the model files each version needs, as the backend names them
+    try:
+        backend = registry.get_backend(config.backend)
+    except NaiadError as exc:  # not installed: the load fails the same way
+        report.errors.append(exc.message)
+        return report
     for v in report.versions:
         vdir = os.path.join(model_dir, str(v))
-        target = os.path.join(vdir, filename) if filename else vdir
-        if filename and not os.path.exists(target):
-            # the backend's own words for it (python's, else onnxruntime's)
-            report.errors.append(f"python model file '{target}' not found"
+        try:
+            needed = backend.model_files(config, vdir)
+        except NaiadError as exc:  # e.g. fil's unknown model_type
+            report.errors.append(exc.message)
+            break
+        missing = [f for f in needed if not os.path.exists(f)]
+        if missing:
+            # the backend's own words for it (python's, else the framework backends')
+            report.errors.append(f"python model file '{missing[0]}' not found"
                                  if config.backend == "python" else
-                                 f"unable to find '{target}' for model '{name}'")
+                                 f"unable to find '{missing[0]}' for model '{name}'")
             continue
-        if config.backend == "python":
-            problem = _python_import(target, f"{name}_{v}")
+        if config.backend == "python" and needed:
+            problem = _python_import(needed[0], f"{name}_{v}")
             if problem:
                 report.errors.append(problem)
     if initialize and not report.errors:

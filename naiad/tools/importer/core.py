@@ -9,7 +9,8 @@
    loading the folder would;
 3. write a concise ``config.pbtxt`` (name, backend, max_batch_size, tensors,
    dynamic batching for batchable models, instance_group, parameters,
-   labels) and check it loads with auto-complete off;
+   labels), check it reads with auto-complete off, and load the model with
+   its backend once (``naiad validate --initialize``'s check);
 4. with ``--task``, add the task's pre/post-processing models and ensemble
    (``naiad.tools.tasks``) and check the whole pipeline with ``naiad
    validate``'s checks.
@@ -140,9 +141,10 @@ def _draft(opts: ImportOptions, fmt: formats.Format, name: str) -> mc.ModelConfi
     from naiad.backends import registry
 
     draft = mc.ModelConfig(name=name, backend=fmt.backend)
-    if fmt.name != "python" and registry.DEFAULT_MODEL_FILENAMES.get(fmt.backend) != \
-            fmt.filename:
-        draft.default_model_filename = fmt.filename  # e.g. the fil backend's xgboost.json
+    # fil finds its file by model_type (the format's parameter); the others by default name
+    if fmt.name != "python" and not fmt.parameters and \
+            registry.DEFAULT_MODEL_FILENAMES.get(fmt.backend) != fmt.filename:
+        draft.default_model_filename = fmt.filename  # e.g. pytorch's model.pt2
     for key, value in fmt.parameters:
         draft.parameters[key].string_value = value
     if opts.max_batch_size is not None:
@@ -205,6 +207,18 @@ def check_written(model_dir: str, name: str) -> mc.ModelConfig:
     return config
 
 
+def check_loads(opts: ImportOptions, model_dir: str, name: str) -> None:
+    """The model loads with its backend and makes an instance (``naiad validate
+    --initialize``): a config that disagrees with the file (a wrong --input) fails here,
+    in the backend's words, instead of when the server loads it."""
+    from naiad.tools.validate import check_model
+
+    report = check_model(name, opts.repository, model_dir, backend_config=opts.backend_config,
+                         initialize=True)
+    if report.errors:
+        raise ImportError_(f"the written configuration does not load: {report.errors[0]}")
+
+
 def import_model(opts: ImportOptions) -> ImportResult:
     try:
         fmt = formats.detect(opts.source, opts.format)
@@ -246,11 +260,13 @@ def import_model(opts: ImportOptions) -> ImportResult:
         _copy_files(opts, fmt, vdir, draft)
         if not fmt.self_describing and not (opts.inputs and opts.outputs):
             raise ImportError_(f"{fmt.note}")
+        backend_available = True
         try:
             done, _, _ = cfg.load_model_config(model_dir, name, auto_complete=True,
                                                backend_config=_backend_settings(opts),
                                                override=draft)
         except Unsupported as exc:
+            backend_available = False
             if not (opts.inputs and opts.outputs):
                 raise ImportError_(f"{exc.message}; without the backend, give --input and "
                                    "--output to write the config anyway") from None
@@ -275,6 +291,8 @@ def import_model(opts: ImportOptions) -> ImportResult:
         write_config(model_dir, final, f"Written by naiad import from {what} ({fmt.name}, "
                                        f"{fmt.backend} backend).")
         written = check_written(model_dir, name)
+        if backend_available:
+            check_loads(opts, model_dir, name)
         models = [name]
         if task is not None:
             from naiad.tools import tasks

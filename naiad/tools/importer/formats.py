@@ -27,6 +27,15 @@ class Format:
     note: str = ""
 
 
+def _fil_formats() -> tuple[Format, ...]:
+    """One format per FIL ``model_type``, under the file name the fil backend reads for it
+    (``naiad.backends.fil.MODEL_FILES``: the one table both use)."""
+    from naiad.backends.fil import MODEL_FILES
+
+    return tuple(Format(kind, "fil", "", filename, parameters=(("model_type", kind),))
+                 for kind, filename in MODEL_FILES.items())
+
+
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", "onnxruntime", "onnxruntime_onnx", "model.onnx"),
     Format("torchscript", "pytorch", "pytorch_libtorch", "model.pt", self_describing=False,
@@ -34,12 +43,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
                 "(names INPUT__0/OUTPUT__0 by position, or forward()'s argument names)"),
     Format("torch_export", "pytorch", "", "model.pt2"),
     Format("openvino", "openvino", "", "model.xml", companions=((".bin", "model.bin"),)),
-    Format("xgboost", "fil", "", "xgboost.model", parameters=(("model_type", "xgboost"),)),
-    Format("xgboost_json", "fil", "", "xgboost.json",
-           parameters=(("model_type", "xgboost_json"),)),
-    Format("lightgbm", "fil", "", "model.txt", parameters=(("model_type", "lightgbm"),)),
-    Format("treelite", "fil", "", "checkpoint.tl",
-           parameters=(("model_type", "treelite_checkpoint"),)),
+    *_fil_formats(),
     Format("python", "python", "", "model.py", self_describing=False,
            note="a python callable cannot tell its tensors: give --input and --output"),
 )}
@@ -47,9 +51,26 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 _EXTENSIONS = {
     ".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript",
     ".torchscript": "torchscript", ".pt2": "torch_export", ".xml": "openvino",
-    ".model": "xgboost", ".bst": "xgboost", ".ubj": "xgboost", ".json": "xgboost_json",
-    ".txt": "lightgbm", ".tl": "treelite",
+    ".ubj": "xgboost_ubj", ".json": "xgboost_json", ".txt": "lightgbm",
+    ".tl": "treelite_checkpoint",
+    # XGBoost's own extensions for any of its formats: the content says which (_xgboost)
+    ".model": "xgboost", ".bst": "xgboost",
 }
+
+
+def _xgboost(path: str) -> str:
+    """Which XGBoost format a ``.model``/``.bst`` file holds: since XGBoost 2.1 save_model
+    writes UBJSON under any extension it does not know; older releases wrote the legacy
+    binary format (FIL's ``xgboost``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return "xgboost"
+    if head[:1] != b"{":
+        return "xgboost"
+    return "xgboost_json" if head[1:2] in (b'"', b" ", b"\n", b"\r", b"\t", b"}") else \
+        "xgboost_ubj"
 
 
 class FormatError(Exception):
@@ -75,6 +96,8 @@ def detect(source: str, explicit: str = "") -> Format:
         raise FormatError(f"'{source}' is neither a model file nor a module:function")
     ext = os.path.splitext(source)[1].lower()
     name = _EXTENSIONS.get(ext)
+    if name == "xgboost":
+        name = _xgboost(source)
     if name is None:
         raise FormatError(f"cannot tell the format of '{source}' from its extension: give "
                           f"--format ({', '.join(FORMATS)})")

@@ -47,6 +47,7 @@ def pre_settings(ctx: TaskContext, image: tasks.ImageInput, height: int, width: 
     return {"output": image.name, "layout": image.layout, "height": str(height),
             "width": str(width), "channels": str(image.channels),
             "data_type": mc.DataType.Name(image.data_type),
+            "batch_dim": "true" if image.batch_dim else "false",
             "scale": str(ctx.option("scale", 1 / 255.0, float)),
             "mean": ",".join(str(v) for v in mean), "std": ",".join(str(v) for v in std)}
 

@@ -89,16 +89,15 @@ class ImageInput:
     height: int  # -1: variable
     width: int
     batched: bool  # the network has max_batch_size > 0
+    # the tensor has a batch dimension: batched, or a non-batching network's [1, C, H, W]
+    # (False: a non-batching network that takes one image as [C, H, W])
+    batch_dim: bool = True
 
     def dims(self, height: int, width: int) -> list[int]:
+        """The pre-processing's output for one image: the network's input at this size."""
         core = [self.channels, height, width] if self.layout == "NCHW" else \
             [height, width, self.channels]
-        return ([-1] if self.batched else [1]) + core
-
-    def full_dims(self) -> list[int]:
-        core = [self.channels, self.height, self.width] if self.layout == "NCHW" else \
-            [self.height, self.width, self.channels]
-        return ([-1] if self.batched else []) + core
+        return ([-1] if self.batched else [1] if self.batch_dim else []) + core
 
 
 def image_input(config: mc.ModelConfig, layout: str = "") -> ImageInput:
@@ -108,6 +107,7 @@ def image_input(config: mc.ModelConfig, layout: str = "") -> ImageInput:
         raise TaskError(f"the network has {len(config.input)} inputs; an image task needs one")
     t = config.input[0]
     dims = list(t.dims)
+    batch_dim = batched or len(dims) == 4
     if not batched and len(dims) == 4:
         if dims[0] not in (1, -1):
             raise TaskError(f"input {t.name} has batch dimension {dims[0]}: expected 1")
@@ -131,7 +131,8 @@ def image_input(config: mc.ModelConfig, layout: str = "") -> ImageInput:
     c, h, w = (dims[0], dims[1], dims[2]) if layout == "NCHW" else (dims[2], dims[0], dims[1])
     if c not in (1, 3, -1):
         raise TaskError(f"input {t.name}: {c} channels; expected 1 or 3 (or give layout=)")
-    return ImageInput(t.name, t.data_type, layout, 3 if c == -1 else c, h, w, batched)
+    return ImageInput(t.name, t.data_type, layout, 3 if c == -1 else c, h, w, batched,
+                      batch_dim)
 
 
 def image_size(ctx: TaskContext, image: ImageInput) -> tuple[int, int]:

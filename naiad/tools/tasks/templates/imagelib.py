@@ -68,7 +68,8 @@ def to_tensor(img: np.ndarray, layout: str, dtype: str, scale: float, mean: list
 
 class Preprocess:
     """The pre-processing every image pipeline shares, set from the model's parameters:
-    the network input's name, layout, height, width, channels, data type, scale, mean, std."""
+    the network input's name, layout, height, width, channels, data type, batch dimension,
+    scale, mean, std."""
 
     def __init__(self, args, to_numpy):
         s = settings(args)
@@ -80,9 +81,12 @@ class Preprocess:
         self.dtype = to_numpy(s["data_type"])
         self.scale = float(s["scale"])
         self.mean, self.std = floats(s["mean"]), floats(s["std"])
+        # "false": the network takes one image without a batch dimension ([C, H, W])
+        self.batch_dim = s.get("batch_dim", "true") != "false"
 
     def tensor(self, img: np.ndarray) -> np.ndarray:
-        return to_tensor(img, self.layout, self.dtype, self.scale, self.mean, self.std)
+        x = to_tensor(img, self.layout, self.dtype, self.scale, self.mean, self.std)
+        return x if self.batch_dim else x[0]
 
     def run(self, requests, pb_utils, handle) -> list:
         """One response per request: ``handle(image)`` -> output tensors, where ``image``
