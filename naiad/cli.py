@@ -4,6 +4,9 @@
 ``tritonserver --model-repository=./models``. Flags take ``--flag=value`` or
 ``--flag value``; booleans accept what tritonserver accepts: true/false, on/off,
 1/0, in any case.
+
+``naiad <sub-command> ...`` runs a tool instead (``naiad perf``, ``naiad
+analyze``, ``naiad validate``, ``naiad import``): see ``SUBCOMMANDS``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,27 @@ log = logging.getLogger("naiad.server")
 
 class CliError(Exception):
     pass
+
+
+# Sub-commands: ``naiad NAME ARGS...`` calls ``module:function(ARGS)`` (a list of
+# strings; it returns the exit code). Adding one is one line here; the module is
+# imported only when its sub-command runs. Anything else starts the server.
+SUBCOMMANDS: dict[str, str] = {
+    "perf": "naiad.tools.perf:main",
+    "analyze": "naiad.tools.analyze:main",
+    "validate": "naiad.tools.validate:main",
+    "import": "naiad.tools.importer:main",
+}
+
+
+def run_subcommand(argv: list[str]) -> int | None:
+    """Run ``argv[0]``'s sub-command if it names one; None when it does not."""
+    if not argv or argv[0] not in SUBCOMMANDS:
+        return None
+    import importlib
+
+    module, _, function = SUBCOMMANDS[argv[0]].partition(":")
+    return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
 
 
 def bool_option(text: str) -> bool:
@@ -208,7 +232,8 @@ def _shown_default(value: Any) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="naiad", description="naiad: a Triton-compatible inference server",
-                add_help=True)
+                add_help=True, formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="tools: naiad {" + ",".join(SUBCOMMANDS) + "} --help")
     p.add_argument("--version", action="version", version=f"naiad {__version__}")
     p.add_argument("--model-repository", "--model-store", dest="model_repositories",
                    action="append", default=[], metavar="PATH",
@@ -341,6 +366,9 @@ def _creating_server_error(exc: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    code = run_subcommand(argv)
+    if code is not None:
+        return code
     try:
         options = options_from_args(argv)
     except CliError as exc:

@@ -190,7 +190,7 @@ def _ocr_inprocess(models: str, image: str, concurrency: int, duration: float,
     """The ceiling: the same ONNX models and ocrlib code, no server."""
     import threading
 
-    sys.path.insert(0, str(OCR_DIR))
+    sys.path.insert(0, str(ROOT / "naiad" / "tools" / "tasks" / "templates" / "ocr"))
     import ocrlib
 
     repo = Path(models)

@@ -134,5 +134,19 @@ class Backend:
         version folder yet).
         """
 
+    def model_files(self, config: "model_config_pb2.ModelConfig", version_dir: str) -> list[str]:
+        """The files a version of this model needs in ``version_dir`` (paths).
+
+        ``naiad validate`` checks they exist without loading the model. The
+        default is ``default_model_filename`` (the backend's own when the
+        config names none); a backend whose file depends on the config (fil's
+        ``model_type``) or that reads several files (OpenVINO's ``.bin``)
+        says so here.
+        """
+        import os
+
+        name = config.default_model_filename or self.default_model_filename
+        return [os.path.join(version_dir, name)] if name else []
+
     def load(self, ctx: ModelLoadContext) -> BackendModel:
         raise NotImplementedError

@@ -594,6 +594,11 @@ class PyTorchBackend(Backend):
         ins, outs = runner.signature
         complete_io(config, ins, outs, backend_config, what="torch.export program")
 
+    def model_files(self, config: mc.ModelConfig, version_dir: str) -> list[str]:
+        """The file the version loads: ``model.pt``, ``model.pt2`` or the runtime's module
+        (its state_dict ``model.pt`` is optional)."""
+        return [_model_path(version_dir, config)]
+
     def load(self, ctx: ModelLoadContext) -> "PyTorchModel":
         return PyTorchModel(ctx)
 

@@ -533,53 +533,17 @@ class ModelRepositoryManager:
         if source is not None:
             entry.polled = fingerprint if not source.remote else source.fingerprint(entry.name)
         config = self._read_config(entry, model_dir, override)
-        available = cfg.available_versions(model_dir)
-        versions = cfg.select_versions(config, available)
-        if not versions:
-            raise cfg.ConfigError(
-                f"at least one version must be available under the version policy of model "
-                f"'{entry.name}'", model_dir)
+        versions = cfg.versions_to_load(config, model_dir, entry.name)
         return _Prepared(config, versions, model_dir, repository, fingerprint,
                          _config_key(config))
 
     def _read_config(self, entry: ModelEntry, model_dir: str,
                      override: mc.ModelConfig | None) -> mc.ModelConfig:
         opts = self.options
-        name = entry.name
-        text = None
-        if override is not None:
-            config = mc.ModelConfig()
-            config.CopyFrom(override)
-            path = "<load request config>"
-        else:
-            config, path, text = cfg.read_config(model_dir, opts.model_config_name)
-            if text is None:
-                if not opts.auto_complete_config:
-                    raise cfg.ConfigError(
-                        "model configuration file not found (auto-complete is disabled by "
-                        "--strict-model-config/--disable-auto-complete-config)", path)
-                path = model_dir  # later errors name the folder, not a file that is not there
-        if not config.name:
-            config.name = name
-        if config.name != name:
-            cfg.validate(config, name, path, text)  # raises the name mismatch
-        available = cfg.available_versions(model_dir)
-        cfg.resolve_backend(config, model_dir, available)
-        if opts.auto_complete_config and config.backend:
-            backend = registry.get_backend(config.backend)
-            versions = cfg.select_versions(config, available) or available
-            vdir = os.path.join(model_dir, str(versions[-1])) if versions else None
-            try:
-                backend.auto_complete_config(
-                    config, model_dir, vdir, self._backend_config(config.backend)
-                )
-            except NaiadError:
-                raise
-            except Exception as exc:
-                raise cfg.ConfigError(f"auto-complete failed: {exc}", path) from None
-        cfg.normalize(config)
-        # inputs and outputs are checked per version (_load_version), as Triton does
-        cfg.validate(config, name, path, text, io=False)
+        config, path, text = cfg.load_model_config(
+            model_dir, entry.name, config_name=opts.model_config_name,
+            auto_complete=opts.auto_complete_config, backend_config=self._backend_config,
+            override=override)
         entry.config_source = (path, text)
         return config
 
