@@ -312,6 +312,10 @@ def _creating_server_error(exc: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ray"]:  # naiad ray ...: deploy on a Ray cluster (naiad.ray.cli)
+        from naiad.ray.cli import main as ray_main
+
+        return ray_main(argv[1:])
     try:
         options = options_from_args(argv)
     except CliError as exc:
