@@ -181,6 +181,17 @@ class RayCluster:
                 return node
         return None
 
+    def logs(self, limit: int = 6000) -> str:
+        """The tail of every node's Serve and worker error logs (for failure messages)."""
+        parts = []
+        for node in self.nodes:
+            logs = Path(node.temp_dir) / "session_latest" / "logs"
+            for path in sorted(logs.glob("serve/*.log")) + sorted(logs.glob("worker-*.err")):
+                text = path.read_text(errors="replace")
+                if "Error" in text or "Traceback" in text:
+                    parts.append(f"== {node.name}: {path.name}\n{text[-limit:]}")
+        return "\n".join(parts)[-4 * limit:]
+
     def run(self, *args: str, timeout: float = 180.0, env: dict | None = None
             ) -> subprocess.CompletedProcess:
         """A driver command (``naiad ray ...``) against this cluster."""

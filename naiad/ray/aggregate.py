@@ -69,7 +69,22 @@ def merge_statistics(per_replica: Iterable[dict]) -> dict:
 
 
 def _families(text: str) -> list[Metric]:
-    return list(text_string_to_metric_families(text))
+    """Parsed families, with samples named as in the text.
+
+    prometheus-client's parser names every counter sample ``<family>_total``;
+    Triton's counters have no such suffix and dashboards query them by their
+    exact names, so the suffix is dropped again where the text had none.
+    """
+    families = list(text_string_to_metric_families(text))
+    for family in families:
+        if family.type != "counter":
+            continue
+        suffixed = family.name + "_total"
+        if ("\n" + suffixed) in text or text.startswith(suffixed):
+            continue
+        family.samples = [s._replace(name=family.name) if s.name == suffixed else s
+                          for s in family.samples]
+    return families
 
 
 def label_replicas(per_replica: dict[str, str]) -> bytes:

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-queue-time-us", type=float, default=5000.0)
     p.add_argument("--upscale-delay-s", type=float, default=None)
     p.add_argument("--downscale-delay-s", type=float, default=None)
+    p.add_argument("--look-back-period-s", type=float, default=None,
+                   help="Window over which Serve averages the scaling metric.")
     p.add_argument("--num-cpus", type=float, default=None,
                    help="CPUs per replica (default: the models' CPU instance count).")
     p.add_argument("--max-ongoing-requests", type=int, default=64)
@@ -72,6 +74,8 @@ def settings_from_args(ns: argparse.Namespace, server_args: list[str]) -> AppSet
         autoscaling["upscale_delay_s"] = ns.upscale_delay_s
     if ns.downscale_delay_s is not None:
         autoscaling["downscale_delay_s"] = ns.downscale_delay_s
+    if ns.look_back_period_s is not None:
+        autoscaling["look_back_period_s"] = ns.look_back_period_s
     return AppSettings.from_args(
         model_repository=ns.model_repository, server_args=server_args,
         num_replicas=ns.num_replicas, min_replicas=ns.min_replicas,

@@ -719,17 +719,23 @@ def serve_options(http_host: str = "0.0.0.0", http_port: int = 8000, grpc_port: 
 
     The gRPC proxy gets Triton's services (``grpc_servicer_functions``); the
     controller's environment (which its proxies inherit) gets the HTTP
-    callback that answers 503 for requests lost with their replica.
+    callback that answers 503 for requests lost with their replica, and, with
+    a single proxy (``HeadOnly``), turns off Serve's preference for replicas
+    on the proxy's own node (it would keep every request there until that
+    replica had ``max_ongoing_requests`` in flight).
     """
     from ray.serve.config import ControllerOptions, HTTPOptions, gRPCOptions
 
+    env = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": proxy.HTTP_CALLBACK}
+    if proxy_location == "HeadOnly":
+        # one proxy for the whole cluster: it must not keep everything on its own node
+        env["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
     return {
         "http_options": HTTPOptions(host=http_host, port=http_port),
         "grpc_options": gRPCOptions(port=grpc_port,
                                     grpc_servicer_functions=[proxy.GRPC_SERVICER_FUNCTION]),
         "proxy_location": proxy_location,
-        "controller_options": ControllerOptions(runtime_env={"env_vars": {
-            "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": proxy.HTTP_CALLBACK}}),
+        "controller_options": ControllerOptions(runtime_env={"env_vars": env}),
     }
 
 
