@@ -84,7 +84,7 @@ class RayNode:
     def start(self) -> None:
         log = open(self.log_path, "wb")
         env = dict(self.cluster.env)
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.cluster.pin + self.command(), stdout=log, stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True)
         log.close()
 
@@ -115,11 +115,13 @@ class RayNode:
 class RayCluster:
     """``RayCluster([2, 2])``: a head with 2 CPUs and one worker with 2 CPUs."""
 
-    def __init__(self, cpus: list[int], env: dict | None = None):
+    def __init__(self, cpus: list[int], env: dict | None = None, pin: str | None = None):
         self.env = dict(os.environ)
         self.env.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0",
                          "PYTHONUNBUFFERED": "1"})
         self.env.update(env or {})
+        # "taskset -c LIST" for every node process (and so every worker): benchmarks
+        self.pin = ["taskset", "-c", pin] if pin else []
         self.nodes: list[RayNode] = []
         self.nodes.append(RayNode(self, "head", cpus[0], True))
         for i, n in enumerate(cpus[1:]):
