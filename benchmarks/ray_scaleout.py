@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """naiad through Ray Serve's proxies (1 and 2 replicas) against naiad served directly.
 
-    .venv/bin/python benchmarks/ray_scaleout.py                 # add_sub and MiniLM, ~15 min
+    .venv/bin/python benchmarks/ray_scaleout.py                 # add_sub and MiniLM, ~20 min
     .venv/bin/python benchmarks/ray_scaleout.py --only add_sub --duration 5
 
 Both setups run on the same core: naiad directly (``taskset -c 0``) and a
 one-node Ray cluster whose every process (GCS, raylet, Serve controller and
-proxy, replicas) runs under ``taskset -c 0``; the load generators (wrk for
+proxy, replicas) runs under ``taskset -c 0``, first with Serve's Python
+proxies, then in Serve's high-throughput mode (HAProxy in front of replicas
+that serve HTTP and gRPC directly); the load generators (wrk for
 HTTP, h2load for gRPC, the harness's binary v2 requests) run on core 1.
 Setups are interleaved per concurrency level. Besides infer/s and latency
 percentiles it records the server side's CPU time per request: naiad's
@@ -76,7 +78,6 @@ class RayApp:
             "--grpc-port", str(self.grpc_port), "--proxy-location", "HeadOnly", timeout=600)
         if r.returncode != 0:
             raise RuntimeError(r.stdout + r.stderr + self.cluster.logs())
-        self.name = f"ray-{replicas}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # every replica up and ready
             try:
@@ -115,22 +116,37 @@ def scenario(name: str, repo: Path, req, check, batch: int, args, transports) ->
     direct.start([req.model])
     check(http_infer(direct.base_url, req))
     rows = []
-    env = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
-    with RayCluster([2], env=env, pin="0") as cluster:
-        app = RayApp(cluster, repo, "ray-1")
-        try:
-            for replicas in (1, 2):
-                app.deploy(replicas)
-                check(http_infer(app.base_url, req))
-                for c in args.concurrency:
-                    for tool in transports:
-                        for server, pids in ((direct, lambda: {direct.pid} | set(
-                                loadgen_descendants(direct.pid))), (app, app.pids)):
-                            rows.append(measure(tool, server, req, c, args.duration,
-                                                args.warmup, batch, pids))
-        finally:
-            direct.stop()
+    try:
+        for ingress in args.ingress:
+            env = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
+            if ingress == "haproxy":
+                env.update(haproxy_env())
+            with RayCluster([2], env=env, pin="0") as cluster:
+                app = RayApp(cluster, repo, "ray-1")
+                for replicas in (1, 2):
+                    app.deploy(replicas)
+                    app.name = f"{'ray' if ingress == 'proxy' else 'hap'}-{replicas}"
+                    check(http_infer(app.base_url, req))
+                    for c in args.concurrency:
+                        for tool in transports:
+                            for server, pids in ((direct, lambda: {direct.pid} | set(
+                                    loadgen_descendants(direct.pid))), (app, app.pids)):
+                                rows.append(measure(tool, server, req, c, args.duration,
+                                                    args.warmup, batch, pids))
+    finally:
+        direct.stop()
     return {"rows": rows}
+
+
+def haproxy_env() -> dict:
+    """Ray Serve's high-throughput mode: HAProxy in front of replicas serving directly."""
+    state = WORK / "haproxy"
+    state.mkdir(parents=True, exist_ok=True)
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state")}
 
 
 def loadgen_descendants(pid: int) -> list[int]:
@@ -144,8 +160,12 @@ def markdown(result: dict) -> str:
     lines = [f"# naiad through Ray Serve vs naiad directly ({result['started']})", "",
              f"Machine: {result['machine']}. Server side pinned to core 0, load generators to "
              "core 1; the machine is shared with other work, so compare rows of this run "
-             "only. `ray-N`: Serve's HTTP/gRPC proxy in front of N naiad replicas, all on "
-             "core 0; `direct`: one naiad process.", ""]
+             "only. `ray-N`: Serve's Python HTTP/gRPC proxies in front of N naiad replicas; "
+             "`hap-N`: Serve's high-throughput mode (RAY_SERVE_ENABLE_HA_PROXY=1, "
+             "RAY_SERVE_THROUGHPUT_OPTIMIZED=1: HAProxy in front of replicas that serve "
+             "directly); the whole Ray cluster on core 0. `direct`: one naiad process. "
+             "Server CPU: every process of the server side (for Ray, the whole cluster, "
+             "idle background work included) over the requests answered.", ""]
     for name, sc in result["scenarios"].items():
         lines += [f"## {name}", "",
                   "| server | transport | concurrency | infer/s | p50 ms | p99 ms | "
@@ -166,7 +186,10 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--concurrency", default="1,8")
     ap.add_argument("--transport", default="http,grpc")
+    ap.add_argument("--ingress", default="proxy,haproxy",
+                    help="Serve's Python proxies, and/or its HAProxy ingress (direct to replicas)")
     args = ap.parse_args()
+    args.ingress = args.ingress.split(",")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     loadgen.ensure_tools()
     tools = {"http": loadgen.HttpWrk("1"), "grpc": loadgen.GrpcH2load("1")}

@@ -17,7 +17,8 @@ replica dies with a request in flight, Ray's proxy sends no response at all
 and its HTTP server answers a bare 500; the middleware answers 503 with
 Triton's JSON error body instead.
 
-Only grpc and starlette (both Ray Serve dependencies) are imported here.
+Besides the ``naiad`` package itself, only grpc and starlette (both Ray Serve
+dependencies) are imported here: no protobuf module of naiad's.
 """
 
 from __future__ import annotations
