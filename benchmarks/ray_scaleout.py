@@ -23,8 +23,10 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -112,16 +114,19 @@ def scenario(name: str, repo: Path, req, check, batch: int, args, transports) ->
     naiad_exe, why = NaiadServer.find_exe(ROOT)
     if not naiad_exe:
         raise SystemExit(why)
-    direct = NaiadServer(repo, "0", WORK / "logs", naiad_exe, name="direct")
+    pin = None if args.no_pin else "0"
+    direct = NaiadServer(repo, pin, WORK / "logs", naiad_exe, name="direct")
     direct.start([req.model])
     check(http_infer(direct.base_url, req))
     rows = []
+    cleanup: list = []
     try:
         for ingress in args.ingress:
             env = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
             if ingress == "haproxy":
                 env.update(haproxy_env())
-            with RayCluster([2], env=env, pin="0") as cluster:
+            cleanup.append(env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE"))
+            with RayCluster([2], env=env, pin=pin) as cluster:
                 app = RayApp(cluster, repo, "ray-1")
                 for replicas in (1, 2):
                     app.deploy(replicas)
@@ -135,13 +140,16 @@ def scenario(name: str, repo: Path, req, check, batch: int, args, transports) ->
                                                     args.warmup, batch, pids))
     finally:
         direct.stop()
+        for path in cleanup:
+            if path:
+                shutil.rmtree(path, ignore_errors=True)
     return {"rows": rows}
 
 
 def haproxy_env() -> dict:
     """Ray Serve's high-throughput mode: HAProxy in front of replicas serving directly."""
-    state = WORK / "haproxy"
-    state.mkdir(parents=True, exist_ok=True)
+    # HAProxy's admin socket path must stay under 98 characters
+    state = Path(tempfile.mkdtemp(prefix="hap", dir="/tmp"))
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
@@ -157,13 +165,15 @@ def loadgen_descendants(pid: int) -> list[int]:
 
 
 def markdown(result: dict) -> str:
+    pinning = ("Server side pinned to core 0, load generators to core 1" if result["pinned"]
+               else "Not pinned: servers and load generators share both cores")
     lines = [f"# naiad through Ray Serve vs naiad directly ({result['started']})", "",
-             f"Machine: {result['machine']}. Server side pinned to core 0, load generators to "
-             "core 1; the machine is shared with other work, so compare rows of this run "
+             f"Machine: {result['machine']}. {pinning}; the machine is shared with other "
+             "work, so compare rows of this run "
              "only. `ray-N`: Serve's Python HTTP/gRPC proxies in front of N naiad replicas; "
              "`hap-N`: Serve's high-throughput mode (RAY_SERVE_ENABLE_HA_PROXY=1, "
              "RAY_SERVE_THROUGHPUT_OPTIMIZED=1: HAProxy in front of replicas that serve "
-             "directly); the whole Ray cluster on core 0. `direct`: one naiad process. "
+             "directly); the whole Ray cluster on the server side. `direct`: one naiad process. "
              "Server CPU: every process of the server side (for Ray, the whole cluster, "
              "idle background work included) over the requests answered.", ""]
     for name, sc in result["scenarios"].items():
@@ -188,16 +198,20 @@ def main() -> int:
     ap.add_argument("--transport", default="http,grpc")
     ap.add_argument("--ingress", default="proxy,haproxy",
                     help="Serve's Python proxies, and/or its HAProxy ingress (direct to replicas)")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="no taskset: servers and load generators share every core")
     args = ap.parse_args()
     args.ingress = args.ingress.split(",")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     loadgen.ensure_tools()
-    tools = {"http": loadgen.HttpWrk("1"), "grpc": loadgen.GrpcH2load("1")}
+    client = None if args.no_pin else "1"
+    tools = {"http": loadgen.HttpWrk(client), "grpc": loadgen.GrpcH2load(client)}
     transports = [tools[t] for t in args.transport.split(",")]
     started = dt.datetime.now(dt.timezone.utc)
     result = {"started": started.isoformat(timespec="seconds"),
               "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
                          "at start",
+              "pinned": not args.no_pin,
               "scenarios": {}}
     only = args.only.split(",")
     if "add_sub" in only:

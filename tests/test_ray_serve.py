@@ -222,23 +222,40 @@ def test_replicas_span_both_nodes_and_serve_tritonclient_http_and_grpc(app, clus
     assert not errors, errors
     assert seen == pids  # both replicas served
 
+    # ModelStreamInfer through Serve's gRPC proxy (a bidirectional stream)
+    import queue
+
+    grpc_client = tritonclient_grpc.InferenceServerClient(app.grpc)
+    answers: queue.Queue = queue.Queue()
+    grpc_client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    for i in range(3):
+        inp = tritonclient_grpc.InferInput("IN", [2], "FP32")
+        inp.set_data_from_numpy(np.array([float(i), 0.0], dtype=np.float32))
+        grpc_client.async_stream_infer("whoami", [inp], request_id=str(i))
+    streamed = [answers.get(timeout=60) for _ in range(3)]
+    grpc_client.stop_stream()
+    assert [e for _, e in streamed] == [None] * 3
+    assert [r.as_numpy("OUT").tolist() for r, _ in streamed] == [expected(i, 0, 1)
+                                                                  for i in range(3)]
+    grpc_client.close()
+
     # statistics and metrics add up over the replicas
     grpc_client = tritonclient_grpc.InferenceServerClient(app.grpc)
     assert grpc_client.is_server_ready()
     stats = grpc_client.get_inference_statistics("whoami", as_json=True)["model_stats"][0]
-    assert int(stats["inference_count"]) == 40
-    assert int(stats["inference_stats"]["success"]["count"]) == 40
+    assert int(stats["inference_count"]) == 43
+    assert int(stats["inference_stats"]["success"]["count"]) == 43
     grpc_client.close()
     status, body = app.get("/v2/models/stats")
-    assert status == 200 and json.loads(body)["model_stats"][0]["inference_count"] == 40
+    assert status == 200 and json.loads(body)["model_stats"][0]["inference_count"] == 43
     status, text = app.get("/metrics")
     assert status == 200
-    assert 'nv_inference_request_success{model="whoami",version="1"} 40' in text.decode()
+    assert 'nv_inference_request_success{model="whoami",version="1"} 43' in text.decode()
     status, text = app.get("/metrics/replicas")
     per_replica = [line for line in text.decode().splitlines()
                    if line.startswith('nv_inference_request_success{model="whoami"')]
     assert len(per_replica) == 2
-    assert sum(float(line.rsplit(" ", 1)[1]) for line in per_replica) == 40
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in per_replica) == 43
     assert {line.split('replica="')[1].split('"')[0] for line in per_replica} == \
         {r["replica"] for r in replicas}
 
@@ -280,6 +297,10 @@ def test_model_load_and_unload_apply_to_every_replica(app):
     with pytest.raises(InferenceServerException) as info:
         client.load_model("missing")
     assert "missing" in str(info.value)
+    # trace settings reach every replica (each answer comes from whichever replica serves it)
+    client.update_trace_settings(settings={"trace_rate": "7"})
+    for _ in range(6):
+        assert client.get_trace_settings()["trace_rate"] == "7"
     grpc_client.close()
     client.close()
 
