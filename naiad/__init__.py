@@ -1,8 +1,7 @@
 """naiad: a Triton-compatible model inference server written in Python."""
 
-__version__ = "0.1.0"
-
-from naiad.options import ServerOptions  # noqa: E402
-from naiad.server import Server  # noqa: E402
+from naiad.options import ServerOptions
+from naiad.server import Server
+from naiad.version import __version__
 
 __all__ = ["Server", "ServerOptions", "__version__"]

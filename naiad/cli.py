@@ -18,8 +18,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from naiad import __version__
-from naiad.options import ServerOptions
+from naiad.options import ServerOptions, parse_bool
+from naiad.version import __version__
 
 log = logging.getLogger("naiad.server")
 
@@ -28,13 +28,29 @@ class CliError(Exception):
     pass
 
 
-def parse_bool(text: str) -> bool:
-    v = str(text).strip().lower()
-    if v in ("true", "1", "on"):
-        return True
-    if v in ("false", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid value for bool option: {text}")
+# Sub-commands: ``naiad NAME ARGS...`` calls ``module:function(ARGS)`` (a list of
+# strings; it returns the exit code). Adding one is one line here; the module is
+# imported only when its sub-command runs. Anything else starts the server.
+SUBCOMMANDS: dict[str, str] = {
+    "ray": "naiad.ray.cli:main",  # deploy on a Ray cluster (Ray Serve)
+}
+
+
+def run_subcommand(argv: list[str]) -> int | None:
+    """Run ``argv[0]``'s sub-command if it names one; None when it does not."""
+    if not argv or argv[0] not in SUBCOMMANDS:
+        return None
+    import importlib
+
+    module, _, function = SUBCOMMANDS[argv[0]].partition(":")
+    return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
+
+
+def bool_option(text: str) -> bool:
+    value = parse_bool(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"invalid value for bool option: {text}")
+    return value
 
 
 def _setting(text: str) -> tuple[str, str, str]:
@@ -60,7 +76,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # (flag, dest, type, default, help). type None: a switch without a value.
-_B, _I, _F, _S = parse_bool, int, float, str
+_B, _I, _F, _S = bool_option, int, float, str
 _FLAGS: list[tuple[str, str, Any, Any, str]] = [
     ("--id", "server_id", _S, "triton", "Identifier for this server."),
     ("--exit-timeout-secs", "exit_timeout_secs", _I, 30,
@@ -312,10 +328,9 @@ def _creating_server_error(exc: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["ray"]:  # naiad ray ...: deploy on a Ray cluster (naiad.ray.cli)
-        from naiad.ray.cli import main as ray_main
-
-        return ray_main(argv[1:])
+    code = run_subcommand(argv)
+    if code is not None:
+        return code
     try:
         options = options_from_args(argv)
     except CliError as exc:
@@ -324,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         if predicate(options):
             return _fail(message, 2)
     from naiad.core.errors import NaiadError
-    from naiad.observability.extensions import validate_options
+    from naiad.observability import validate_options
 
     try:
         validate_options(options)
@@ -359,8 +374,7 @@ async def run(options: ServerOptions) -> int:
     except OSError as exc:
         return _fail(f"unable to open log file: {exc}")
     server = Server(options)
-    server.log_settings = settings
-    server.extensions.append("logging")
+    server.log_settings = settings  # the logging extension
 
     try:
         await server.check()
@@ -377,7 +391,7 @@ async def run(options: ServerOptions) -> int:
             os._exit(1)
         log.info("signal received, shutting down (waiting up to %ss for in-flight requests)",
                  options.exit_timeout_secs)
-        server.shutting_down = True  # not ready, new inference refused, from this moment
+        server.begin_shutdown()  # not ready, new inference refused, from this moment
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -6,7 +6,8 @@
         out = server.infer("add_sub", {"INPUT0": a, "INPUT1": b})
 
 The asynchronous :class:`naiad.Server` runs on an event loop in a background
-thread; every method here submits to that loop and waits for the answer.
+thread; every method here runs on that loop through the data plane's
+any-thread entry (``DataPlane.call``) and waits for the answer.
 """
 
 from __future__ import annotations
@@ -24,22 +25,24 @@ from naiad.server import Server
 class EmbeddedServer:
     def __init__(self, options: ServerOptions | None = None, **kwargs: Any):
         self.server = Server(options, **kwargs)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
     def _call(self, coro, timeout: float | None = None):
-        if self._loop is None:
+        """Run a coroutine on the server's loop (the data plane's any-thread entry)."""
+        if self._thread is None:
+            coro.close()
             raise RuntimeError("the embedded server is not started")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        return self.server.dataplane.call(coro, timeout)
 
     def start(self, frontends: bool = False) -> "EmbeddedServer":
         """Load the models (and bind the network endpoints if ``frontends``)."""
         ready = threading.Event()
+        dataplane = self.server.dataplane
 
         def run_loop() -> None:
             loop = asyncio.new_event_loop()
-            self._loop = loop
             asyncio.set_event_loop(loop)
+            dataplane.bind_loop(loop)
             ready.set()
             loop.run_forever()
             loop.close()
@@ -57,16 +60,14 @@ class EmbeddedServer:
         return self
 
     def stop(self, timeout: float | None = None) -> None:
-        loop = self._loop
-        if loop is None:
+        loop = self.server.dataplane.loop
+        if self._thread is None or loop is None:
             return
         try:
             self._call(self.server.stop(timeout))
         finally:
             loop.call_soon_threadsafe(loop.stop)
-            if self._thread is not None:
-                self._thread.join(timeout=30)
-            self._loop = None
+            self._thread.join(timeout=30)
             self._thread = None
 
     def __enter__(self) -> "EmbeddedServer":

@@ -10,6 +10,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+_TRUE = frozenset({"true", "on", "1"})
+_FALSE = frozenset({"false", "off", "0"})
+
+
+def parse_bool(text: Any) -> bool | None:
+    """A boolean option value as Triton reads one (true/on/1, false/off/0, any case);
+    None when it is neither (each caller words its own error)."""
+    v = str(text).strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    return None
+
+
 MODE_NONE = "none"
 MODE_POLL = "poll"
 MODE_EXPLICIT = "explicit"

@@ -10,7 +10,7 @@ import tritonclient.http as httpclient
 
 from naiad import Server
 from tests.conftest import NaiadProcess, write_model
-from tests.pipeline_models import write_affine, write_repeat
+from tests.models import write_affine, write_repeat
 
 F = "TYPE_FP32"
 

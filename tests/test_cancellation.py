@@ -9,9 +9,10 @@ import urllib.request
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
 from conftest import NaiadProcess, write_model
-from scheduling_models import write_probe
+
+from tests.clients import http_infer
+from tests.models import write_probe
 
 NO_INLINE = 'parameters { key: "NAIAD_INLINE_EXECUTION" value: { string_value: "off" } }'
 
@@ -81,13 +82,9 @@ def _send_and_hang_up(server, model, body, after):
 
 
 def _infer(server, model, value):
-    client = httpclient.InferenceServerClient(server.http_url, network_timeout=30)
-    try:
-        inp = httpclient.InferInput("IN", [1, 1], "FP32")
-        inp.set_data_from_numpy(np.array([[value]], np.float32))
-        return int(client.infer(model, [inp]).as_numpy("EXEC")[0][0])
-    finally:
-        client.close()
+    result = http_infer(server.http_url, model, {"IN": np.array([[value]], np.float32)},
+                        timeout=30)
+    return int(result.as_numpy("EXEC")[0][0])
 
 
 def _stats(server, model):

@@ -11,7 +11,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import NaiadProcess, copy_example, write_model
-from tests.obs_models import write_echo
+from tests.models import write_echo
 
 INTS_PY = """
 import numpy as np

@@ -15,6 +15,7 @@ import textwrap
 import pytest
 
 from naiad.protocol import model_config_pb2 as mc
+from naiad.protocol.config_json import config_to_dict
 from naiad.repository import config as cfg
 from naiad.repository.config import ConfigError
 
@@ -512,7 +513,7 @@ TRITON_ADD_SUB_JSON = (
 
 def test_config_json_is_tritons():
     config, _ = complete(ADD_SUB, "add_sub")
-    rendered = json.dumps(cfg.config_to_dict(config), separators=(",", ":"))
+    rendered = json.dumps(config_to_dict(config), separators=(",", ":"))
     assert rendered == TRITON_ADD_SUB_JSON  # same keys, order, defaults and number types
 
 
@@ -520,29 +521,29 @@ def test_implicit_instance_group_is_named_after_the_model():
     # Triton: no instance_group -> one group named "<model>" (instances "<model>_0");
     # unnamed groups given in the config are "<model>_<index>"
     config, _ = complete('name: "m"\nbackend: "python"\n')
-    groups = cfg.config_to_dict(config)["instance_group"]
+    groups = config_to_dict(config)["instance_group"]
     assert [(g["name"], g["kind"], g["count"]) for g in groups] == [("m", "KIND_CPU", 1)]
     config, _ = complete('name: "m"\nbackend: "python"\n'
                          'instance_group [ { count: 3 }, { name: "mine" }, { kind: KIND_CPU } ]\n')
-    groups = cfg.config_to_dict(config)["instance_group"]
+    groups = config_to_dict(config)["instance_group"]
     assert [(g["name"], g["count"]) for g in groups] == [("m_0", 3), ("mine", 1), ("m_2", 1)]
 
 
 def test_batching_defaults_like_triton():
     base = 'name: "m"\nbackend: "python"\nmax_batch_size: 8\n'
     config, _ = complete(base + "dynamic_batching { }\n")
-    assert cfg.config_to_dict(config)["dynamic_batching"] == {
+    assert config_to_dict(config)["dynamic_batching"] == {
         "preferred_batch_size": [8], "max_queue_delay_microseconds": 0,
         "preserve_ordering": False, "priority_levels": 0, "default_priority_level": 0,
         "priority_queue_policy": {}}
     config, _ = complete(base + "sequence_batching { oldest { } }\n")
-    sb = cfg.config_to_dict(config)["sequence_batching"]
+    sb = config_to_dict(config)["sequence_batching"]
     assert sb["max_sequence_idle_microseconds"] == 1000000
     assert sb["oldest"]["preferred_batch_size"] == [8]
     # given preferred sizes are kept
     config, _ = complete('name: "m"\nbackend: "python"\nmax_batch_size: 8\n'
                          "dynamic_batching { preferred_batch_size: [ 2, 4 ] }\n")
-    assert cfg.config_to_dict(config)["dynamic_batching"]["preferred_batch_size"] == [2, 4]
+    assert config_to_dict(config)["dynamic_batching"]["preferred_batch_size"] == [2, 4]
 
 
 def test_int64_fields_are_json_numbers():
@@ -559,7 +560,7 @@ def test_int64_fields_are_json_numbers():
         }
         version_policy { specific { versions: [ 1 ] } }
         """)
-    d = cfg.config_to_dict(config)
+    d = config_to_dict(config)
     assert d["input"][0]["dims"] == [-1, 4]
     assert d["input"][0]["reshape"] == {"shape": [-1, 2, 2]}
     db = d["dynamic_batching"]
@@ -577,6 +578,6 @@ def test_ensemble_gets_no_instance_group():
         ensemble_scheduling { step [ { model_name: "a" model_version: -1 } ] }
         """)
     cfg.normalize(config)
-    d = cfg.config_to_dict(config)
+    d = config_to_dict(config)
     assert d["instance_group"] == [] and d["default_model_filename"] == ""
     assert d["ensemble_scheduling"]["step"][0]["model_version"] == -1

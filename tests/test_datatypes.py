@@ -45,9 +45,9 @@ import struct
 import ml_dtypes
 import numpy as np
 import pytest
-import requests
 import tritonclient.http as httpclient
 
+from tests.clients import post
 from tests.conftest import write_model
 from tests.test_http_protocol import REFERENCE, naiad_only, start_server
 
@@ -283,8 +283,7 @@ def test_bf16_passthrough(client):
 
 
 def _post(server, model, body: bytes, headers=None):
-    return requests.post(f"{server.base}/v2/models/{model}/infer", data=body,
-                         headers=headers or {}, timeout=10)
+    return post(server.base, f"/v2/models/{model}/infer", body, headers=headers or {})
 
 
 @naiad_only

@@ -6,13 +6,13 @@ import asyncio
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from naiad import Server
 from naiad.server import make_request
+from tests.clients import PROTOCOLS, triton_client
 from tests.conftest import NaiadProcess, write_model
-from tests.pipeline_models import REPEAT_CONFIG, write_repeat
+from tests.models import REPEAT_CONFIG, write_repeat
 
 # Streams until the client goes away (bounded), then writes what it saw to a file
 UNTIL_CANCELLED = """
@@ -144,15 +144,22 @@ def test_a_stream_the_client_leaves_is_cancelled_for_the_model(repo, tmp_path):
     assert "Response sender has been closed" in rest
 
 
-def test_non_streaming_infer_of_a_decoupled_model_gets_tritons_error(repo):
+# Triton's answers to a call that expects one response
+REFUSALS = {
+    "http": ("501", "HTTP end point doesn't support models with decoupled transaction policy"),
+    "grpc": ("StatusCode.UNIMPLEMENTED",
+             "ModelInfer RPC doesn't support models with decoupled transaction policy"),
+}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_non_streaming_infer_of_a_decoupled_model_gets_tritons_error(repo, protocol):
     write_repeat(repo)
     with NaiadProcess(repo) as server:
-        client = httpclient.InferenceServerClient(server.http_url)
-        inp = httpclient.InferInput("IN", [1], "INT32")
+        module, client = triton_client(protocol, server)
+        inp = module.InferInput("IN", [1], "INT32")
         inp.set_data_from_numpy(np.array([2], np.int32))
         with pytest.raises(InferenceServerException) as info:
             client.infer("repeat", [inp])
-        assert info.value.status() == "501"
-        assert info.value.message() == ("HTTP end point doesn't support models with decoupled "
-                                        "transaction policy")
+        assert (info.value.status(), info.value.message()) == REFUSALS[protocol]
         client.close()

@@ -1,7 +1,7 @@
 """Decoupled models and streaming ensembles over gRPC ModelStreamInfer (tritonclient.grpc).
 
-Needs the gRPC frontend (``naiad.frontends.grpc``, issue 7); until it is on
-the branch this module is skipped as a whole.
+(How each protocol refuses a non-streaming call to a decoupled model is in
+test_decoupled.py.)
 """
 
 from __future__ import annotations
@@ -10,20 +10,10 @@ import queue
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 
-pytest.importorskip("naiad.frontends.grpc")
-
-import tritonclient.grpc as grpcclient  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
-
-from tests.conftest import NaiadProcess  # noqa: E402
-from tests.pipeline_models import (  # noqa: E402
-    step,
-    write_affine,
-    write_cast,
-    write_ensemble,
-    write_repeat,
-)
+from tests.conftest import NaiadProcess
+from tests.models import step, write_affine, write_cast, write_ensemble, write_repeat
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +74,3 @@ def test_a_streaming_ensemble_over_grpc(server):
     values = sorted(v[0] for v, final in out["0"] if v is not None)
     assert values == [0.0, 2.0, 4.0, 6.0]
     assert out["0"][-1][1] is True
-
-
-def test_non_streaming_grpc_infer_of_a_decoupled_model_is_unimplemented(server):
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    inp = grpcclient.InferInput("IN", [1], "INT32")
-    inp.set_data_from_numpy(np.array([2], np.int32))
-    with pytest.raises(InferenceServerException) as info:
-        client.infer("repeat", [inp])
-    assert info.value.status() == "StatusCode.UNIMPLEMENTED"
-    assert info.value.message() == ("ModelInfer RPC doesn't support models with decoupled "
-                                    "transaction policy")
-    client.close()

@@ -1,6 +1,6 @@
 """The dynamic batcher, observed from inside the model through a real server.
 
-The probe model (tests/scheduling_models.py) reports the batch each request
+The probe model (tests/models.py) reports the batch each request
 ran in; a negative input holds the instance busy so that requests queue
 behind it in a known order. Gated models turn inline execution off
 (NAIAD_INLINE_EXECUTION), so a slow gate never runs on the event loop.
@@ -18,7 +18,9 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from conftest import NaiadProcess, write_model
 from onnx import TensorProto, helper, numpy_helper
-from scheduling_models import infer_probe, run, staggered, write_probe
+
+from tests.clients import infer_probe, run, staggered
+from tests.models import write_probe
 
 NO_INLINE = 'parameters { key: "NAIAD_INLINE_EXECUTION" value: { string_value: "off" } }'
 BUSY = 'parameters { key: "busy_ms" value: { string_value: "3" } }'

@@ -13,10 +13,10 @@ import tritonclient.http.aio as aioclient
 from conftest import NaiadProcess, write_model
 from onnx import TensorProto, helper
 
+from naiad.backends.batch_io import BatchIO, validate_batch_io
 from naiad.core.types import InferenceRequest, Tensor
 from naiad.protocol import model_config_pb2 as mc
 from naiad.repository.config import parse_config_text
-from naiad.scheduling.ragged import BatchIO, validate_batch_io
 
 
 def ragged_onnx(path):

@@ -9,7 +9,9 @@ import numpy as np
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from conftest import NaiadProcess
-from scheduling_models import infer_probe, probe_config, write_probe
+
+from tests.clients import infer_probe
+from tests.models import probe_config, write_probe
 
 NO_INLINE = 'parameters { key: "NAIAD_INLINE_EXECUTION" value: { string_value: "off" } }'
 BATCHING = "dynamic_batching { max_queue_delay_microseconds: 1000 }"

@@ -15,7 +15,7 @@ from naiad import Server
 from naiad.core.errors import NaiadError
 from naiad.server import make_request
 from tests.conftest import NaiadProcess, copy_example, write_model
-from tests.pipeline_models import (
+from tests.models import (
     AFFINE_CONFIG,
     AFFINE_PY,
     step,

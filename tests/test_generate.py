@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import requests
 
+from tests.clients import post as http_post
 from tests.conftest import NaiadProcess, write_model
-from tests.pipeline_models import step, write_affine, write_ensemble
+from tests.models import step, write_affine, write_ensemble
 
 GEN = """
 import json
@@ -95,9 +95,8 @@ def server(tmp_path_factory):
 
 
 def post(server, model, body, stream=False):
-    url = f"{server.base}/v2/models/{model}/generate{'_stream' if stream else ''}"
-    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return requests.post(url, data=data, timeout=30, stream=stream)
+    return http_post(server.base, f"/v2/models/{model}/generate{'_stream' if stream else ''}",
+                     body, timeout=30, stream=stream)
 
 
 def events(resp) -> list[dict]:

@@ -306,7 +306,7 @@ def test_pool_watchdog_adds_threads_when_tasks_block_unannounced():
 
 
 def test_status_table_covers_every_error_kind():
-    from naiad.frontends.grpc import _STATUS
+    from naiad.frontends.grpc_service import STATUS as _STATUS
 
     assert set(_STATUS) == set(ErrorKind)
     assert _STATUS[ErrorKind.INVALID_ARG].name == "INVALID_ARGUMENT"
@@ -329,7 +329,7 @@ def test_native_core_adds_a_poller_when_a_handler_blocks():
     import grpc
 
     from naiad.frontends import grpc_native
-    from naiad.frontends.grpc import InferenceService
+    from naiad.frontends.grpc_service import InferenceService
     from naiad.protocol import grpc_service_pb2_grpc as pbg
 
     if not grpc_native.available():

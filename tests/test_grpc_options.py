@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from conftest import EXAMPLES, ROOT, NaiadProcess, copy_example, free_port
-from grpc_models import build_repository
 from tritonclient.utils import InferenceServerException
+
+from tests.models import build_repository
 
 
 def _add_sub(client, **kw):

@@ -58,6 +58,7 @@ import requests
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from tests.clients import post as http_post
 from tests.conftest import EXAMPLES, NaiadProcess, _http_status, free_port, write_model
 
 # -- the server under test: naiad, or the reference Triton ---------------------------------
@@ -201,7 +202,7 @@ def get(server, path, **kw):
 
 
 def post(server, path, body=b"", **kw):
-    return requests.post(server.base + path, data=body, timeout=10, **kw)
+    return http_post(server.base, path, body, **kw)
 
 
 A = {"name": "INPUT0", "datatype": "FP32", "shape": [4], "data": [1, 2, 3, 4]}

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import struct
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 
+from tests.clients import post
 from tests.conftest import NaiadProcess, write_model
 
 MODEL = """
@@ -54,13 +53,9 @@ def server(tmp_path_factory):
 
 
 def post_raw(server, model: str, body: bytes):
-    req = urllib.request.Request(f"{server.base}/v2/models/{model}/infer", data=body,
-                                 headers={"Inference-Header-Content-Length": "0"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
+    r = post(server.base, f"/v2/models/{model}/infer", body,
+             headers={"Inference-Header-Content-Length": "0"})
+    return r.status_code, r.headers, r.content
 
 
 def split(headers, body: bytes):

@@ -12,8 +12,8 @@ import time
 from naiad.backends.base import BackendInstance, InstanceSpec
 from naiad.core import instance as inst_mod
 from naiad.core.instance import ModelInstance
+from naiad.core.statistics import ModelStatistics
 from naiad.core.types import InferenceRequest, InferenceResponse
-from naiad.observability.statistics import ModelStatistics
 
 
 class FakeModel:

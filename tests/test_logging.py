@@ -12,7 +12,7 @@ import requests
 import tritonclient.http as httpclient
 
 from tests.conftest import NaiadProcess
-from tests.obs_models import write_logger
+from tests.models import write_logger
 
 DEFAULTS = {"log_file": "", "log_info": True, "log_warning": True, "log_error": True,
             "log_verbose_level": 0, "log_format": "default"}

@@ -18,12 +18,12 @@ from tritonclient.utils import InferenceServerException
 
 from naiad import Server
 from naiad.core.errors import InvalidArgument
+from naiad.core.statistics import REJECTED
 from naiad.observability.metrics import MetricsConfig, ServerMetrics
-from naiad.observability.statistics import REJECTED
 from naiad.options import ServerOptions
 from naiad.server import make_request
 from tests.conftest import NaiadProcess, copy_example
-from tests.obs_models import write_custom_metrics, write_echo, write_repeat
+from tests.models import write_custom_metrics, write_echo, write_repeat_inline
 
 COUNTERS = ["nv_inference_request_success", "nv_inference_request_failure",
             "nv_inference_count", "nv_inference_exec_count",
@@ -280,7 +280,7 @@ def test_cancelled_and_rejected_requests_are_counted_by_reason(tmp_path):
 
 
 def test_first_response_histogram_for_decoupled_models(tmp_path):
-    write_repeat(tmp_path)
+    write_repeat_inline(tmp_path)
     cfg = (tmp_path / "repeat" / "config.pbtxt")
     cfg.write_text(cfg.read_text() + """
 model_metrics { metric_control: [ { metric_identifier: {

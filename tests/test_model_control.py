@@ -10,8 +10,9 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests._mgmt import add_model, call, config_text, index, infer, model_py, states
+from tests.clients import call, index, infer, states
 from tests.conftest import NaiadProcess, write_model
+from tests.models import add_model, config_text, model_py
 
 NOT_ALLOWED = "explicit model load / unload is not allowed if polling is enabled"
 
@@ -206,7 +207,7 @@ def test_explicit_load_of_an_ensemble_loads_its_steps_first(repo):
         status, _, raw = call(server.base, "POST", "/v2/repository/models/ens/unload",
                               {"parameters": {"unload_dependents": True}})
         assert status == 200, raw
-        from tests._mgmt import wait_for
+        from tests.clients import wait_for
 
         wait_for(lambda: all(s == [("1", "UNAVAILABLE")] for n, s in states(server.base).items()
                              if n in ("first", "second")), what="steps unloaded")

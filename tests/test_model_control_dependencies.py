@@ -10,7 +10,7 @@ import pytest
 from naiad import Server
 from naiad.core.errors import NaiadError
 from naiad.repository import dependencies
-from tests._mgmt import add_model
+from tests.models import add_model
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_dependencies_load_first_and_unload_with_their_users(repo, user_needs_tw
         try:
             await server.load_model("user")
             assert _loaded(server) == {"user", "dep1", "dep2", "base"}
-            assert server.manager.models["user"].dependencies == {"dep1", "dep2"}
+            assert server.manager.dependencies.needs("user") == {"dep1", "dep2"}
             await server.load_model("bystander")
 
             # unloading a model unloads the models that use it (users first)

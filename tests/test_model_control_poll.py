@@ -5,17 +5,9 @@ from __future__ import annotations
 import shutil
 import time
 
-from tests._mgmt import (
-    NOT_ALLOWED_MESSAGE,
-    Traffic,
-    add_model,
-    call,
-    infer,
-    model_py,
-    states,
-    wait_for,
-)
+from tests.clients import NOT_ALLOWED_MESSAGE, Traffic, call, infer, states, wait_for
 from tests.conftest import NaiadProcess
+from tests.models import add_model, model_py
 
 
 def test_poll_mode_follows_the_repository_under_traffic(repo, tmp_path):

@@ -12,9 +12,9 @@ import sys
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from tests.clients import http_infer
 from tests.conftest import ROOT, NaiadProcess
 
 pytest.importorskip("rapidocr_onnxruntime")
@@ -51,16 +51,10 @@ def ocr_server(tmp_path_factory):
 
 
 def infer(server, model, data: bytes):
-    client = httpclient.InferenceServerClient(server.http_url, network_timeout=120)
-    try:
-        arr = np.frombuffer(data, dtype=np.uint8)
-        image = httpclient.InferInput("IMAGE", [len(arr)], "UINT8")
-        image.set_data_from_numpy(arr)
-        result = client.infer(model, [image])
-        return ([t.decode() for t in result.as_numpy("TEXT")], result.as_numpy("SCORES"),
-                result.as_numpy("BOXES"))
-    finally:
-        client.close()
+    result = http_infer(server.http_url, model, {"IMAGE": np.frombuffer(data, dtype=np.uint8)},
+                        timeout=120)
+    return ([t.decode() for t in result.as_numpy("TEXT")], result.as_numpy("SCORES"),
+            result.as_numpy("BOXES"))
 
 
 @pytest.mark.parametrize("model", ["ocr", "ocr_bls"])

@@ -11,7 +11,7 @@ import requests
 import tritonclient.http as httpclient
 
 from tests.conftest import NaiadProcess
-from tests.obs_models import write_echo
+from tests.models import write_echo
 
 
 @pytest.fixture(scope="module")

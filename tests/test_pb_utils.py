@@ -10,7 +10,7 @@ import pytest
 
 import triton_python_backend_utils as pb_utils
 from naiad.backends.python import dlpack
-from naiad.protocol.tensor_codec import bf16_bits_to_float, float_to_bf16_bits
+from naiad.core.tensor_bytes import bf16_bits_to_float, float_to_bf16_bits
 
 
 def test_module_name_resolves_to_naiads_implementation():

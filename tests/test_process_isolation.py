@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 from naiad import Server
 from naiad.server import make_request
 from tests.conftest import NaiadProcess, write_model
-from tests.pipeline_models import REPEAT_CONFIG, REPEAT_PY
+from tests.models import REPEAT_CONFIG, REPEAT_PY
 
 PROCESS = 'parameters { key: "EXECUTION_MODE" value: { string_value: "process" } }'
 

@@ -7,8 +7,9 @@ import time
 
 import tritonclient.http as httpclient
 
-from tests._mgmt import add_model, call, infer, states, wait_for
+from tests.clients import call, infer, states, wait_for
 from tests.conftest import NaiadProcess
+from tests.models import add_model
 
 
 def _ready(server) -> int:

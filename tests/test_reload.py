@@ -6,18 +6,9 @@ import threading
 
 import tritonclient.http as httpclient
 
-from tests._mgmt import (
-    Traffic,
-    add_model,
-    call,
-    config_text,
-    index,
-    infer,
-    model_py,
-    states,
-    wait_for,
-)
+from tests.clients import Traffic, call, index, infer, states, wait_for
 from tests.conftest import NaiadProcess
+from tests.models import add_model, config_text, model_py
 
 
 def _switches_once(results: list[float], old: float, new: float) -> bool:

@@ -7,12 +7,12 @@ import urllib.request
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
 from conftest import NaiadProcess, write_model
-from scheduling_models import PROBE_MODEL, probe_config, write_probe
 
 from naiad.core.errors import InvalidArgument
 from naiad.scheduling.response_cache import parse_cache_config
+from tests.clients import http_infer
+from tests.models import PROBE_MODEL, probe_config, write_probe
 
 CACHE_ON = "response_cache { enable: true }"
 SEQ = """sequence_batching { control_input [ { name: "START" control [ {
@@ -56,16 +56,8 @@ def server(tmp_path_factory):
 
 
 def _infer(server, model, value, outputs=None, **kw):
-    client = httpclient.InferenceServerClient(server.http_url)
-    try:
-        arr = np.asarray(value, dtype=np.float32)
-        arr = arr.reshape(1, -1)
-        inp = httpclient.InferInput("IN", list(arr.shape), "FP32")
-        inp.set_data_from_numpy(arr)
-        req_out = [httpclient.InferRequestedOutput(n) for n in outputs] if outputs else None
-        return client.infer(model, [inp], outputs=req_out, **kw)
-    finally:
-        client.close()
+    arr = np.asarray(value, dtype=np.float32).reshape(1, -1)
+    return http_infer(server.http_url, model, {"IN": arr}, outputs, **kw)
 
 
 def _stats(server, model):

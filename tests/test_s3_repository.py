@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from naiad.repository import storage
-from tests._mgmt import add_model, call, config_text, index, infer, model_py, states, wait_for
+from tests.clients import call, index, infer, states, wait_for
 from tests.conftest import NaiadProcess, free_port
+from tests.models import add_model, config_text, model_py
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("s3fs")

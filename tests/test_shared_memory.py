@@ -1,5 +1,6 @@
-"""The system shared-memory extension over HTTP with tritonclient's own helpers, the registry's
-bounds checks, and CUDA shared memory answering clearly without a GPU."""
+"""The system shared-memory extension with tritonclient's own helpers (inference through
+regions over HTTP and gRPC; each protocol's error codes), the registry's bounds checks, and
+CUDA shared memory answering clearly without a GPU."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from naiad.core.shared_memory import (
     SystemSharedMemoryManager,
 )
 from naiad.core.types import Tensor
+from tests.clients import PROTOCOLS, triton_client
 from tests.conftest import NaiadProcess, copy_example
-from tests.obs_models import write_simple
+from tests.models import write_simple
 
 
 @pytest.fixture(scope="module")
@@ -67,21 +69,54 @@ def client(server):
 
 
 def _add_sub(client, in_region, out_region, in_offsets=(0, 16), in_sizes=(16, 16),
-             out_offsets=(0, 16), out_sizes=(16, 16)):
+             out_offsets=(0, 16), out_sizes=(16, 16), module=httpclient):
     inputs = []
     for name, off, size in zip(("INPUT0", "INPUT1"), in_offsets, in_sizes):
-        i = httpclient.InferInput(name, [4], "FP32")
+        i = module.InferInput(name, [4], "FP32")
         i.set_shared_memory(in_region, size, off)
         inputs.append(i)
     outputs = []
     for name, off, size in zip(("OUTPUT0", "OUTPUT1"), out_offsets, out_sizes):
-        o = httpclient.InferRequestedOutput(name)
+        o = module.InferRequestedOutput(name)
         o.set_shared_memory(out_region, size, off)
         outputs.append(o)
     return client.infer("add_sub", inputs, outputs=outputs)
 
 
-def test_inference_through_shared_memory_with_tritonclient(client, regions):
+@pytest.fixture(params=PROTOCOLS)
+def protocol_client(request, server):
+    """(protocol, tritonclient module, client) for each protocol; no region registered."""
+    module, c = triton_client(request.param, server)
+    c.unregister_system_shared_memory()
+    yield request.param, module, c
+    c.unregister_system_shared_memory()
+    c.close()
+
+
+def _status(protocol: str, client, *name: str):
+    """The status reply as each protocol writes it (Triton's shapes)."""
+    if protocol == "http":
+        return client.get_system_shared_memory_status(*name)
+    return client.get_system_shared_memory_status(*name, as_json=True)
+
+
+def _wire_status(protocol: str, regions: list[tuple[str, str, int]]):
+    if protocol == "http":
+        return [{"name": n, "key": k, "offset": 0, "byte_size": size} for n, k, size in regions]
+    return {"regions": {n: {"name": n, "key": k, "byte_size": str(size)}
+                        for n, k, size in regions}} if regions else {}
+
+
+def _body_has_no_output_data(protocol: str, result) -> bool:
+    if protocol == "http":
+        return all("data" not in o and "parameters" not in o
+                   for o in result.get_response()["outputs"])
+    # empty raw contents, as Triton sends: the data is in the region
+    return all(not raw for raw in result.get_response().raw_output_contents)
+
+
+def test_inference_through_shared_memory_with_tritonclient(protocol_client, regions):
+    protocol, module, client = protocol_client
     in_key, in_handle = regions(32)
     out_key, out_handle = regions(32)
     a = np.array([1, 2, 3, 4], dtype=np.float32)
@@ -89,31 +124,28 @@ def test_inference_through_shared_memory_with_tritonclient(client, regions):
     shm.set_shared_memory_region(in_handle, [a, b])
     client.register_system_shared_memory("input_data", in_key, 32)
     client.register_system_shared_memory("output_data", out_key, 32)
-    status = client.get_system_shared_memory_status()
-    assert status == [
-        {"name": "input_data", "key": in_key, "offset": 0, "byte_size": 32},
-        {"name": "output_data", "key": out_key, "offset": 0, "byte_size": 32},
-    ]
-    assert client.get_system_shared_memory_status("input_data") == [status[0]]
+    assert _status(protocol, client) == _wire_status(
+        protocol, [("input_data", in_key, 32), ("output_data", out_key, 32)])
+    assert _status(protocol, client, "input_data") == _wire_status(
+        protocol, [("input_data", in_key, 32)])
 
-    result = _add_sub(client, "input_data", "output_data")
+    result = _add_sub(client, "input_data", "output_data", module=module)
     # outputs came through the region, not the body
-    out = result.get_response()["outputs"]
-    assert all("data" not in o and "parameters" not in o for o in out)
+    assert _body_has_no_output_data(protocol, result)
     np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.float32, [4]), a + b)
     np.testing.assert_array_equal(
         shm.get_contents_as_numpy(out_handle, np.float32, [4], offset=16), a - b)
 
     # a new request sees new data in the same region
     shm.set_shared_memory_region(in_handle, [b, a])
-    _add_sub(client, "input_data", "output_data")
+    _add_sub(client, "input_data", "output_data", module=module)
     np.testing.assert_array_equal(
         shm.get_contents_as_numpy(out_handle, np.float32, [4], offset=16), b - a)
 
     client.unregister_system_shared_memory("input_data")
-    assert [r["name"] for r in client.get_system_shared_memory_status()] == ["output_data"]
+    assert _status(protocol, client) == _wire_status(protocol, [("output_data", out_key, 32)])
     client.unregister_system_shared_memory()
-    assert client.get_system_shared_memory_status() == []
+    assert _status(protocol, client) == _wire_status(protocol, [])
 
 
 def test_the_tritonclient_shm_example_flow(client, regions):
@@ -278,6 +310,65 @@ def test_cuda_shared_memory_answers_clearly_without_a_gpu(server):
     meta = requests.get(server.base + "/v2", timeout=10).json()
     assert "system_shared_memory" in meta["extensions"]
     assert "cuda_shared_memory" in meta["extensions"]
+
+
+# -- gRPC's own status codes ------------------------------------------------------------------
+
+
+@pytest.fixture
+def grpc_client(server):
+    _, c = triton_client("grpc", server)
+    c.unregister_system_shared_memory()
+    yield c
+    c.unregister_system_shared_memory()
+    c.close()
+
+
+def _grpc_add_sub(client, in_region="in", out_region="out", in_off=16, out_size=16):
+    import tritonclient.grpc as grpcclient
+
+    return _add_sub(client, in_region, out_region, in_offsets=(0, in_off),
+                    out_sizes=(16, out_size), module=grpcclient)
+
+
+def test_grpc_shared_memory_errors(grpc_client, regions):
+    client = grpc_client
+    in_key, _ = regions(32)
+    out_key, _ = regions(32)
+
+    def code(fn):
+        with pytest.raises(InferenceServerException) as e:
+            fn()
+        return e.value.status(), e.value.message()
+
+    client.register_system_shared_memory("in", in_key, 32)
+    client.register_system_shared_memory("out", out_key, 32)
+    assert code(lambda: client.register_system_shared_memory("in", in_key, 32)) == \
+        ("StatusCode.ALREADY_EXISTS", "shared memory region 'in' already in manager")
+    status, _ = code(lambda: client.register_system_shared_memory("big", in_key, 64))
+    assert status == "StatusCode.INVALID_ARGUMENT"
+    assert code(lambda: client.get_system_shared_memory_status("x")) == \
+        ("StatusCode.NOT_FOUND", "Unable to find system shared memory region: 'x'")
+    assert code(lambda: _grpc_add_sub(client, in_off=24)) == \
+        ("StatusCode.INVALID_ARGUMENT",
+         "Invalid offset + byte size for shared memory region: 'in'")
+    status, message = code(lambda: _grpc_add_sub(client, out_size=8))
+    assert status == "StatusCode.INVALID_ARGUMENT"
+    assert "should be at least 16 bytes to hold the results" in message
+    assert code(lambda: _grpc_add_sub(client, in_region="nowhere"))[0] == "StatusCode.NOT_FOUND"
+
+
+def test_grpc_cuda_shared_memory_without_a_gpu(grpc_client):
+    client = grpc_client
+    assert client.get_cuda_shared_memory_status(as_json=True) == {}
+    with pytest.raises(InferenceServerException) as e:
+        client.get_cuda_shared_memory_status("x")
+    assert e.value.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException) as e:
+        client.register_cuda_shared_memory("x", b"\0" * 64, 0, 16)
+    assert e.value.status() == "StatusCode.UNIMPLEMENTED"
+    client.unregister_cuda_shared_memory("x")
+    client.unregister_cuda_shared_memory()
 
 
 # -- the registry itself -------------------------------------------------------------------

@@ -10,8 +10,9 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests._mgmt import add_model, call, infer, wait_for
+from tests.clients import call, infer, wait_for
 from tests.conftest import NaiadProcess
+from tests.models import add_model
 
 
 def _send_and_forget(server, seconds: float) -> threading.Thread:

@@ -13,17 +13,18 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from naiad import Server
-from naiad.core.types import InferenceRequest
-from naiad.observability.statistics import (
+from naiad.core.statistics import (
     BACKEND,
     CANCELED,
     OTHER,
     REJECTED,
     ModelStatistics,
 )
+from naiad.core.types import InferenceRequest
 from naiad.server import make_request
+from tests.clients import PROTOCOLS, number, triton_client
 from tests.conftest import NaiadProcess, copy_example
-from tests.obs_models import write_echo, write_repeat
+from tests.models import write_echo, write_repeat_inline
 
 INFER_FIELDS = ["success", "fail", "queue", "compute_input", "compute_infer", "compute_output",
                 "cache_hit", "cache_miss"]
@@ -39,56 +40,65 @@ def server(tmp_path_factory):
         yield proc
 
 
-def _echo(client, batch: int, value: float = 1.0, params=None):
-    x = np.full((batch, 4), value, dtype=np.float32)
-    inp = httpclient.InferInput("IN", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x)
-    return client.infer("echo", [inp], parameters=params)
-
-
 def _stats(client, model: str) -> dict:
     return client.get_inference_statistics(model)["model_stats"][0]
 
 
-def test_statistics_add_up_after_known_traffic(server):
-    client = httpclient.InferenceServerClient(server.http_url)
-    before = _stats(client, "echo")
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_statistics_add_up_after_known_traffic(server, protocol):
+    module, client = triton_client(protocol, server)
+    as_json = {"as_json": True} if protocol == "grpc" else {}
+
+    def stats() -> dict:
+        return client.get_inference_statistics("echo", **as_json)["model_stats"][0]
+
+    def echo(batch: int, value: float = 1.0):
+        x = np.full((batch, 4), value, dtype=np.float32)
+        inp = module.InferInput("IN", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        return client.infer("echo", [inp])
+
+    def executed(s: dict) -> int:  # requests in the executed batches, failed ones included
+        return sum(number(e, "batch_size") * number(e, "compute_infer", "count")
+                   for e in s.get("batch_stats", []))
+
+    before = stats()
     batches = [1, 3, 2, 3, 1]
     for b in batches:
-        _echo(client, b)
+        echo(b)
     for value in (-1.0, 2000.0):  # an error response, then a model exception
         with pytest.raises(InferenceServerException):
-            _echo(client, 2, value)
-    after = _stats(client, "echo")
+            echo(2, value)
+    after = stats()
 
-    def delta(path):
-        a, b = after, before
-        for p in path:
-            a, b = a[p], b[p]
-        return a - b
+    def delta(*path):
+        return number(after, *path) - number(before, *path)
 
     # requests count once, whatever their batch size; inferences are batch-weighted
-    assert delta(["inference_stats", "success", "count"]) == len(batches)
-    assert delta(["inference_stats", "fail", "count"]) == 2
-    assert delta(["inference_count"]) == sum(batches)
-    assert delta(["execution_count"]) == len(batches) + 2  # failed executions count too
+    assert delta("inference_stats", "success", "count") == len(batches)
+    assert delta("inference_stats", "fail", "count") == 2
+    assert delta("inference_count") == sum(batches)
+    assert delta("execution_count") == len(batches) + 2  # failed executions count too
     for field in ("queue", "compute_input", "compute_infer", "compute_output"):
-        assert delta(["inference_stats", field, "count"]) == len(batches)
-    assert delta(["inference_stats", "success", "ns"]) > 0
-    assert delta(["inference_stats", "fail", "ns"]) > 0
+        assert delta("inference_stats", field, "count") == len(batches)
+    assert delta("inference_stats", "success", "ns") > 0
+    assert delta("inference_stats", "fail", "ns") > 0
     # the parts of a request's time fit inside its total
-    s = after["inference_stats"]
-    parts = sum(s[f]["ns"] for f in ("queue", "compute_input", "compute_infer", "compute_output"))
-    assert parts <= s["success"]["ns"]
+    parts = sum(number(after, "inference_stats", f, "ns")
+                for f in ("queue", "compute_input", "compute_infer", "compute_output"))
+    assert parts <= number(after, "inference_stats", "success", "ns")
     # batch_stats: one entry per executed batch size, executions add up
-    sizes = {e["batch_size"]: e for e in after["batch_stats"]}
-    assert sizes[3]["compute_infer"]["count"] >= 2
-    assert sum(e["compute_infer"]["count"] for e in after["batch_stats"]) == \
-        after["execution_count"]
-    succeeded = sum(b * sizes[b]["compute_infer"]["count"] for b in sizes)
-    assert succeeded - 2 * 2 == after["inference_count"]  # minus the two failed batch-2 runs
-    assert after["last_inference"] >= before["last_inference"]
-    assert abs(after["last_inference"] / 1000 - time.time()) < 60
+    sizes = {number(e, "batch_size"): e for e in after["batch_stats"]}
+    assert number(sizes[3], "compute_infer", "count") >= 2
+    assert sum(number(e, "compute_infer", "count") for e in after["batch_stats"]) == \
+        number(after, "execution_count")
+    assert executed(after) - executed(before) - 2 * 2 == delta("inference_count")
+    assert number(after, "last_inference") >= number(before, "last_inference")
+    assert abs(number(after, "last_inference") / 1000 - time.time()) < 60
+    with pytest.raises(InferenceServerException) as e:
+        client.get_inference_statistics("nope")
+    assert "nope" in e.value.message()
+    client.close()
 
 
 def test_statistics_shape_matches_triton(server):
@@ -161,7 +171,7 @@ def test_concurrent_traffic_loses_no_count(server):
 
 
 def test_decoupled_models_report_response_stats(tmp_path):
-    write_repeat(tmp_path)
+    write_repeat_inline(tmp_path)
 
     async def main():
         async with Server(model_repository=str(tmp_path), exit_timeout_secs=5) as srv:

@@ -1,9 +1,6 @@
-"""Statistics, trace settings, log settings, classification and parameters over gRPC with
-tritonclient.grpc (message shapes as Triton 2.51 answers them).
-
-Runs once the gRPC frontend (naiad.frontends.grpc) is part of the build; until then pytest
-reports these as skipped, by that reason.
-"""
+"""Trace settings, log settings, classification and parameters over gRPC with
+tritonclient.grpc (message shapes as Triton 2.51 answers them). The statistics that
+add up after known traffic are checked over both protocols in test_statistics.py."""
 
 from __future__ import annotations
 
@@ -11,14 +8,11 @@ import json
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
-pytest.importorskip("naiad.frontends.grpc", reason="the gRPC frontend is not in this build")
-
-import tritonclient.grpc as grpcclient  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
-
-from tests.conftest import NaiadProcess  # noqa: E402
-from tests.obs_models import write_echo  # noqa: E402
+from tests.conftest import NaiadProcess
+from tests.models import write_echo
 
 
 @pytest.fixture(scope="module")
@@ -43,32 +37,6 @@ def _echo(client, batch=1, value=1.0, **kw):
     inp = grpcclient.InferInput("IN", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     return client.infer("echo", [inp], **kw)
-
-
-def test_grpc_statistics_add_up(client):
-    before = client.get_inference_statistics("echo", as_json=True)["model_stats"][0]
-    for b in (1, 3, 2):
-        _echo(client, b)
-    with pytest.raises(InferenceServerException):
-        _echo(client, 1, -1.0)
-    after = client.get_inference_statistics("echo", as_json=True)["model_stats"][0]
-
-    def n(stats, *path):
-        for p in path:
-            stats = stats.get(p, {})
-        return int(stats or 0)
-
-    assert n(after, "inference_count") - n(before, "inference_count") == 6
-    assert n(after, "execution_count") - n(before, "execution_count") == 4
-    assert n(after, "inference_stats", "success", "count") - \
-        n(before, "inference_stats", "success", "count") == 3
-    assert n(after, "inference_stats", "fail", "count") - \
-        n(before, "inference_stats", "fail", "count") == 1
-    sizes = {int(e["batch_size"]) for e in after["batch_stats"]}
-    assert {1, 2, 3} <= sizes
-    with pytest.raises(InferenceServerException) as e:
-        client.get_inference_statistics("nope")
-    assert "nope" in e.value.message()
 
 
 def test_grpc_trace_settings(client):

@@ -18,7 +18,7 @@ from naiad.core.errors import InvalidArgument
 from naiad.core.types import InferenceRequest
 from naiad.observability.tracing import Tracer
 from tests.conftest import NaiadProcess, copy_example, write_model
-from tests.obs_models import write_echo
+from tests.models import write_echo
 
 CORE_EVENTS = ["REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_INPUT_END",
                "COMPUTE_OUTPUT_START", "COMPUTE_END", "INFER_RESPONSE_COMPLETE", "REQUEST_END"]
@@ -338,7 +338,7 @@ def test_python_models_can_hand_their_trace_to_bls_requests(tmp_path):
 
 
 def test_ensemble_steps_are_traced_as_children(tmp_path):
-    from tests.pipeline_models import step, write_affine, write_ensemble
+    from tests.models import step, write_affine, write_ensemble
 
     write_affine(tmp_path, "double", mul=2.0)
     write_affine(tmp_path, "inc", add=1.0)

@@ -36,7 +36,8 @@ class ModelLoadContext:
     config: "model_config_pb2.ModelConfig"
     # The backend's section of --backend-config (e.g. {"shm-default-byte-size": "..."}).
     backend_config: dict[str, str] = dataclasses.field(default_factory=dict)
-    # The running server, for backends that call back into it (BLS). Opaque here.
+    # The data plane (naiad.dataplane.DataPlane), for backends that call back into the
+    # server (BLS: submit, call, on_loop_thread, tracer, model_ready). Opaque here.
     server: Any = None
     # The repository root the model came from.
     repository: str = ""

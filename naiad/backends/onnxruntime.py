@@ -57,6 +57,8 @@ from naiad.backends.base import (
     InstanceSpec,
     ModelLoadContext,
 )
+from naiad.backends.batch_io import BatchIO
+from naiad.core import datatypes
 from naiad.core import types as core
 from naiad.core.errors import (
     ErrorKind,
@@ -66,9 +68,8 @@ from naiad.core.errors import (
     Unavailable,
     Unsupported,
 )
-from naiad.protocol import datatypes
+from naiad.options import parse_bool
 from naiad.protocol import model_config_pb2 as mc
-from naiad.scheduling.ragged import BatchIO
 
 log = logging.getLogger("naiad.backends.onnxruntime")
 
@@ -146,12 +147,21 @@ def _parse_int(value: str, what: str) -> int:
 
 
 def _parse_bool(value: str, what: str) -> bool:
-    v = str(value).strip().lower()
-    if v in ("true", "on", "1"):
-        return True
-    if v in ("false", "off", "0"):
-        return False
-    raise InvalidArgument(f"failed to convert '{value}' to boolean for '{what}'")
+    flag = parse_bool(value)
+    if flag is None:
+        raise InvalidArgument(f"failed to convert '{value}' to boolean for '{what}'")
+    return flag
+
+
+def register_custom_ops(options: Any, config: mc.ModelConfig, action: str) -> None:
+    """Register the config's ``model_operations`` libraries with session options."""
+    for lib in config.model_operations.op_library_filename:
+        try:
+            options.register_custom_ops_library(lib)
+        except Exception as exc:
+            raise InvalidArgument(
+                f"unable to {action} model '{config.name}': failed to register custom "
+                f"operations library '{lib}': {ort_error_text(exc)}") from None
 
 
 def _param(config: mc.ModelConfig, key: str) -> str | None:
@@ -292,12 +302,16 @@ class SessionSettings:
                     setattr(so, attr, count)
                 summary[key] = max(count, 0)
 
-        key = "session.use_device_allocator_for_initializers"
-        value = _param(config, key)
-        if value is not None:
-            log.debug("model '%s': configuring '%s' to '%s'", name, key, value)
-            so.add_session_config_entry(key, value)
-            summary[key] = value
+        def config_entry(key: str, add) -> None:
+            """A parameter passed through as an onnxruntime config entry."""
+            value = _param(config, key)
+            if value is not None:
+                log.debug("model '%s': configuring '%s' to '%s'", name, key, value)
+                add(key, value)
+                summary[key] = value
+
+        config_entry("session.use_device_allocator_for_initializers",
+                     so.add_session_config_entry)
 
         for key, attr in (("enable_mem_arena", "enable_cpu_mem_arena"),
                           ("enable_mem_pattern", "enable_mem_pattern")):
@@ -308,20 +322,9 @@ class SessionSettings:
                 summary[key] = flag
 
         run_options = ort.RunOptions()
-        key = "memory.enable_memory_arena_shrinkage"
-        value = _param(config, key)
-        if value is not None:
-            log.debug("model '%s': configuring '%s' to '%s'", name, key, value)
-            run_options.add_run_config_entry(key, value)
-            summary[key] = value
+        config_entry("memory.enable_memory_arena_shrinkage", run_options.add_run_config_entry)
 
-        for lib in config.model_operations.op_library_filename:
-            try:
-                so.register_custom_ops_library(lib)
-            except Exception as exc:
-                raise InvalidArgument(
-                    f"unable to load model '{name}': failed to register custom operations "
-                    f"library '{lib}': {ort_error_text(exc)}") from None
+        register_custom_ops(so, config, "load")
 
         providers: list = []
         available = ort.get_available_providers()
@@ -394,23 +397,18 @@ def _compare_dims(model: str, tensor: str, model_shape: tuple[int, ...], dims: t
                 f"shape should have at least 1 dimension and the first dimension must be -1; "
                 f"but shape expected by the model is {_dims_str(model_shape)}")
         full = (-1,) + tuple(dims)
-        ok = len(model_shape) == len(full) and all(
-            m == f for m, f in zip(model_shape, full) if exact or m != -1)
-        if not ok:
-            raise InvalidArgument(
-                f"model '{model}', tensor '{tensor}': the model expects {len(model_shape)} "
-                f"dimensions (shape {_dims_str(model_shape)}) but the model configuration "
-                f"specifies {len(full)} dimensions (an initial batch dimension because "
-                f"max_batch_size > 0 followed by the explicit tensor shape, making complete "
-                f"shape {_dims_str(full)})")
+        how = (f"{len(full)} dimensions (an initial batch dimension because max_batch_size > 0 "
+               f"followed by the explicit tensor shape, making complete shape "
+               f"{_dims_str(full)})")
     else:
-        ok = len(model_shape) == len(dims) and all(
-            m == d for m, d in zip(model_shape, dims) if exact or m != -1)
-        if not ok:
-            raise InvalidArgument(
-                f"model '{model}', tensor '{tensor}': the model expects {len(model_shape)} "
-                f"dimensions (shape {_dims_str(model_shape)}) but the model configuration "
-                f"specifies {len(dims)} dimensions (shape {_dims_str(dims)})")
+        full = tuple(dims)
+        how = f"{len(dims)} dimensions (shape {_dims_str(dims)})"
+    if len(model_shape) != len(full) or not all(
+            m == f for m, f in zip(model_shape, full) if exact or m != -1):
+        raise InvalidArgument(
+            f"model '{model}', tensor '{tensor}': the model expects {len(model_shape)} "
+            f"dimensions (shape {_dims_str(model_shape)}) but the model configuration "
+            f"specifies {how}")
 
 
 def _check_scalar(model: str, tensor: str, dims: tuple[int, ...]) -> None:
@@ -659,13 +657,7 @@ class OnnxRuntimeBackend(Backend):
         # only the signature is read: skip the optimizers, keep custom ops
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.intra_op_num_threads = 1
-        for lib in config.model_operations.op_library_filename:
-            try:
-                options.register_custom_ops_library(lib)
-            except Exception as exc:
-                raise InvalidArgument(
-                    f"unable to auto-complete model '{config.name}': failed to register custom "
-                    f"operations library '{lib}': {ort_error_text(exc)}") from None
+        register_custom_ops(options, config, "auto-complete")
         session = create_session(path, options, ["CPUExecutionProvider"], config.name)
         try:
             auto_complete(config, SessionIO.of(session), backend_config)
@@ -710,7 +702,7 @@ class OnnxRuntimeModel(BackendModel):
         for st in config.sequence_batching.state:
             self.output_types.setdefault(
                 st.output_name, datatypes.config_to_wire(mc.DataType.Name(st.data_type)))
-        # ragged inputs, batch_input and batch_output (naiad.scheduling.ragged)
+        # ragged inputs, batch_input and batch_output (naiad.backends.batch_io)
         batch_io = BatchIO(config)
         self.batch_io: BatchIO | None = batch_io if batch_io.active else None
         self.model = None

@@ -10,24 +10,20 @@ and delivers each response through the request's callback.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from naiad.core import classification
+from naiad.core import classification, datatypes
 from naiad.core.errors import InvalidArgument, NaiadError, Unavailable
-from naiad.core.types import InferenceRequest, InferenceResponse, Tensor
-from naiad.observability.statistics import ModelStatistics
-from naiad.protocol import datatypes
-from naiad.protocol import model_config_pb2 as mc
+from naiad.core.statistics import ModelStatistics
+from naiad.core.types import InferenceRequest, InferenceResponse
 
 if TYPE_CHECKING:
     from naiad.backends.base import BackendModel
+    from naiad.core.scheduler import Scheduler
+    from naiad.protocol.model_config_pb2 import ModelConfig
 
 log = logging.getLogger("naiad.model")
 
@@ -55,7 +51,7 @@ class IOSpec:
 
     def __init__(self, io, model_dir: str | None = None):
         self.name: str = io.name
-        self.datatype: str = datatypes.config_to_wire(mc.DataType.Name(io.data_type))
+        self.datatype: str = datatypes.config_to_wire(datatypes.enum_name(io, "data_type"))
         self.dims: tuple[int, ...] = tuple(int(d) for d in io.dims)
         self.reshape: tuple[int, ...] | None = (
             tuple(int(d) for d in io.reshape.shape) if io.HasField("reshape") else None
@@ -94,7 +90,7 @@ class Model:
 
     def __init__(
         self,
-        config: mc.ModelConfig,
+        config: ModelConfig,
         version: int,
         backend_model: "BackendModel | None",
         model_dir: str = "",
@@ -118,23 +114,10 @@ class Model:
         self._output_reshape = {n: s for n, s in self.outputs.items() if s.reshape is not None}
         self._input_reshape = {n: s for n, s in self.inputs.items() if s.reshape is not None}
         self.stats = ModelStatistics(self.name, version)
-        self.scheduler: Any = None  # set by the loader (naiad.scheduling.create_scheduler)
+        self.scheduler: Scheduler = None  # type: ignore[assignment]  # set by the loader
         self.accepting = True
-        self._config_dict: dict | None = None
-        self._metadata: dict | None = None
-        self._lock = threading.Lock()
 
     # -- descriptions --------------------------------------------------------
-
-    def config_dict(self) -> dict:
-        if self._config_dict is None:
-            from naiad.repository.config import config_to_dict
-
-            self._config_dict = config_to_dict(self.config)
-        return self._config_dict
-
-    def config_json(self) -> str:
-        return json.dumps(self.config_dict())
 
     @property
     def platform(self) -> str:
@@ -258,17 +241,6 @@ class Model:
         request.queue_start_ns = time.monotonic_ns()
         self.scheduler.enqueue(request)
 
-    def warmup(self) -> None:
-        """Run ``model_warmup`` on every instance before the version is READY.
-
-        Called by the repository manager once the scheduler exists; raises
-        (the load fails, the version is UNAVAILABLE) when a sample fails.
-        """
-        if self.config.model_warmup:
-            from naiad.scheduling import warm_up
-
-            warm_up(self)
-
     def cancel(self, request: InferenceRequest) -> None:
         """The client gave up (disconnect, gRPC cancel): mark the request, unqueue it.
 
@@ -279,9 +251,7 @@ class Model:
         request.cancelled = True
         if request.responded:
             return
-        cancel = getattr(self.scheduler, "cancel", None)
-        if cancel is not None:
-            cancel(request)
+        self.scheduler.cancel(request)
 
     # -- completion (worker threads) ---------------------------------------------
 
@@ -353,7 +323,9 @@ class Model:
 
     def deliver(self, request: InferenceRequest, response: InferenceResponse | None,
                 final: bool) -> None:
-        """A response a backend sends by itself (decoupled models), from any thread."""
+        """A response a backend sends by itself (decoupled models, ensembles), from any
+        thread. The one response of a model that is not decoupled is counted before
+        the client can see it, as in ``complete``."""
         start = time.monotonic_ns()
         if response is not None:
             try:
@@ -361,12 +333,17 @@ class Model:
             except Exception as exc:
                 response = InferenceResponse(error=NaiadError(f"invalid output: {exc}"))
                 self.finish_response(request, response)
+        ok = response is None or response.error is None
+        if final and not self.decoupled:  # (ensembles that are not decoupled)
+            if not request.responded:
+                self.stats.record_request(request, ok, time.monotonic_ns())
+                request.respond(response, True)
+            return
         if request.respond(response, final):
             now = time.monotonic_ns()
-            if self.decoupled:  # (ensembles deliver here too)
+            if self.decoupled:
                 self.stats.record_stream_response(request, response, final, start, now)
             if final:
-                ok = response is None or response.error is None
                 self.stats.record_request(request, ok, now)
 
     # -- lifecycle ----------------------------------------------------------------
@@ -383,12 +360,3 @@ class Model:
                 log.exception("finalize of model '%s' version %s failed", self.name,
                               self.version)
 
-
-def make_output(name: str, array: Any, datatype: str | None = None) -> Tensor:
-    """A core output tensor from an array, inferring the wire datatype if not given."""
-    arr = np.asarray(array)
-    if datatype is None:
-        datatype = datatypes.wire_from_numpy(arr.dtype)
-    if datatype == "BYTES" and arr.dtype != np.object_:
-        arr = arr.astype(np.object_)
-    return Tensor(name, datatype, arr)

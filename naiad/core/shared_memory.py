@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from naiad.core import datatypes, tensor_bytes
 from naiad.core.errors import AlreadyExists, InvalidArgument, NotFound, Unsupported
 from naiad.core.types import Tensor
-from naiad.protocol import datatypes, tensor_codec
 
 try:  # CPython's own shm_open binding (what multiprocessing.shared_memory uses)
     import _posixshmem
@@ -126,7 +126,7 @@ class SharedMemoryRegion:
     def read(self, offset: int, byte_size: int, datatype: str, shape: tuple, name: str,
              ) -> np.ndarray:
         if datatype != "BYTES":
-            expected = tensor_codec.element_count(shape) * datatypes.ELEMENT_SIZE[datatype]
+            expected = tensor_bytes.element_count(shape) * datatypes.ELEMENT_SIZE[datatype]
             if expected != byte_size:
                 raise InvalidArgument(
                     f"input byte size mismatch for input '{name}'. Expected {expected}, got "
@@ -136,7 +136,7 @@ class SharedMemoryRegion:
             if self.closed:
                 raise self._gone()
             if datatype == "BYTES":
-                return tensor_codec.decode_bytes_elements(
+                return tensor_bytes.decode_bytes_elements(
                     memoryview(self._mm)[start:start + byte_size], shape, name)
             if byte_size < PRIVATE_MAP_MIN_BYTES:
                 view = np.frombuffer(self._mm, dtype=np.uint8, count=byte_size, offset=start)
@@ -151,7 +151,7 @@ class SharedMemoryRegion:
                 mm = mmap.mmap(self._fd, delta + byte_size, mmap.MAP_PRIVATE,
                                mmap.PROT_READ | mmap.PROT_WRITE, offset=aligned)
                 buf = np.frombuffer(mm, dtype=np.uint8, count=byte_size, offset=delta)
-        return tensor_codec.decode_raw(buf, datatype, shape, name)
+        return tensor_bytes.decode_raw(buf, datatype, shape, name)
 
     def write(self, offset: int, data) -> None:
         start = self._delta + offset
@@ -271,7 +271,7 @@ class SystemSharedMemoryManager:
                                   "no shared_memory_byte_size")
         offset, byte_size = reg._check_window(params.get("shared_memory_offset", 0),
                                               params["shared_memory_byte_size"])
-        data = tensor_codec.raw_bytes(tensor.datatype, tensor.data)
+        data = tensor_bytes.raw_bytes(tensor.datatype, tensor.data)
         if len(data) > byte_size:
             raise InvalidArgument(
                 f"shared memory size specified with the request for output '{tensor.name}' "

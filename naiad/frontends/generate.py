@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from naiad.core import datatypes
 from naiad.core.errors import InvalidArgument, NaiadError
 from naiad.core.types import InferenceRequest, InferenceResponse, Tensor
 from naiad.frontends.status import http_status
-from naiad.protocol import datatypes
 
 if TYPE_CHECKING:
     from naiad.core.model import Model

@@ -45,10 +45,10 @@ from typing import Any
 
 import grpc
 
-from naiad.core.errors import NaiadError, Unavailable, as_naiad_error
+from naiad.core.errors import NaiadError, as_naiad_error
 from naiad.core.types import InferenceRequest, InferenceResponse, successful
 from naiad.frontends import restrictions
-from naiad.frontends.extensions import SHUTTING_DOWN
+from naiad.frontends.grpc_service import END, HEALTH_SERVICE, SERVICE, STATUS, StreamSession
 from naiad.protocol import grpc_codec as codec
 from naiad.protocol import grpc_service_pb2 as pb
 from naiad.protocol import health_pb2
@@ -138,13 +138,11 @@ def _status_ops(code: grpc.StatusCode, details: str) -> tuple:
 
 
 def _error_ops(exc: BaseException) -> tuple:
-    from naiad.frontends.grpc import _STATUS as CODES
-
     if not isinstance(exc, NaiadError):
         log.error("unhandled error in a gRPC call: %s: %s", type(exc).__name__, exc,
                   exc_info=exc)
         exc = as_naiad_error(exc)
-    return _status_ops(CODES.get(exc.kind, grpc.StatusCode.UNKNOWN), exc.message)
+    return _status_ops(STATUS.get(exc.kind, grpc.StatusCode.UNKNOWN), exc.message)
 
 
 def _allowed(rule: tuple[str, str] | None, metadata: Any) -> bool:
@@ -216,8 +214,6 @@ class _NativeStream:
     """The transport of one ModelStreamInfer call; ``StreamSession`` does the rest."""
 
     def __init__(self, core: NativeServer, call: Any, metadata: Any):
-        from naiad.frontends.grpc import StreamSession
-
         outer = self
 
         class Session(StreamSession):
@@ -266,7 +262,7 @@ class _NativeStream:
     def _write_next_locked(self) -> None:
         while self.writes:
             item = self.writes.popleft()
-            if item is _END:
+            if item is END:
                 self.finished = True
                 ops: tuple = (_STATUS(None, _OK, b"", _NO_FLAGS),)
                 if not self.headers_sent:
@@ -297,18 +293,11 @@ class _NativeStream:
             self.session.abort()
 
 
-_END = None  # set below to StreamSession's END marker (import order)
-
-
 class NativeServer:
     """The server: one completion queue, one polling thread."""
 
     def __init__(self, service: Any, pool: Any, options: list[tuple[str, Any]],
                  credentials: Any, restricted: dict[str, tuple[str, str]]):
-        global _END
-        from naiad.frontends.grpc import END, HEALTH_SERVICE, SERVICE
-
-        _END = END
         self.service = service
         self.pool = pool
         self.restricted = restricted
@@ -557,10 +546,9 @@ class NativeServer:
                     restrictions.restricted_message("protocol", self._infer_rule[0]))
                     + (_CLOSE(_NO_FLAGS),))
                 return
-            if server.shutting_down:
-                raise Unavailable(SHUTTING_DOWN)
+            server.refuse_if_shutting_down()
             tracer = server.tracer
-            received = time.monotonic_ns() if tracer is not None and tracer.active else 0
+            received = time.monotonic_ns() if tracer.active else 0
             msg = pb.ModelInferRequest.FromString(data)
             shm = server.shared_memory
             request, _ = codec.decode_infer_request(msg, shm)

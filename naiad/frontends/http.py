@@ -24,11 +24,10 @@ import orjson
 from naiad.core.errors import (
     InvalidArgument,
     NaiadError,
-    Unavailable,
     Unsupported,
     as_naiad_error,
 )
-from naiad.frontends import extensions, restrictions
+from naiad.frontends import generate, restrictions
 from naiad.frontends.asgi_server import AsgiServer, answer_lifespan
 from naiad.frontends.status import http_status
 from naiad.protocol import http_codec
@@ -40,7 +39,6 @@ OCTET = (b"Content-Type", b"application/octet-stream")
 TEXT = (b"Content-Type", b"text/plain")
 
 # The answer to new inference once a graceful shutdown has begun (503)
-SHUTTING_DOWN = extensions.SHUTTING_DOWN
 
 
 class HttpError(Exception):
@@ -192,8 +190,7 @@ class HttpApp:
         if action == "infer" and len(rest) == 1:
             if method != "POST":
                 raise HttpError(405, "Method Not Allowed")
-            if self.server.shutting_down:
-                raise Unavailable(SHUTTING_DOWN)
+            self.server.refuse_if_shutting_down()
             await self.infer(name, version, scope, receive, send)
             return
         if action == "" and not rest:
@@ -213,13 +210,10 @@ class HttpApp:
             await self._send_json(send, 200, self.server.model_statistics(name, version))
         elif action in ("generate", "generate_stream") and len(rest) == 1:
             self._require(method, "POST")
-            if self.server.shutting_down:
-                raise Unavailable(SHUTTING_DOWN)
-            handler = getattr(self.server, "generate_http", None)
-            if handler is None:
-                raise Unsupported("the generate extension is not available")
+            self.server.refuse_if_shutting_down()
             body = await self._read_body(scope, receive)
-            await handler(name, version, body, action == "generate_stream", send)
+            await generate.serve(self.server, name, version, body,
+                                 action == "generate_stream", send)
         elif action == "trace" and rest[1:] == ["setting"]:
             await self._trace_setting(name, method, scope, receive, send)
         else:
@@ -278,7 +272,7 @@ class HttpApp:
     async def infer(self, name: str, version: int, scope, receive, send) -> None:
         server = self.server
         tracer = server.tracer
-        traced = tracer is not None and tracer.active  # False unless a trace level is on
+        traced = tracer.active  # False unless a trace level is on
         recv_start = time.monotonic_ns() if traced else 0
         headers = scope["headers"]
         header_len = None
@@ -507,7 +501,7 @@ class HttpApp:
     # -- trace and logging extensions -----------------------------------------------------------
 
     async def _trace_setting(self, model: str, method, scope, receive, send) -> None:
-        tracer = extensions.tracer(self.server)
+        tracer = self.server.tracer
         if method == "GET":
             await self._send_json(send, 200, tracer.get_settings(model))
         elif method == "POST":
@@ -517,7 +511,7 @@ class HttpApp:
             raise HttpError(405, "Method Not Allowed")
 
     async def _logging(self, method, scope, receive, send) -> None:
-        settings = extensions.log_settings(self.server)
+        settings = self.server.logging_settings()
         if method == "GET":
             await self._send_json(send, 200, settings.get())
         elif method == "POST":

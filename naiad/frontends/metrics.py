@@ -14,10 +14,10 @@ from typing import Any
 
 from naiad.frontends.asgi_server import answer_lifespan
 from naiad.frontends.http import HttpFrontend
+from naiad.observability.metrics import CONTENT_TYPE
 
 log = logging.getLogger("naiad.metrics")
-
-_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+_CONTENT_TYPE = CONTENT_TYPE.encode()
 
 
 class MetricsApp:

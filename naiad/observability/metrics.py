@@ -2,7 +2,7 @@
 
 Everything a Triton dashboard or autoscaler reads is here, computed at
 *scrape time* from the per-model statistics counters
-(``naiad.observability.statistics``) by a prometheus-client custom collector:
+(``naiad.core.statistics``) by a prometheus-client custom collector:
 serving requests costs nothing extra for metrics. Only the opt-in latency
 summaries (``--metrics-config summary_latencies=true``) and the decoupled
 first-response histogram (``histogram_latencies=true``) observe each request,
@@ -52,7 +52,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from naiad.core.errors import InvalidArgument
-from naiad.observability.statistics import FAILURE_REASONS, ModelStatistics, StatisticsListener
+from naiad.core.statistics import FAILURE_REASONS, ModelStatistics, StatisticsListener
+from naiad.options import parse_bool
 
 if TYPE_CHECKING:
     from naiad.core.types import InferenceRequest
@@ -140,12 +141,10 @@ SUMMARY_BUCKET_CAP = 20_000
 
 
 def _parse_bool(key: str, text: str) -> bool:
-    v = str(text).strip().lower()
-    if v in ("true", "1", "on", "yes"):
-        return True
-    if v in ("false", "0", "off", "no"):
-        return False
-    raise InvalidArgument(f"--metrics-config {key} expects true or false, got '{text}'")
+    value = parse_bool(text)
+    if value is None:
+        raise InvalidArgument(f"--metrics-config {key} expects true or false, got '{text}'")
+    return value
 
 
 class MetricsConfig:
@@ -628,7 +627,6 @@ class ServerMetrics:
         self.custom = custom if custom is not None else CUSTOM_METRICS
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
-        self._observers: dict[int, _ModelObserver] = {}
         self._observed_lock = threading.Lock()
         interval_s = max(0.0, float(opts.metrics_interval_ms) / 1000.0)
         self.cpu: _CpuPoller | None = None

@@ -197,7 +197,7 @@ def _tensor_text(t: "Tensor") -> dict:
     elif t.datatype == "BOOL":
         items = ["1" if x else "0" for x in flat]
     elif t.datatype == "BF16":
-        from naiad.protocol.tensor_codec import bf16_bits_to_float
+        from naiad.core.tensor_bytes import bf16_bits_to_float
 
         items = [format(float(x), "g") for x in bf16_bits_to_float(flat)]
     elif np.issubdtype(arr.dtype, np.floating):

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from naiad.core import tensor_bytes
 from naiad.core.errors import InvalidArgument, NaiadError
 from naiad.core.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 from naiad.protocol import grpc_service_pb2 as pb
-from naiad.protocol import tensor_codec
 from naiad.protocol.http_codec import (
     SharedMemory,
     apply_request_parameters,
@@ -145,9 +145,9 @@ def decode_contents(contents: Any, datatype: str, shape: tuple[int, ...], name: 
                 f"'{model_name}' of type '{carried}', expected datatype '{datatype}'")
         found, found_field = values, field
     if found is None:  # no data at all: right only for an empty tensor
-        return tensor_codec.decode_raw(b"", datatype, shape, name)
+        return tensor_bytes.decode_raw(b"", datatype, shape, name)
     if datatype == "BYTES":
-        return tensor_codec.bytes_tensor(list(found), shape, name)
+        return tensor_bytes.bytes_tensor(list(found), shape, name)
     arr = np.array(found, dtype=_FIELD_NUMPY[found_field])
     narrow = _NARROW.get(datatype)
     if narrow is not None:
@@ -159,7 +159,7 @@ def decode_contents(contents: Any, datatype: str, shape: tuple[int, ...], name: 
                 f"{datatype}")
         arr = arr.astype(narrow)
     # the same size check (and message) as raw bytes
-    return tensor_codec.decode_raw(memoryview(arr).cast("B"), datatype, shape, name)
+    return tensor_bytes.decode_raw(memoryview(arr).cast("B"), datatype, shape, name)
 
 
 def _requested_outputs(outputs: Any, shm: SharedMemory | None) -> dict[str, RequestedOutput]:
@@ -205,13 +205,13 @@ def decode_infer_request(msg: Any, shm: SharedMemory | None = None
     nraw = len(raw)
     used = 0
     inputs: dict[str, Tensor] = {}
-    decode_raw = tensor_codec.decode_raw
+    decode_raw = tensor_bytes.decode_raw
     for t in msg.inputs:
         name = t.name
-        datatype = tensor_codec.check_datatype(t.datatype, name)
-        shape = tensor_codec.check_shape(tuple(t.shape), name)
+        datatype = tensor_bytes.check_datatype(t.datatype, name)
+        shape = tensor_bytes.check_shape(tuple(t.shape), name)
         if name in inputs:
-            raise tensor_codec.duplicate_input_error(name, msg.id)
+            raise tensor_bytes.duplicate_input_error(name, msg.id)
         if t.parameters and "shared_memory_region" in t.parameters:
             if t.HasField("contents"):
                 raise InvalidArgument(
@@ -264,7 +264,7 @@ def encode_infer_response(response: InferenceResponse, request: InferenceRequest
     requested = request.requested_outputs
     outs = []
     raws = []
-    raw_bytes = tensor_codec.raw_bytes
+    raw_bytes = tensor_bytes.raw_bytes
     OutputTensor = ModelInferResponse.InferOutputTensor
     for t in response.outputs:
         data = t.data

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from naiad.core import datatypes, tensor_bytes
 from naiad.core.errors import InvalidArgument
 from naiad.core.types import (
     SEQUENCE_END,
@@ -24,7 +25,7 @@ from naiad.core.types import (
     RequestedOutput,
     Tensor,
 )
-from naiad.protocol import datatypes, tensor_codec
+from naiad.protocol import tensor_codec
 
 # request-level parameters the protocol itself interprets
 _RESERVED_REQUEST_PARAMS = frozenset(
@@ -202,11 +203,11 @@ def _decode_full(body, header_length, model_name, model_version, shm):
         name = item.get("name")
         if not isinstance(name, str):
             raise InvalidArgument("each input must have a string 'name'")
-        datatype = tensor_codec.check_datatype(item.get("datatype"), name)
-        shape = tensor_codec.check_shape(item.get("shape"), name)
+        datatype = tensor_bytes.check_datatype(item.get("datatype"), name)
+        shape = tensor_bytes.check_shape(item.get("shape"), name)
         iparams = _params(item, f"input '{name}'")
         if name in inputs:
-            raise tensor_codec.duplicate_input_error(name, req_id)
+            raise tensor_bytes.duplicate_input_error(name, req_id)
         if "shared_memory_region" in iparams:
             if "data" in item or "binary_data_size" in iparams:
                 raise InvalidArgument(_one_source_error(name))
@@ -226,7 +227,7 @@ def _decode_full(body, header_length, model_name, model_version, shm):
                 )
             if mv is None:
                 mv = memoryview(body)
-            arr = tensor_codec.decode_raw(mv[offset:offset + size], datatype, shape, name)
+            arr = tensor_bytes.decode_raw(mv[offset:offset + size], datatype, shape, name)
             offsets.append(offset - binary_start)
             if datatype == "BYTES":
                 cacheable = False
@@ -294,7 +295,7 @@ def decode_raw_request(body, model, model_name: str, model_version: int) -> Infe
     datatype = spec.datatype
     total = len(body)
     if datatype == "BYTES":
-        count = tensor_codec.count_bytes_elements(body, spec.name)
+        count = tensor_bytes.count_bytes_elements(body, spec.name)
     else:
         size = datatypes.ELEMENT_SIZE[datatype]
         if total % size:
@@ -322,7 +323,7 @@ def decode_raw_request(body, model, model_name: str, model_version: int) -> Infe
         raise InvalidArgument(
             f"[request id: <id_unknown>] input byte size mismatch for input '{spec.name}' "
             f"for model '{model_name}'. Expected {expected}, got {total}")
-    arr = tensor_codec.decode_raw(body, datatype, tuple(dims), spec.name)
+    arr = tensor_bytes.decode_raw(body, datatype, tuple(dims), spec.name)
     return InferenceRequest(model_name, {spec.name: Tensor(spec.name, datatype, arr)},
                             model_version=model_version)
 
@@ -424,7 +425,7 @@ def encode_infer_response(
             if shm_params:
                 entry["parameters"] = shm_params
         elif binary:
-            raw = tensor_codec.raw_bytes(t.datatype, t.data)
+            raw = tensor_bytes.raw_bytes(t.datatype, t.data)
             size = len(raw)
             entry["parameters"] = {"binary_data_size": size}
             if size:

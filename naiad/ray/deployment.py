@@ -18,8 +18,11 @@ per model (with its time); a replica that starts later (scale-up, a
 replacement) collects these from the running ones and replays them before it
 serves, so every replica serves the same models.
 
-Everything is reached through ``Server``'s public methods, ``HttpApp`` and
-``InferenceService``; nothing here knows naiad's internals.
+Everything is reached through public seams: the ``Server`` shell and its
+data plane (``server.dataplane``), the HTTP frontend's ASGI app
+(``HttpApp``) and the gRPC service both transports share
+(``frontends/grpc_service.py``: ``InferenceService``, ``StreamSession``);
+nothing here knows naiad's internals.
 """
 
 from __future__ import annotations
@@ -129,8 +132,9 @@ class NaiadReplica:
     """One replica: a naiad Server, its HTTP app, its gRPC handlers, its share of control."""
 
     async def __init__(self, settings: dict):
-        from naiad.frontends.grpc import InferenceService, parse_restricted_protocols
+        from naiad.frontends.grpc import parse_restricted_protocols
         from naiad.frontends.grpc_pool import ElasticPool
+        from naiad.frontends.grpc_service import InferenceService
         from naiad.frontends.http import HttpApp
         from naiad.server import Server
 
@@ -155,9 +159,10 @@ class NaiadReplica:
                 f"{name} version {version}: {state}" for name, version, state in failed))
         if self.server.metrics is not None:
             self.server.metrics.start()
-        self.http = HttpApp(self.server, options.http_max_input_size)
+        # the frontends' pieces take the data plane, as the Server's own frontends do
+        self.http = HttpApp(self.server.dataplane, options.http_max_input_size)
         self.pool = ElasticPool(core=2, name="naiad-ray-grpc")
-        self.grpc = InferenceService(self.server, self.pool, options)
+        self.grpc = InferenceService(self.server.dataplane, self.pool, options)
         self.restricted_rpcs = parse_restricted_protocols(list(options.grpc_restricted_protocol))
         await self._replay()
         log.info("naiad replica %s ready on node %s (pid %d)", self.replica_id, self.node_ip,
@@ -441,13 +446,12 @@ class NaiadReplica:
         return True
 
     async def ModelInfer(self, request: bytes, grpc_context: Any = None) -> Any:  # noqa: N802
-        from naiad.frontends import extensions
         from naiad.protocol import grpc_codec as codec
 
         if self._grpc_refused("ModelInfer", grpc_context):
             return codec.ModelInferResponse()
         try:
-            extensions.refuse_if_shutting_down(self.server)
+            self.server.dataplane.refuse_if_shutting_down()
             shm = self.server.shared_memory
             req, _ = codec.decode_infer_request(codec.ModelInferRequest.FromString(request), shm)
             forward = self.grpc.forward
@@ -461,7 +465,7 @@ class NaiadReplica:
             return self._grpc_fail(grpc_context, exc, codec.ModelInferResponse())
 
     async def ModelStreamInfer(self, requests: Any, grpc_context: Any = None):  # noqa: N802
-        from naiad.frontends.grpc import END, StreamSession
+        from naiad.frontends.grpc_service import END, StreamSession
         from naiad.protocol import grpc_service_pb2 as pb
 
         if self._grpc_refused("ModelStreamInfer", grpc_context):

@@ -112,7 +112,7 @@ class AppSettings:
         for predicate, message in UNBUILT:
             if predicate(options):
                 raise SettingsError(message)
-        from naiad.observability.extensions import validate_options
+        from naiad.observability import validate_options
         from naiad.scheduling import check_options
 
         try:

@@ -14,11 +14,11 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from google.protobuf import json_format, text_format
+from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from naiad.backends import registry
-from naiad.core.errors import InvalidArgument, NaiadError
+from naiad.core.errors import InvalidArgument
 from naiad.protocol import model_config_pb2 as mc
 
 log = logging.getLogger("naiad.repository")
@@ -169,16 +169,6 @@ def parse_config_text(text: str, path: str = CONFIG_FILENAME) -> ModelConfig:
                 msg = msg[len(src) + 4:]
         where = f"column {col}: " if col else ""
         raise ConfigError(f"failed to parse model configuration: {where}{msg}", path, line) from None
-    return config
-
-
-def parse_config_json(text: str | bytes) -> ModelConfig:
-    """A config given as JSON (the repository load API's ``config`` parameter)."""
-    config = ModelConfig()
-    try:
-        json_format.Parse(text, config, ignore_unknown_fields=False)
-    except (json_format.ParseError, ValueError, TypeError) as exc:
-        raise ConfigError(f"failed to parse model configuration JSON: {exc}") from None
     return config
 
 
@@ -509,54 +499,3 @@ def _validate_io_all(config: ModelConfig, loc: _Locator, require_io: bool) -> No
 # ---------------------------------------------------------------------------
 # JSON rendering (the config endpoint)
 # ---------------------------------------------------------------------------
-
-_INT64_TYPES = {
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_FIXED64,
-    FieldDescriptor.TYPE_SFIXED64,
-}
-
-
-def _triton_json(desc, obj: dict) -> dict:
-    """Triton's rendering of a message dict: fields in declaration order, 64-bit
-    integers as JSON numbers (json_format writes them as strings)."""
-    out = {}
-    for field in desc.fields:
-        key = field.name
-        if key not in obj:
-            continue
-        value = obj[key]
-        if field.type in _INT64_TYPES:
-            value = [int(v) for v in value] if isinstance(value, list) else int(value)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            mdesc = field.message_type
-            if mdesc.GetOptions().map_entry:
-                vfield = mdesc.fields_by_name["value"]
-                if vfield.type == FieldDescriptor.TYPE_MESSAGE:
-                    value = {k: _triton_json(vfield.message_type, v) for k, v in value.items()}
-                elif vfield.type in _INT64_TYPES:
-                    value = {k: int(v) for k, v in value.items()}
-            elif isinstance(value, list):
-                value = [_triton_json(mdesc, v) for v in value]
-            elif isinstance(value, dict):
-                value = _triton_json(mdesc, value)
-        out[key] = value
-    return out
-
-
-def config_to_dict(config: ModelConfig) -> dict:
-    """The config as Triton's HTTP config endpoint renders it."""
-    obj = json_format.MessageToDict(
-        config,
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-    )
-    return _triton_json(ModelConfig.DESCRIPTOR, obj)
-
-
-def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, NaiadError):
-        return exc.message
-    return f"{type(exc).__name__}: {exc}"

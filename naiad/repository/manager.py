@@ -13,9 +13,11 @@ versions serving.
 
 Model folders come from sources (``storage.py``: local folders, object
 storage copied into a local cache) or from files sent with a load request.
-Dependencies between models (ensemble steps) come from
-``dependencies.py``: they are loaded first, and unloading a model unloads
-the models that use it.
+Dependencies between models (ensemble steps, declared BLS calls) are one
+graph, ``dependencies.py``'s ``DependencyGraph`` (``self.dependencies``):
+they are loaded first, and unloading a model unloads the models that use it.
+Every version gets its scheduler from ``naiad.scheduling`` with the
+server-wide ``SchedulingContext``, and warmup runs here before it is READY.
 
 The inference hot path touches only ``get_model``: two dict lookups.
 """
@@ -42,13 +44,15 @@ from naiad.core.errors import (
 )
 from naiad.core.instance import ModelInstance
 from naiad.core.model import Model
+from naiad.options import parse_bool
 from naiad.protocol import model_config_pb2 as mc
 from naiad.repository import config as cfg
 from naiad.repository import storage
-from naiad.repository.dependencies import dependencies_of
-from naiad.scheduling import create_scheduler
+from naiad.repository.dependencies import DependencyGraph
+from naiad.scheduling import create_scheduler, ensemble, make_scheduling_context, warm_up
 
 if TYPE_CHECKING:
+    from naiad.core.scheduler import SchedulingContext
     from naiad.options import ServerOptions
 
 log = logging.getLogger("naiad.repository")
@@ -98,8 +102,6 @@ class ModelEntry:
         self.config: mc.ModelConfig | None = None
         self.reason = ""  # a model-level failure (bad config) with no version to hang it on
         self.lock = asyncio.Lock()
-        # names of models this one needs (ensemble steps), for explicit-mode bookkeeping
-        self.dependencies: set[str] = set()
         # the repository it was found in (None: files sent with a load request)
         self.source: storage.RepositorySource | None = None
         # a folder written from a load request's files, removed when no longer served
@@ -131,14 +133,23 @@ def _config_key(config: mc.ModelConfig) -> bytes:
 
 def _allow_inline(config: mc.ModelConfig) -> bool:
     param = config.parameters.get("NAIAD_INLINE_EXECUTION")
-    return not (param is not None and
-                param.string_value.strip().lower() in ("off", "false", "0"))
+    return param is None or parse_bool(param.string_value) is not False
 
 
 class ModelRepositoryManager:
-    def __init__(self, options: "ServerOptions", server: Any = None):
+    """``server``: the data plane (backends that call back into it, BLS, get it);
+    ``scheduling``: the context every scheduler shares (built from the options if
+    not given)."""
+
+    def __init__(self, options: "ServerOptions", server: Any = None,
+                 scheduling: "SchedulingContext | None" = None):
         self.options = options
         self.server = server
+        self.scheduling = scheduling if scheduling is not None else \
+            make_scheduling_context(options)
+        if self.scheduling.get_model is None:
+            self.scheduling.get_model = self.get_model
+        self.dependencies = DependencyGraph()
         self.repositories: list[str] = list(options.model_repositories)
         self.sources: list[storage.RepositorySource] = [
             storage.open_repository(r) for r in self.repositories]
@@ -174,6 +185,21 @@ class ModelRepositoryManager:
                 f"Request for unknown model: '{name}' version {version} is not at ready state"
             )
         return model
+
+    def ready_models(self, name: str | None = None) -> list[Model]:
+        """The serving versions of ``name`` by version (of every model by name when None)."""
+        names = sorted(self.models) if name is None else [name]
+        out: list[Model] = []
+        for n in names:
+            entry = self.models.get(n)
+            if entry is not None:
+                ready = entry.ready
+                out += [ready[v] for v in sorted(ready)]
+        return out
+
+    def ready_versions(self, name: str) -> list[int]:
+        entry = self.models.get(name)
+        return sorted(entry.ready) if entry is not None else []
 
     def model_ready(self, name: str, version: int = -1) -> bool:
         entry = self.models.get(name)
@@ -259,8 +285,6 @@ class ModelRepositoryManager:
         config_override: mc.ModelConfig | None = None,
         files: dict[str, bytes] | None = None,
         _found: dict | None = None,
-        _stack: tuple[str, ...] = (),
-        _dirs: dict | None = None,  # accepted for callers of the earlier signature
     ) -> None:
         """Load (or reload) a model; raises NaiadError when the load failed.
 
@@ -295,8 +319,7 @@ class ModelRepositoryManager:
                     f"failed to load '{name}', failed to poll from model repository")
         entry = self._entry(name)
         async with entry.lock:
-            error = await self._load_locked(entry, source, override_dir, config_override,
-                                            _stack + (name,))
+            error = await self._load_locked(entry, source, override_dir, config_override)
         if error:
             raise InvalidArgument(error)
 
@@ -308,8 +331,7 @@ class ModelRepositoryManager:
         return entry
 
     async def _load_locked(self, entry: ModelEntry, source: storage.RepositorySource | None,
-                           override_dir: str, override: mc.ModelConfig | None,
-                           stack: tuple[str, ...]) -> str:
+                           override_dir: str, override: mc.ModelConfig | None) -> str:
         """Load under the entry's lock; returns the failure message ("" on success)."""
         loop = asyncio.get_running_loop()
         name = entry.name
@@ -335,18 +357,22 @@ class ModelRepositoryManager:
             return reason
 
         # models this one needs come first
-        deps = dependencies_of(prep.config)
-        entry.dependencies = deps
         missing = ""
-        if prep.config.platform == "ensemble":
-            from naiad.scheduling import ensemble
-
-            try:  # validates the steps against their models, loading those first
-                await ensemble.prepare(self, entry, prep.config)
+        is_ensemble = prep.config.platform == "ensemble"
+        if is_ensemble:
+            try:
+                ensemble.validate_config(prep.config)
             except NaiadError as exc:
                 missing = exc.message
         if not missing:
-            missing = await self._load_dependencies(name, deps, stack)
+            missing = await self.dependencies.load_dependencies(
+                self, prep.config, self.load_model,
+                bool(getattr(self.server, "started", False)))
+        if not missing and is_ensemble:
+            try:  # the steps' tensors against the models now serving them
+                ensemble.check_steps(prep.config, self.get_model)
+            except NaiadError as exc:
+                missing = exc.message
         if missing:
             if override_dir:
                 shutil.rmtree(override_dir, ignore_errors=True)
@@ -459,24 +485,6 @@ class ModelRepositoryManager:
             if entry.override_dir == folder:
                 entry.override_dir = ""
 
-    async def _load_dependencies(self, name: str, deps: set[str],
-                                 stack: tuple[str, ...]) -> str:
-        """Make sure every dependency serves; returns what is missing ("" if nothing)."""
-        for dep in sorted(deps):
-            if dep in stack:
-                return f"circular dependency between models: {' -> '.join(stack + (dep,))}"
-            entry = self.models.get(dep)
-            if entry is not None and entry.default is not None and entry.wanted:
-                continue
-            try:
-                await self.load_model(dep, _stack=stack)
-            except NaiadError as exc:
-                return f"model '{name}' depends on '{dep}', which failed to load: {exc.message}"
-            entry = self.models.get(dep)
-            if entry is None or entry.default is None:
-                return f"model '{name}' depends on '{dep}', which has no ready version"
-        return ""
-
     def _prepare(self, entry: ModelEntry, source: storage.RepositorySource | None,
                  override_dir: str, override: mc.ModelConfig | None) -> _Prepared:
         """Fetch, read, complete, normalise and validate the config; pick the versions.
@@ -553,10 +561,11 @@ class ModelRepositoryManager:
         cfg.validate_io(config, *getattr(entry, "config_source", (None, None)))
         vconfig = mc.ModelConfig()
         vconfig.CopyFrom(config)
-        if vconfig.platform == "ensemble":
-            from naiad.scheduling import ensemble
-
-            return ensemble.load_version(self, entry, vconfig, version, version_dir)
+        if vconfig.platform == "ensemble":  # no backend: the scheduler runs the steps
+            model = Model(vconfig, version, None, entry.model_dir, version_dir,
+                          entry.repository)
+            model.scheduler = create_scheduler(model, [], self.scheduling)
+            return model
         backend = registry.get_backend(vconfig.backend)
         ctx = ModelLoadContext(
             name=entry.name,
@@ -584,9 +593,9 @@ class ModelRepositoryManager:
             except Exception:
                 pass
             raise
-        # naiad.scheduling: the scheduler, with the server's rate limiter and response
-        # cache (``self`` keys them); it finalizes the instances if it fails
-        model.scheduler = create_scheduler(model, instances, self)
+        # the scheduler, with the server-wide rate limiter, response cache, ...;
+        # it finalizes the instances if it fails
+        model.scheduler = create_scheduler(model, instances, self.scheduling)
         try:
             self._warm_up(model)
         except BaseException:
@@ -628,14 +637,9 @@ class ModelRepositoryManager:
         return out
 
     def _warm_up(self, model: Model) -> None:
-        """Model warmup runs here: after the instances exist, before the version is READY.
-
-        (``model_warmup`` belongs to the scheduling work: it gives ``Model`` a
-        ``warmup()`` method; a version whose warmup fails does not load.)
-        """
-        warmup = getattr(model, "warmup", None)
-        if warmup is not None:
-            warmup()
+        """``model_warmup`` runs here: after the instances exist, before the version is
+        READY; a version whose warmup fails does not load."""
+        warm_up(model)
 
     def _stop_unready(self, model: Model) -> None:
         """Tear down a version that never became READY (on the load pool)."""
@@ -656,7 +660,7 @@ class ModelRepositoryManager:
         if all(g.count == n.count for g, n in zip(groups, config.instance_group)):
             return True
         sched = model.scheduler
-        if not (hasattr(sched, "add_instances") and hasattr(sched, "remove_instances")):
+        if not sched.can_resize:
             return False
         loop = asyncio.get_running_loop()
         for gi, (group, target) in enumerate(zip(groups, config.instance_group)):
@@ -687,7 +691,6 @@ class ModelRepositoryManager:
                 group.count = want
                 log.info("model '%s' version %d: instance group '%s' shrank to %d",
                          model.name, model.version, group.name, want)
-        model._config_dict = None  # the config endpoint shows the new counts
         return True
 
     async def _retire(self, model: Model) -> None:
@@ -720,38 +723,14 @@ class ModelRepositoryManager:
         else:
             await staged.wait()
 
-    def _users_of(self, name: str) -> list[str]:
-        return sorted(n for n, e in self.models.items()
-                      if n != name and name in e.dependencies and e.has_models())
+    def _loaded(self, name: str) -> bool:
+        entry = self.models.get(name)
+        return entry is not None and entry.has_models()
 
     def _unload_order(self, name: str, unload_dependents: bool) -> list[str]:
-        """Users first (they call the model), then the model, then what it alone used."""
-        entry = self.models.get(name)
-        if entry is None:
+        if name not in self.models:
             return []
-        order: list[str] = []
-
-        def add_with_users(n: str, path: tuple[str, ...]) -> None:
-            for user in self._users_of(n):
-                if user not in order and user not in path:
-                    add_with_users(user, path + (user,))
-            if n not in order:
-                order.append(n)
-
-        add_with_users(name, (name,))
-        if unload_dependents:
-            pending = sorted(entry.dependencies)
-            while pending:
-                dep = pending.pop(0)
-                dentry = self.models.get(dep)
-                if dep in order or dentry is None or not dentry.has_models():
-                    continue
-                still_used = [u for u in self._users_of(dep) if u not in order]
-                if still_used:
-                    continue
-                order.append(dep)
-                pending += sorted(dentry.dependencies)
-        return order
+        return self.dependencies.unload_order(name, unload_dependents, self._loaded)
 
     async def _unload_in_order(self, order: list[str], name: str,
                                staged: asyncio.Event) -> None:
@@ -801,15 +780,10 @@ class ModelRepositoryManager:
 
     async def unload_all(self) -> None:
         """Unload everything, users before the models they use; then stop the pool."""
-        remaining = {n for n, e in self.models.items() if e.has_models()}
-        while remaining:
-            layer = [n for n in remaining
-                     if not any(n in self.models[m].dependencies for m in remaining if m != n)]
-            if not layer:  # a cycle: just unload the rest together
-                layer = list(remaining)
+        loaded = [n for n, e in self.models.items() if e.has_models()]
+        for layer in self.dependencies.unload_layers(loaded):
             await asyncio.gather(*[self.unload_model(n, wait=True) for n in layer],
                                  return_exceptions=True)
-            remaining -= set(layer)
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         for entry in self.models.values():
@@ -822,6 +796,7 @@ class ModelRepositoryManager:
         entry = self.models.get(name)
         if entry is not None and not entry.wanted and not entry.has_models():
             self.models.pop(name, None)
+            self.dependencies.forget(name)
             self._notify(name)
 
     # -- reporting -------------------------------------------------------------------------

@@ -26,7 +26,6 @@ class RepositoryPoller:
     def __init__(self, manager: "ModelRepositoryManager", interval_s: float):
         self.manager = manager
         self.interval_s = max(0.1, float(interval_s))
-        self.polls = 0
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -78,7 +77,6 @@ class RepositoryPoller:
     async def poll_once(self) -> None:
         loop = asyncio.get_running_loop()
         found, to_load, gone = await loop.run_in_executor(None, self._changes)
-        self.polls += 1
         mgr = self.manager
 
         async def load(name: str) -> None:

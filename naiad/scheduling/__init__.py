@@ -1,29 +1,30 @@
 """Schedulers: how a model's requests reach its instances.
 
-``create_scheduler`` picks the scheduler a config asks for: the sequence
-batcher (``sequence_batching``), the dynamic batcher (``dynamic_batching``
-with ``max_batch_size`` > 0) or the default scheduler; with the response
-cache on (``--cache-config`` and ``response_cache { enable: true }``) the
-cache sits in front. Every scheduler has ``enqueue(request)`` (called on the
-loop or any thread; never blocks; raises NaiadError when it refuses the
-request), ``queue_size()``, ``cancel(request)`` (drop a cancelled request
-still waiting) and ``async stop()`` (drain, then end the instances).
+Every scheduler implements ``naiad.core.scheduler.Scheduler`` (``enqueue``,
+``queue_size``, ``cancel``, ``add_instances``/``remove_instances`` where
+``can_resize``, ``stop``) and gets the server-wide ``SchedulingContext``
+(rate limiter, response cache, the data plane's submit) in its
+constructor. ``create_scheduler`` picks the one a config asks for: an
+ensemble's step scheduler (``platform: "ensemble"``), the sequence batcher
+(``sequence_batching``), the dynamic batcher (``dynamic_batching`` with
+``max_batch_size`` > 0) or the default scheduler; with the response cache on
+(``--cache-config`` and ``response_cache { enable: true }``) the cache sits
+in front.
 
-The repository manager calls ``create_scheduler(model, instances, manager)``
-once a version's instances exist (it validates the scheduling config and
-registers the instances with the rate limiter first), then
-``Model.warmup()`` (``warm_up`` here) before publishing the version READY.
-The server-wide pieces (rate limiter, response cache) live in a
-``SchedulingContext`` per repository manager.
+The repository manager calls ``create_scheduler(model, instances, context)``
+once a version's instances exist (the scheduling config is validated and the
+instances are registered with the rate limiter first), then ``warm_up``
+before publishing the version READY. ``make_scheduling_context`` builds the
+context from the options (the data plane does, once per server).
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from naiad.core.errors import InvalidArgument
+from naiad.core.scheduler import Scheduler, SchedulingContext
 
 if TYPE_CHECKING:
     from naiad.core.instance import ModelInstance
@@ -33,50 +34,44 @@ if TYPE_CHECKING:
 log = logging.getLogger("naiad.scheduling")
 
 
-class SchedulingContext:
-    """What the models of one server share: the rate limiter and the response cache."""
+def make_scheduling_context(options: "ServerOptions | None", **hooks: Any) -> SchedulingContext:
+    """The server-wide scheduling state the options ask for: the rate limiter
+    (``--rate-limit``) and the response cache (``--cache-config``); ``hooks`` fill
+    the rest of the context (the data plane's submit, ...). Raises InvalidArgument
+    on malformed flags."""
+    from naiad.scheduling.rate_limiter import RateLimiter, parse_resource_flags
+    from naiad.scheduling.response_cache import ResponseCache, parse_cache_config
 
-    def __init__(self, options: "ServerOptions | None"):
-        from naiad.scheduling.rate_limiter import RateLimiter, parse_resource_flags
-        from naiad.scheduling.response_cache import ResponseCache, parse_cache_config
-
-        self.rate_limiter = None
-        self.cache = None
-        if options is None:
-            return
-        mode = getattr(options, "rate_limit", "off") or "off"
-        if mode not in ("off", "execution_count"):
-            raise InvalidArgument(f"unexpected value for --rate-limit: '{mode}'")
-        if mode == "execution_count":
-            self.rate_limiter = RateLimiter(parse_resource_flags(options.rate_limit_resources))
-        elif options.rate_limit_resources:
-            parse_resource_flags(options.rate_limit_resources)  # still refuse malformed flags
-        size = parse_cache_config(getattr(options, "cache_config", {}) or {})
-        if size:
-            self.cache = ResponseCache(size)
-
-
-_contexts: "weakref.WeakKeyDictionary[Any, SchedulingContext]" = weakref.WeakKeyDictionary()
-
-
-def context_for(owner: Any, options: "ServerOptions | None" = None) -> SchedulingContext:
-    """The scheduling context of a server (keyed on its repository manager)."""
-    ctx = _contexts.get(owner)
-    if ctx is None:
-        ctx = SchedulingContext(options if options is not None else
-                                getattr(owner, "options", None))
-        _contexts[owner] = ctx
-    return ctx
+    context = SchedulingContext(**hooks)
+    if options is None:
+        return context
+    mode = getattr(options, "rate_limit", "off") or "off"
+    if mode not in ("off", "execution_count"):
+        raise InvalidArgument(f"unexpected value for --rate-limit: '{mode}'")
+    if mode == "execution_count":
+        context.rate_limiter = RateLimiter(parse_resource_flags(options.rate_limit_resources))
+    elif options.rate_limit_resources:
+        parse_resource_flags(options.rate_limit_resources)  # still refuse malformed flags
+    size = parse_cache_config(getattr(options, "cache_config", {}) or {})
+    if size:
+        context.cache = ResponseCache(size)
+    return context
 
 
 def check_options(options: "ServerOptions") -> None:
     """Refuse malformed scheduling flags at startup (raises InvalidArgument)."""
-    SchedulingContext(options)
+    make_scheduling_context(options)
 
 
 def validate_scheduling_config(model: "Model") -> None:
-    """Config checks that fail the load, with Triton's messages."""
-    from naiad.scheduling.ragged import validate_batch_io
+    """The scheduling checks that fail a version's load, with Triton's messages.
+
+    The rest of the config is checked once by the repository (``repository/config.py``:
+    fields, dynamic batching sizes, priorities and ``preserve_ordering``; inputs and
+    outputs per version); the sequence batcher's controls and states are checked
+    as its constructor parses them.
+    """
+    from naiad.backends.batch_io import validate_batch_io
 
     config = model.config
     validate_batch_io(config)
@@ -85,49 +80,21 @@ def validate_scheduling_config(model: "Model") -> None:
             f"Response Cache does not currently support model {config.name} with 'decoupled' "
             "transaction policy. Please disable the response cache.")
     if config.HasField("sequence_batching"):
-        from naiad.scheduling.sequence_batcher import (
-            parse_controls,
-            parse_states,
-            validate_sequence_batching,
-        )
+        from naiad.scheduling.sequence_batcher import validate_sequence_batching
 
         validate_sequence_batching(config)
-        parse_controls(config)
-        parse_states(config, model.model_dir)
-    elif config.HasField("dynamic_batching") and model.max_batch_size > 0:
-        from naiad.scheduling.dynamic_batcher import validate_dynamic_batching
-
-        validate_dynamic_batching(config)
 
 
-def register_rate_limits(context: SchedulingContext | None, model: "Model",
-                         instances: "list[ModelInstance]") -> None:
-    """Give each instance its claim on the rate limiter (``--rate-limit``).
+def create_scheduler(model: "Model", instances: "list[ModelInstance]",
+                     context: SchedulingContext) -> Scheduler:
+    """The scheduler ``model`` asks for, started on ``instances``, sharing ``context``.
 
-    Raises InvalidArgument when an explicit resource count cannot satisfy an
-    instance (claims made so far are left for the caller's cleanup).
+    A config the scheduling work refuses raises NaiadError after the instances
+    and the backend model have been finalized (the version is then UNAVAILABLE
+    with that message).
     """
-    limiter = context.rate_limiter if context is not None else None
-    if limiter is None:
-        return
-    groups = list(model.config.instance_group)
-    for inst in instances:
-        gi = inst.spec.group_index
-        group = groups[gi] if gi < len(groups) else None
-        if group is None or not group.HasField("rate_limiter"):
-            continue
-        inst.rate_slot = limiter.register(inst.name, group.rate_limiter, inst.spec.device_id)
+    from naiad.scheduling.rate_limiter import register_rate_limits
 
-
-def create_scheduler(model: "Model", instances: "list[ModelInstance]", owner: Any = None):
-    """The scheduler ``model`` asks for, started on ``instances``.
-
-    ``owner`` (the repository manager) keys the server-wide rate limiter and
-    response cache; without it neither is used. A config the scheduling work
-    refuses raises NaiadError after the instances and the backend model have
-    been finalized (the version is then UNAVAILABLE with that message).
-    """
-    context = context_for(owner) if owner is not None else None
     try:
         validate_scheduling_config(model)
         register_rate_limits(context, model, instances)
@@ -145,30 +112,33 @@ def create_scheduler(model: "Model", instances: "list[ModelInstance]", owner: An
             except Exception:
                 log.exception("finalize of model '%s' failed", model.name)
         raise
-    scheduler.context = context
     return scheduler
 
 
 def _build(model: "Model", instances: "list[ModelInstance]",
-           context: SchedulingContext | None):
+           context: SchedulingContext) -> Scheduler:
     config = model.config
+    if config.platform == "ensemble":
+        from naiad.scheduling.ensemble import EnsembleScheduler
+
+        return EnsembleScheduler(model, context)
     if config.HasField("sequence_batching"):
         from naiad.scheduling.sequence_batcher import SequenceBatcher
 
-        return SequenceBatcher(model, instances)
+        return SequenceBatcher(model, instances, context)
+    scheduler: Scheduler
     if config.HasField("dynamic_batching") and model.max_batch_size > 0:
         from naiad.scheduling.dynamic_batcher import DynamicBatcher
 
-        scheduler: Any = DynamicBatcher(model, instances)
+        scheduler = DynamicBatcher(model, instances, context)
     else:
         from naiad.scheduling.default import DefaultScheduler
 
-        scheduler = DefaultScheduler(model, instances)
-    cache = context.cache if context is not None else None
-    if cache is not None and config.response_cache.enable and not model.decoupled:
+        scheduler = DefaultScheduler(model, instances, context)
+    if context.cache is not None and config.response_cache.enable and not model.decoupled:
         from naiad.scheduling.response_cache import CachingScheduler
 
-        scheduler = CachingScheduler(scheduler, cache, model)
+        scheduler = CachingScheduler(scheduler)
     return scheduler
 
 

@@ -14,6 +14,9 @@ import queue
 import time
 from typing import TYPE_CHECKING
 
+from naiad.core.scheduler import Scheduler, SchedulingContext
+from naiad.scheduling.rate_limiter import register_rate_limits
+
 if TYPE_CHECKING:
     from naiad.core.instance import ModelInstance
     from naiad.core.model import Model
@@ -24,10 +27,12 @@ if TYPE_CHECKING:
 _RETIRE = object()
 
 
-class DefaultScheduler:
-    def __init__(self, model: "Model", instances: "list[ModelInstance]"):
-        self.model = model
-        self.instances = instances
+class DefaultScheduler(Scheduler):
+    can_resize = True
+
+    def __init__(self, model: "Model", instances: "list[ModelInstance]",
+                 context: SchedulingContext):
+        super().__init__(model, instances, context)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._inline = [i for i in instances if i.inline_enabled]
         for inst in instances:
@@ -63,9 +68,7 @@ class DefaultScheduler:
 
     def add_instances(self, instances: "list[ModelInstance]") -> None:
         """Start more instances on this queue (an instance_group count grew)."""
-        from naiad.scheduling import register_rate_limits
-
-        register_rate_limits(getattr(self, "context", None), self.model, instances)
+        register_rate_limits(self.context, self.model, instances)
         for inst in instances:
             inst.start(self._next_batch_for(inst))
         self.instances = self.instances + list(instances)

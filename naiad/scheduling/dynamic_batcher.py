@@ -42,10 +42,11 @@ import time
 from typing import TYPE_CHECKING
 
 from naiad.core.errors import Cancelled, Unavailable
-from naiad.observability.statistics import REJECTED
-from naiad.protocol import model_config_pb2 as mc
+from naiad.core.scheduler import Scheduler, SchedulingContext
+from naiad.core.statistics import REJECTED
 from naiad.scheduling.delivery import OrderedDelivery
-from naiad.scheduling.queue_policy import DELAY, TIMEOUT_EXPIRED, PriorityQueues
+from naiad.scheduling.queue_policy import TIMEOUT_EXPIRED, PriorityQueues
+from naiad.scheduling.rate_limiter import register_rate_limits
 
 if TYPE_CHECKING:
     from naiad.core.instance import ModelInstance
@@ -77,33 +78,16 @@ def batching_shape_inputs(model: "Model") -> tuple[tuple[str, ...], bool]:
     return tuple(names), optional
 
 
-def validate_dynamic_batching(config: mc.ModelConfig) -> None:
-    """The checks Triton makes when it builds the batcher (a failure fails the load)."""
-    from naiad.core.errors import InvalidArgument
-
-    db = config.dynamic_batching
-    if db.preserve_ordering:
-        if db.priority_levels > 1:
-            raise InvalidArgument(
-                f"Only one priority level is allowed when 'preserve_ordering' is true for "
-                f"{config.name}")
-        policies = [db.default_queue_policy, *db.priority_queue_policy.values()]
-        for policy in policies:
-            if policy.default_timeout_microseconds and policy.timeout_action == DELAY:
-                raise InvalidArgument(
-                    f"Queue policy can not have DELAY as timeout action when "
-                    f"'preserve_ordering' is true for {config.name}")
-
-
-class DynamicBatcher:
+class DynamicBatcher(Scheduler):
     """The scheduler of a model with ``dynamic_batching`` (and max_batch_size > 0)."""
 
-    def __init__(self, model: "Model", instances: "list[ModelInstance]"):
+    can_resize = True
+
+    def __init__(self, model: "Model", instances: "list[ModelInstance]",
+                 context: SchedulingContext):
+        super().__init__(model, instances, context)
         config = model.config
-        validate_dynamic_batching(config)
         db = config.dynamic_batching
-        self.model = model
-        self.instances = instances
         self.max_batch = max(1, model.max_batch_size)
         prefs = sorted({int(s) for s in db.preferred_batch_size if 0 < s <= self.max_batch})
         self.preferred = frozenset(prefs or [self.max_batch])
@@ -288,9 +272,7 @@ class DynamicBatcher:
 
     def add_instances(self, instances: "list[ModelInstance]") -> None:
         """Start more instances on this batcher (an instance_group count grew)."""
-        from naiad.scheduling import register_rate_limits
-
-        register_rate_limits(getattr(self, "context", None), self.model, instances)
+        register_rate_limits(self.context, self.model, instances)
         for inst in instances:
             inst.start(functools.partial(self._next_batch, inst))
         self.instances = self.instances + list(instances)

@@ -30,15 +30,15 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from naiad.core.errors import Cancelled, InvalidArgument, NaiadError
+from naiad.core.scheduler import Scheduler, SchedulingContext
 from naiad.core.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 from naiad.protocol import model_config_pb2 as mc
 
 if TYPE_CHECKING:
     from naiad.core.model import Model
-    from naiad.repository.manager import ModelEntry, ModelRepositoryManager
 
 log = logging.getLogger("naiad.ensemble")
 
@@ -269,103 +269,22 @@ def validate_against_models(config: mc.ModelConfig, step_configs: list[mc.ModelC
     return next_label != 0
 
 
-# -- loading -------------------------------------------------------------------------------------
-
-
-def _dependency_path(manager: "ModelRepositoryManager", start: str, target: str) -> bool:
-    """Whether ``start`` depends (through ensembles) on ``target``."""
-    seen: set[str] = set()
-    todo = [start]
-    while todo:
-        cur = todo.pop()
-        if cur == target:
-            return True
-        if cur in seen:
-            continue
-        seen.add(cur)
-        entry = manager.models.get(cur)
-        if entry is not None:
-            todo.extend(entry.dependencies)
-    return False
-
-
-async def prepare(manager: "ModelRepositoryManager", entry: "ModelEntry",
-                  config: mc.ModelConfig) -> None:
-    """Validate an ensemble and make sure the models it uses are loaded.
-
-    Runs before its versions are built. Models it depends on that are
-    loading are waited for; models not loaded at all are loaded (what
-    Triton's explicit mode does when an ensemble is loaded).
-    """
-    validate_config(config)
+def check_steps(config: mc.ModelConfig, get_model) -> None:
+    """Check the steps against the models serving them (loaded first by the repository's
+    dependency graph); marks the ensemble decoupled when a step's responses fork."""
     name = config.name
-    steps = config.ensemble_scheduling.step
-    deps: list[str] = []
-    for step in steps:
-        if step.model_name not in deps:
-            deps.append(step.model_name)
-    entry.dependencies = set(deps)
-    dirs = manager.model_dirs()
-    missing = [d for d in deps if d not in dirs and d not in manager.models]
-    if missing:
-        raise InvalidArgument(
-            f"ensemble {name} contains models that are not available or ambiguous: "
-            f"{', '.join(missing)}")
-    for dep in deps:
-        if dep == name or _dependency_path(manager, dep, name):
-            raise InvalidArgument(
-                f"circular dependency between ensembles: '{name}' and '{dep}' depend on each "
-                "other")
-    server = getattr(manager, "server", None)
-    started = bool(getattr(server, "started", False))
-    for dep in deps:
-        dentry = manager.models.get(dep)
-        if dentry is not None and dentry.lock.locked():
-            async with dentry.lock:  # a load in progress: wait for its outcome
-                pass
-            dentry = manager.models.get(dep)
-        if dentry is None or (not dentry.ready and (started or not dentry.reason)):
-            try:
-                await manager.load_model(dep, _dirs=dirs)
-            except NaiadError:
-                pass
-            dentry = manager.models.get(dep)
-        if dentry is None or not dentry.ready:
-            reason = ""
-            if dentry is not None:
-                reason = dentry.reason or next(
-                    (s.reason for s in dentry.versions.values() if s.reason), "")
-            message = f"ensemble '{name}' depends on '{dep}' which has no loaded version."
-            if reason:
-                message += f" Model '{dep}' loading failed with error: {reason}"
-            raise InvalidArgument(message)
     step_configs = []
-    for step in steps:
-        dentry = manager.models[step.model_name]
+    for step in config.ensemble_scheduling.step:
         version = int(step.model_version)
-        if version >= 0 and version not in dentry.ready:
+        try:
+            model = get_model(step.model_name, version)
+        except NaiadError:
             raise InvalidArgument(
                 f"ensemble '{name}' depends on '{step.model_name}' whose required version "
-                f"{version} is not loaded")
-        model = dentry.ready[version] if version >= 0 else dentry.default
+                f"{version} is not loaded") from None
         step_configs.append(model.config)
     decoupled = validate_against_models(config, step_configs)
     config.model_transaction_policy.decoupled = decoupled
-
-
-def load_version(manager: "ModelRepositoryManager", entry: "ModelEntry", config: mc.ModelConfig,
-                 version: int, version_dir: str) -> "Model":
-    """Build one version of an ensemble: a backend-less Model with the step scheduler."""
-    from naiad.core.model import Model
-
-    model = Model(config, version, None, entry.model_dir, version_dir, entry.repository)
-    model.scheduler = EnsembleScheduler(model, manager)
-    return model
-
-
-def dependents(manager: "ModelRepositoryManager", name: str) -> list[str]:
-    """Loaded ensembles that use model ``name``."""
-    return [n for n, e in manager.models.items() if name in e.dependencies and e.ready]
 
 
 # -- the scheduler ---------------------------------------------------------------------------------
@@ -408,7 +327,7 @@ class _Branch:
 class _Run:
     """One ensemble request in flight."""
 
-    __slots__ = ("request", "lock", "inflight", "done", "sent", "retired", "compute")
+    __slots__ = ("request", "lock", "inflight", "done", "retired", "compute")
 
     def __init__(self, request: InferenceRequest):
         self.request = request
@@ -420,29 +339,29 @@ class _Run:
         # launching the first steps (so a step finishing inline cannot end the run early)
         self.inflight = 1
         self.done = False
-        self.sent = 0
         self.retired = False
 
 
-class EnsembleScheduler:
-    """Runs an ensemble's step graph for each request (no worker threads of its own)."""
+class EnsembleScheduler(Scheduler):
+    """Runs an ensemble's step graph for each request (no worker threads of its own).
 
-    def __init__(self, model: "Model", manager: "ModelRepositoryManager"):
-        self.model = model
-        self.manager = manager
-        self.instances: list = []
+    Steps are submitted through the data plane (``context.submit``), so a step
+    whose version a reload retires in between is retried on its successor.
+    """
+
+    def __init__(self, model: "Model", context: SchedulingContext):
+        super().__init__(model, [], context)
         config = model.config
         self.name = model.name
         self.decoupled = bool(config.model_transaction_policy.decoupled)
         limit = int(config.ensemble_scheduling.max_inflight_requests)
         self.steps: list[_Step] = []
         for i, step in enumerate(config.ensemble_scheduling.step):
-            target = manager.models.get(step.model_name)
-            tmodel = None
-            if target is not None:
-                v = int(step.model_version)
-                tmodel = target.ready.get(v) if v >= 0 else target.default
-            dec = bool(tmodel is not None and tmodel.decoupled)
+            try:
+                target = context.get_model(step.model_name, int(step.model_version))
+            except NaiadError:
+                target = None
+            dec = bool(target is not None and target.decoupled)
             self.steps.append(_Step(i, step, dec, limit))
         self.consumers: dict[str, list[_Step]] = {}
         for s in self.steps:
@@ -454,7 +373,6 @@ class EnsembleScheduler:
         self._need = [s.need for s in self.steps]
         self.active = 0
         self._active_lock = threading.Lock()
-        self._loop_thread = getattr(getattr(manager, "server", None), "_loop_thread", 0)
 
     # -- scheduler interface -----------------------------------------------------------
 
@@ -473,12 +391,7 @@ class EnsembleScheduler:
             if t is not None:
                 branch.tensors[name] = Tensor(name, t.datatype, t.data)
             # an optional input not sent still counts as present (its steps omit it)
-            for step in self.consumers.get(name, ()):
-                branch.waiting[step.index] -= 1
-                if branch.waiting[step.index] == 0:
-                    ready.append(step)
-            if name in outputs:
-                branch.missing -= 1
+            self._arrived(branch, name, ready)
         if branch.missing == 0 and not ready:
             self._emit(run, branch)
         for step in ready:
@@ -487,8 +400,17 @@ class EnsembleScheduler:
             run.inflight -= 1
         self._maybe_finish(run)
 
-    def queue_size(self) -> int:
-        return 0
+    def _arrived(self, branch: _Branch, name: str, ready: list[_Step]) -> bool:
+        """Tensor ``name`` is now present in ``branch``: the steps it completes go to
+        ``ready``; True when it was the branch's last missing ensemble output."""
+        for step in self.consumers.get(name, ()):
+            branch.waiting[step.index] -= 1
+            if branch.waiting[step.index] == 0:
+                ready.append(step)
+        if name in self._outputs:
+            branch.missing -= 1
+            return branch.missing == 0
+        return False
 
     async def stop(self) -> None:
         """Wait (bounded by the caller) for requests in flight to finish."""
@@ -527,23 +449,15 @@ class EnsembleScheduler:
                 _add_compute(run, sub)
             self._on_step_response(run, branch, step, response, final)
 
-        sub.set_response_callback(on_response)
-        tracer = child = None
-        if request.trace is not None:
-            tracer = getattr(getattr(self.manager, "server", None), "tracer", None)
-            if tracer is not None:
-                child = tracer.child(request.trace, sub)
         if not have_slot:
             with run.lock:
                 run.inflight += 1
             if step.limit and not self._acquire_slot(step, run, branch):
                 return  # parked (still counted in flight): launched when a slot frees
         try:
-            model = self.manager.get_model(step.model_name, step.version)
-            model.submit(sub)
+            self.context.submit(sub, on_response, stream=True, caller="ensemble",
+                                parent_trace=request.trace)
         except NaiadError as exc:
-            if child is not None:
-                tracer.finish(child, sub)
             with run.lock:
                 run.inflight -= 1
             if step.limit:
@@ -558,7 +472,7 @@ class EnsembleScheduler:
             if step.inflight < step.limit:
                 step.inflight += 1
                 return True
-            if threading.get_ident() == self._loop_thread:
+            if self.context.on_loop_thread():
                 step.parked.append((run, branch))
                 return False
             while step.inflight >= step.limit:
@@ -601,20 +515,14 @@ class EnsembleScheduler:
         complete = False
         with run.lock:
             tensors = branch.tensors
-            outputs = self._outputs
             for model_out, ens in step.output_map.items():
                 t = produced.get(model_out)
                 if t is None:
                     missing = model_out
                     break
                 tensors[ens] = Tensor(ens, t.datatype, t.data)
-                for nxt in self.consumers.get(ens, ()):
-                    branch.waiting[nxt.index] -= 1
-                    if branch.waiting[nxt.index] == 0:
-                        ready.append(nxt)
-                if ens in outputs:
-                    branch.missing -= 1
-                    complete = branch.missing == 0
+                if self._arrived(branch, ens, ready):
+                    complete = True
             else:
                 missing = None
         if missing is not None:
@@ -642,7 +550,6 @@ class EnsembleScheduler:
         with run.lock:
             if run.done:
                 return
-            run.sent += 1
         self.model.deliver(run.request, response, False)
 
     def _fail(self, run: _Run, error: NaiadError, prefix: bool = True) -> None:
@@ -707,7 +614,3 @@ def _add_compute(run: _Run, sub: InferenceRequest) -> None:
         c[1] += os_ - ie
         c[2] += ce - os_
 
-
-def describe(model: "Model") -> dict[str, Any]:
-    """The composing models of an ensemble (for documentation and debugging)."""
-    return {"steps": [s.model_name for s in model.scheduler.steps]}

@@ -96,7 +96,6 @@ class PriorityQueues:
             self.default_level = int(batching.default_priority_level) or n
         self.size = 0
         self.has_timeouts = any(q.has_timeouts for q in self.levels)
-        self.bounded = any(q.max_size for q in self.levels)
 
     def level_of(self, request: "InferenceRequest") -> LevelQueue:
         if self.level_count == 0:
@@ -166,20 +165,6 @@ class PriorityQueues:
             q.items = keep_items
             q.deadlines = keep_deadlines
         return nearest
-
-    def oldest_ns(self) -> int:
-        """Arrival (queue start) of the oldest waiting request, 0 when empty."""
-        oldest = 0
-        for q in self.levels:
-            if q.items:
-                t = q.items[0].queue_start_ns
-                if oldest == 0 or t < oldest:
-                    oldest = t
-            if q.delayed:
-                t = q.delayed[0].queue_start_ns
-                if oldest == 0 or t < oldest:
-                    oldest = t
-        return oldest
 
     def drain(self) -> list:
         """Every queued request, emptying the queue (server shutdown)."""

@@ -24,11 +24,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from naiad.core.errors import InvalidArgument
 
 if TYPE_CHECKING:
+    from naiad.core.instance import ModelInstance
+    from naiad.core.model import Model
     from naiad.protocol import model_config_pb2 as mc
 
 GLOBAL = "global"
@@ -219,3 +221,22 @@ class RateLimiter:
         """Copies of a resource allocated right now (for tests and introspection)."""
         with self._cond:
             return self._in_use.get((scope, name), 0)
+
+
+def register_rate_limits(context: "Any", model: "Model",
+                         instances: "list[ModelInstance]") -> None:
+    """Give each instance its claim on the rate limiter (``--rate-limit``).
+
+    Raises InvalidArgument when an explicit resource count cannot satisfy an
+    instance (claims made so far are left for the caller's cleanup).
+    """
+    limiter = context.rate_limiter if context is not None else None
+    if limiter is None:
+        return
+    groups = list(model.config.instance_group)
+    for inst in instances:
+        gi = inst.spec.group_index
+        group = groups[gi] if gi < len(groups) else None
+        if group is None or not group.HasField("rate_limiter"):
+            continue
+        inst.rate_slot = limiter.register(inst.name, group.rate_limiter, inst.spec.device_id)

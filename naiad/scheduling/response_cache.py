@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from naiad.core.errors import InvalidArgument
+from naiad.core.scheduler import Scheduler
 from naiad.core.types import InferenceResponse, Tensor
 from naiad.scheduling.delivery import wrap_callback
 
@@ -85,9 +86,6 @@ class ResponseCache:
         self.used = 0
         self._entries: OrderedDict[bytes, tuple[list, int]] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0
 
     @staticmethod
     def key(model: "Model", request: "InferenceRequest") -> bytes:
@@ -116,10 +114,8 @@ class ResponseCache:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                self.misses += 1
                 return None
             self._entries.move_to_end(key)
-            self.hits += 1
             return entry[0]
 
     def insert(self, key: bytes, response: InferenceResponse) -> bool:
@@ -135,7 +131,6 @@ class ResponseCache:
             while self.used + size > self.capacity and self._entries:
                 _, (_, freed) = self._entries.popitem(last=False)
                 self.used -= freed
-                self.evictions += 1
             self._entries[key] = (outputs, size)
             self.used += size
         return True
@@ -144,25 +139,23 @@ class ResponseCache:
         return len(self._entries)
 
 
-class CachingScheduler:
-    """Puts the cache in front of a model's scheduler (default or dynamic batcher)."""
+class CachingScheduler(Scheduler):
+    """Puts the cache (``context.cache``) in front of a model's scheduler (default or
+    dynamic batcher)."""
 
-    def __init__(self, inner, cache: ResponseCache, model: "Model"):
+    def __init__(self, inner: Scheduler):
+        super().__init__(inner.model, inner.instances, inner.context)
         self.inner = inner
-        self.cache = cache
-        self.model = model
+        self.cache: ResponseCache = inner.context.cache
+        self.can_resize = inner.can_resize
 
-    @property
+    @property  # type: ignore[override]
     def instances(self) -> list:
         return self.inner.instances
 
-    @property
-    def context(self):
-        return getattr(self.inner, "context", None)
-
-    @context.setter
-    def context(self, value) -> None:
-        self.inner.context = value
+    @instances.setter
+    def instances(self, value: list) -> None:
+        pass  # the inner scheduler's list is the one
 
     def add_instances(self, instances: list) -> None:
         self.inner.add_instances(instances)
@@ -201,9 +194,7 @@ class CachingScheduler:
         return self.inner.queue_size()
 
     def cancel(self, request: "InferenceRequest") -> None:
-        cancel = getattr(self.inner, "cancel", None)
-        if cancel is not None:
-            cancel(request)
+        self.inner.cancel(request)
 
     async def stop(self) -> None:
         await self.inner.stop()

@@ -60,9 +60,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from naiad.core import datatypes
 from naiad.core.errors import Cancelled, InvalidArgument, Unavailable, Unsupported
+from naiad.core.scheduler import Scheduler, SchedulingContext
 from naiad.core.types import SEQUENCE_END, SEQUENCE_START, InferenceRequest, Tensor
-from naiad.protocol import datatypes
 from naiad.protocol import model_config_pb2 as mc
 from naiad.scheduling.delivery import OrderedDelivery
 from naiad.scheduling.dynamic_batcher import batching_shape_inputs
@@ -307,16 +308,15 @@ class _StateSink:
         response.outputs = keep
 
 
-class SequenceBatcher:
+class SequenceBatcher(Scheduler):
     """The scheduler of a model with ``sequence_batching``."""
 
-    def __init__(self, model: "Model", instances: "list[ModelInstance]"):
+    def __init__(self, model: "Model", instances: "list[ModelInstance]",
+                 context: SchedulingContext):
+        super().__init__(model, instances, context)
         config = model.config
-        validate_sequence_batching(config)
         sb = config.sequence_batching
-        self.model = model
         self.name = model.name
-        self.instances = instances
         self.batching = model.max_batch_size > 0
         self.max_batch = max(1, model.max_batch_size)
         self.controls = parse_controls(config)

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from naiad.core import datatypes
 from naiad.core.errors import InvalidArgument, NaiadError
 from naiad.core.types import InferenceRequest, Tensor
-from naiad.protocol import datatypes
 from naiad.protocol import model_config_pb2 as mc
 
 if TYPE_CHECKING:

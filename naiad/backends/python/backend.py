@@ -10,10 +10,7 @@ server beats Triton's stub-process design.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
-import itertools
-import json
 import logging
 import os
 import sys
@@ -25,105 +22,18 @@ from google.protobuf import json_format
 from naiad.backends.base import (
     Backend,
     BackendInstance,
-    BackendModel,
     InstanceSpec,
     ModelLoadContext,
 )
-from naiad.backends.python import pb_utils
+from naiad.backends.python import bls, common, pb_utils  # noqa: F401 - bls: serves pb_utils BLS calls
 from naiad.core import types as core
-from naiad.core.errors import ErrorKind, InvalidArgument, NaiadError
+from naiad.core.errors import InvalidArgument, NaiadError
 from naiad.protocol import model_config_pb2 as mc
 
 log = logging.getLogger("naiad.backends.python")
 
 # Models import the API under Triton's name.
 sys.modules.setdefault("triton_python_backend_utils", pb_utils)
-
-_module_ids = itertools.count()
-
-
-def _import_model_file(path: str, label: str):
-    """Import a model.py as a uniquely named module (several models, one process)."""
-    if not os.path.isfile(path):
-        raise InvalidArgument(f"python model file '{path}' not found")
-    folder = os.path.dirname(os.path.abspath(path))
-    name = f"_naiad_model_{next(_module_ids)}_{label}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise InvalidArgument(f"unable to import python model file '{path}'")
-    module = importlib.util.module_from_spec(spec)
-    # Helper modules beside model.py import the way they do under Triton.
-    sys.path.insert(0, folder)
-    try:
-        spec.loader.exec_module(module)
-    except NaiadError:
-        raise
-    except Exception as exc:
-        log.exception("importing '%s' failed", path)
-        raise InvalidArgument(
-            f"failed to import python model file '{path}': {type(exc).__name__}: {exc}"
-        ) from None
-    finally:
-        try:
-            sys.path.remove(folder)
-        except ValueError:
-            pass
-    if folder not in sys.path:
-        sys.path.append(folder)
-    cls = getattr(module, "TritonPythonModel", None)
-    if cls is None:
-        raise InvalidArgument(f"python model file '{path}' does not define class TritonPythonModel")
-    return module, cls
-
-
-_BLS_MARKERS = ("exec(", "InferenceRequest(", "load_model(", "unload_model(")
-
-
-def _source_uses_bls(path: str) -> bool:
-    """Whether a model.py (or a helper module beside it) looks like it makes BLS calls."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        names = [n for n in os.listdir(folder) if n.endswith(".py")]
-    except OSError:
-        names = []
-    for name in names or [os.path.basename(path)]:
-        try:
-            with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as f:
-                text = f.read()
-        except OSError:
-            continue
-        if any(marker in text for marker in _BLS_MARKERS):
-            return True
-    return False
-
-
-def _model_error(instance_name: str, exc: BaseException) -> NaiadError:
-    if isinstance(exc, NaiadError):
-        return exc
-    if isinstance(exc, pb_utils.TritonModelException):
-        kind = pb_utils.TritonError._KINDS.get(exc.code(), ErrorKind.INTERNAL)
-        return NaiadError(exc.message(), kind)
-    return NaiadError(
-        f"Failed to process the request(s) for model instance '{instance_name}', message: "
-        f"{type(exc).__name__}: {exc}"
-    )
-
-
-# model.py modules imported for auto-complete, handed to the load that follows
-# (path -> (mtime, module, class)) so each file is imported once, not twice.
-_imported: dict[str, tuple[float, object, type]] = {}
-
-
-def _import_once(path: str, label: str):
-    try:
-        mtime = os.stat(path).st_mtime
-    except OSError:
-        mtime = -1.0
-    cached = _imported.pop(os.path.abspath(path), None)
-    if cached is not None and cached[0] == mtime:
-        return cached[1], cached[2]
-    return _import_model_file(path, label)
-
 
 class PythonBackend(Backend):
     name = "python"
@@ -138,12 +48,12 @@ class PythonBackend(Backend):
         path = os.path.join(version_dir, fname)
         if not os.path.isfile(path):
             return
-        module, cls = _import_model_file(path, f"{config.name}_{os.path.basename(version_dir)}")
-        _imported[os.path.abspath(path)] = (os.stat(path).st_mtime, module, cls)
+        module, cls = common.import_model_file(path, f"{config.name}_{os.path.basename(version_dir)}")
+        common.imported[os.path.abspath(path)] = (os.stat(path).st_mtime, module, cls)
         hook = getattr(cls, "auto_complete_config", None)
         if hook is None:
             return
-        from naiad.repository.config import config_to_dict
+        from naiad.protocol.config_json import config_to_dict
 
         wrapper = pb_utils.ModelConfig(config_to_dict(config))
         try:
@@ -175,35 +85,18 @@ class PythonBackend(Backend):
         return PythonModel(ctx)
 
 
-class PythonModel(BackendModel):
-    """One version of a python model; also the delivery path its senders use."""
+class PythonModel(common.PythonModelBase):
+    """One version of a python model, run in-process."""
 
     def __init__(self, ctx: ModelLoadContext):
-        self.ctx = ctx
-        self.name = ctx.name
-        self.module, self.cls = _import_once(ctx.model_file, f"{ctx.name}_{ctx.version}")
-        self.decoupled = bool(ctx.config.model_transaction_policy.decoupled)
-        self.output_names = [o.name for o in ctx.config.output]
-        from naiad.repository.config import config_to_dict
-
-        self.config_json = json.dumps(config_to_dict(ctx.config))
-        self.model = None  # the core Model, set by the repository manager
+        self.module, self.cls = common.import_once(ctx.model_file, f"{ctx.name}_{ctx.version}")
+        super().__init__(ctx)
         # A model that makes BLS calls blocks in execute while they run: it must
         # never run inline on the submitting thread (which may be the event loop).
-        self.uses_bls = _source_uses_bls(ctx.model_file)
+        self.uses_bls = common.source_uses_bls(ctx.model_file)
 
     def create_instance(self, spec: InstanceSpec) -> "PythonInstance":
         return PythonInstance(self, spec)
-
-    # -- used by pb_utils (response senders) -------------------------------------
-
-    def deliver(self, request: core.InferenceRequest, response: core.InferenceResponse | None,
-                final: bool) -> None:
-        model = self.model
-        if model is not None:
-            model.deliver(request, response, final)
-        else:  # pragma: no cover - only when used outside a server
-            request.respond(response, final)
 
 
 class PythonInstance(BackendInstance):
@@ -214,16 +107,7 @@ class PythonInstance(BackendInstance):
         ctx = model.ctx
         self.obj = model.cls()
         self._loop: asyncio.AbstractEventLoop | None = None
-        kind = "GPU" if spec.kind == "KIND_GPU" else ("MODEL" if spec.kind == "KIND_MODEL" else "CPU")
-        args = {
-            "model_config": model.config_json,
-            "model_instance_kind": kind,
-            "model_instance_name": spec.name,
-            "model_instance_device_id": str(spec.device_id),
-            "model_repository": ctx.model_dir,
-            "model_version": str(ctx.version),
-            "model_name": ctx.name,
-        }
+        args = model.initialize_args(spec)
         pb_utils._context.server = ctx.server
         init = getattr(self.obj, "initialize", None)
         if init is not None:
@@ -285,7 +169,7 @@ class PythonInstance(BackendInstance):
                 return
             log.error("model instance '%s' execute failed: %s: %s", self.name,
                       type(exc).__name__, exc)
-            err = _model_error(self.name, exc)
+            err = common.model_error(self.name, exc)
             for r in requests:
                 if not r.responded:
                     model.deliver(r, core.InferenceResponse(error=err), True)
@@ -313,7 +197,7 @@ class PythonInstance(BackendInstance):
                 raise
             log.error("model instance '%s' execute failed: %s: %s", self.name,
                       type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-            raise _model_error(self.name, exc) from None
+            raise common.model_error(self.name, exc) from None
         t_out = time.monotonic_ns()
         for r in requests:
             r.compute_output_start_ns = t_out
@@ -335,7 +219,7 @@ class PythonInstance(BackendInstance):
             try:
                 out.append(pb_utils._response_to_core(resp))
             except Exception as exc:
-                out.append(core.InferenceResponse(error=_model_error(self.name, exc)))
+                out.append(core.InferenceResponse(error=common.model_error(self.name, exc)))
         return out
 
     def finalize(self) -> None:

@@ -2,9 +2,10 @@
 
 ``pb_utils.InferenceRequest(...).exec()`` (and ``async_exec``) land here. A
 BLS call builds one core request whose input tensors are the caller's numpy
-arrays (no copy, no serialisation), submits it straight to the target's
-``Model.submit`` and waits on a lock the response callback releases: no
-event-loop hop, no IPC. An idle cheap target runs inline on the caller's own
+arrays (no copy, no serialisation), submits it through the data plane's
+any-thread entry (``DataPlane.submit``: lookup, decoupled check, the retry of
+a version retired by a reload) and waits on a lock the response callback
+releases: no event-loop hop, no IPC. An idle cheap target runs inline on the caller's own
 thread, so a BLS call to a small python model costs about as much as a
 function call plus validation. That is the difference from Triton, where every
 BLS call crosses from the stub process to the server and back through shared
@@ -21,24 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from naiad.backends.python import pb_utils
 from naiad.core import types as core
 from naiad.core.errors import NaiadError
+from naiad.core.handoff import ResponseWaiter, final_response_future
 
-if TYPE_CHECKING:
-    from naiad.core.model import Model
-
-# Triton's texts for the failures a BLS call reports in its response
-_DECOUPLED_NEEDS_STREAM = (
-    "Model {name} is using the decoupled. The current BLS request call doesn't support models "
-    "using the decoupled transaction policy. Please use 'decoupled=True' argument to the 'exec' "
-    "or 'async_exec' calls for decoupled models.'"
-)
-_NOT_READY = "Failed for execute the inference request. Model '{name}' is not ready."
+# Triton's text around the failure a BLS call reports in its response (the data plane
+# words the failures themselves, BLS ones included)
 _RUN_ERROR = "Model {name} - Error when running inference: {message}"
 
 
@@ -86,29 +81,6 @@ def _build(pb_request: pb_utils.InferenceRequest) -> core.InferenceRequest:
     return request
 
 
-def _target(pb_request: pb_utils.InferenceRequest, decoupled: bool
-            ) -> tuple[Model | None, pb_utils.InferenceResponse | None]:
-    """The target model, or the error response that replaces the call."""
-    server = pb_utils._current_server()
-    name = pb_request._model_name
-    if server is None:
-        return None, _error_response(_RUN_ERROR.format(
-            name=name, message="no server is running to execute BLS requests"))
-    try:
-        version = int(pb_request._model_version)
-    except (TypeError, ValueError):
-        version = -1
-    try:
-        model = server.get_model(name, version)
-    except NaiadError:
-        return None, _error_response(_RUN_ERROR.format(name=name,
-                                                       message=_NOT_READY.format(name=name)))
-    if model.decoupled and not decoupled:
-        return None, _error_response(_RUN_ERROR.format(
-            name=name, message=_DECOUPLED_NEEDS_STREAM.format(name=name)))
-    return model, None
-
-
 def _guard_loop_thread() -> None:
     """A BLS call on the server's event loop thread: stop inline runs of the caller.
 
@@ -117,7 +89,7 @@ def _guard_loop_thread() -> None:
     back to its worker thread from now on.
     """
     server = pb_utils._current_server()
-    if server is None or getattr(server, "_loop_thread", 0) != threading.get_ident():
+    if server is None or not server.on_loop_thread():
         return
     caller = getattr(pb_utils._context, "instance", None)
     if caller is not None:
@@ -135,36 +107,19 @@ def stop_inline(backend_instance: Any) -> None:
             inst.inline_enabled = False
 
 
-class _Waiter:
-    """The response of one non-decoupled BLS call, handed over through a lock."""
-
-    __slots__ = ("lock", "response")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
-        self.response: core.InferenceResponse | None = None
-
-    def __call__(self, response: core.InferenceResponse | None, final: bool) -> None:
-        if final:
-            self.response = response
-            self.lock.release()
-
-
-def _submit(model: Model, request: core.InferenceRequest) -> pb_utils.InferenceResponse | None:
-    """Submit; an error response if the target refuses the request."""
+def _submit(request: core.InferenceRequest, on_response: core.ResponseCallback,
+            decoupled: bool) -> pb_utils.InferenceResponse | None:
+    """Submit through the data plane; an error response if the call is refused."""
+    server = pb_utils._current_server()
+    if server is None:
+        return _error_response(_RUN_ERROR.format(
+            name=request.model_name, message="no server is running to execute BLS requests"))
     parent = request.trace  # the caller's trace, from InferenceRequest(trace=request.trace())
-    tracer = child = None
-    if parent is not None:
-        request.trace = None
-        tracer = getattr(pb_utils._current_server(), "tracer", None)
-        if tracer is not None:
-            child = tracer.child(parent, request)
+    request.trace = None
     try:
-        model.submit(request)
+        server.submit(request, on_response, stream=decoupled, caller="bls",
+                      parent_trace=parent)
     except NaiadError as exc:
-        if child is not None:
-            tracer.finish(child, request)
         return _error_response(_RUN_ERROR.format(name=request.model_name, message=exc.message),
                                pb_utils.TritonError._CODES.get(exc.kind,
                                                                pb_utils.TritonError.INTERNAL))
@@ -178,23 +133,16 @@ def _timeout_s(request: core.InferenceRequest) -> float:
 def execute(pb_request: pb_utils.InferenceRequest, decoupled: bool = False):
     """``InferenceRequest.exec``: a response, or an iterator of them if ``decoupled``."""
     request = _build(pb_request)
-    model, error = _target(pb_request, decoupled)
-    if error is not None:
-        return iter([error]) if decoupled else error
     _guard_loop_thread()
     if decoupled:
         stream = ResponseIterator(request)
-        request.set_response_callback(stream._on_response)
-        error = _submit(model, request)
-        if error is not None:
-            return iter([error])
-        return stream
-    waiter = _Waiter()
-    request.set_response_callback(waiter)
-    error = _submit(model, request)
+        error = _submit(request, stream._on_response, True)
+        return iter([error]) if error is not None else stream
+    waiter = ResponseWaiter()
+    error = _submit(request, waiter, False)
     if error is not None:
         return error
-    if not waiter.lock.acquire(timeout=_timeout_s(request)):
+    if not waiter.wait(_timeout_s(request)):
         request.cancelled = True
         return _error_response(_RUN_ERROR.format(
             name=request.model_name, message="Request timeout expired"),
@@ -205,28 +153,13 @@ def execute(pb_request: pb_utils.InferenceRequest, decoupled: bool = False):
 async def async_execute(pb_request: pb_utils.InferenceRequest, decoupled: bool = False):
     """``await InferenceRequest.async_exec``: never blocks the model's event loop."""
     request = _build(pb_request)
-    model, error = _target(pb_request, decoupled)
-    if error is not None:
-        return _single_async(error) if decoupled else error
-    loop = asyncio.get_running_loop()
-    loop_thread = threading.get_ident()
     if decoupled:
-        stream = AsyncResponseIterator(request, loop, loop_thread)
-        request.set_response_callback(stream._on_response)
-        error = _submit(model, request)
+        stream = AsyncResponseIterator(request, asyncio.get_running_loop(),
+                                       threading.get_ident())
+        error = _submit(request, stream._on_response, True)
         return _single_async(error) if error is not None else stream
-    fut = loop.create_future()
-
-    def on_response(response: core.InferenceResponse | None, final: bool) -> None:
-        if not final:
-            return
-        if threading.get_ident() == loop_thread:
-            _resolve(fut, response)
-        else:
-            loop.call_soon_threadsafe(_resolve, fut, response)
-
-    request.set_response_callback(on_response)
-    error = _submit(model, request)
+    fut, on_response = final_response_future()
+    error = _submit(request, on_response, False)
     if error is not None:
         return error
     timeout = _timeout_s(request)
@@ -244,11 +177,6 @@ async def async_execute(pb_request: pb_utils.InferenceRequest, decoupled: bool =
         request.cancelled = True
         raise
     return _from_core(response)
-
-
-def _resolve(fut: asyncio.Future, value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
 
 
 async def _single_async(response: pb_utils.InferenceResponse
@@ -334,13 +262,11 @@ def _run_on_server_loop(coro_factory, what: str):
     server = pb_utils._current_server()
     if server is None:
         raise pb_utils.TritonModelException(f"no server is running to {what}")
-    loop = getattr(server, "_loop", None)
-    if loop is None or threading.get_ident() == getattr(server, "_loop_thread", 0):
+    if server.on_loop_thread():
         raise pb_utils.TritonModelException(
             f"cannot {what} from the server's event loop thread")
-    fut = asyncio.run_coroutine_threadsafe(coro_factory(server), loop)
     try:
-        return fut.result()
+        return server.call(coro_factory(server))
     except NaiadError as exc:
         raise pb_utils.TritonModelException(
             exc.message, pb_utils.TritonError._CODES.get(exc.kind, pb_utils.TritonError.INTERNAL)
@@ -351,7 +277,7 @@ def load_model(model_name: str, config: str = "", files: dict | None = None) -> 
     """``pb_utils.load_model``: load (or reload) a model; explicit control mode only."""
     parsed = None
     if config:
-        from naiad.repository.config import parse_config_json
+        from naiad.protocol.config_json import parse_config_json
 
         parsed = parse_config_json(config)
     file_map = {k[len("file:"):] if k.startswith("file:") else k: bytes(v)
@@ -365,3 +291,6 @@ def unload_model(model_name: str, unload_dependents: bool = False) -> None:
     """``pb_utils.unload_model``; explicit control mode only."""
     _run_on_server_loop(lambda server: server.unload_model(model_name, unload_dependents),
                         f"unload model '{model_name}'")
+
+
+pb_utils._bls_module[0] = sys.modules[__name__]

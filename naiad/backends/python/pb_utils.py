@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from naiad.core import datatypes as _dt
 from naiad.core import errors as _errors
 from naiad.core import types as _core
-from naiad.protocol import datatypes as _dt
 
 # -- constants (Triton's values) -----------------------------------------------
 
@@ -106,7 +106,23 @@ def deserialize_bytes_tensor(encoded_tensor) -> np.ndarray:
 # -- errors ----------------------------------------------------------------------
 
 
-class TritonError:
+class _MessageAndCode:
+    """``message()`` and ``code()``, as Triton's TritonError and TritonModelException have."""
+
+    _msg: str
+    _code: int
+
+    def message(self) -> str:
+        return self._msg
+
+    def code(self) -> int:
+        return self._code
+
+    def __str__(self) -> str:
+        return self._msg
+
+
+class TritonError(_MessageAndCode):
     """An error a model returns in a response (or BLS reports back)."""
 
     UNKNOWN = 0
@@ -134,15 +150,6 @@ class TritonError:
         self._msg = msg
         self._code = code
 
-    def message(self) -> str:
-        return self._msg
-
-    def code(self) -> int:
-        return self._code
-
-    def __str__(self) -> str:
-        return self._msg
-
     def __repr__(self) -> str:
         return f"TritonError({self._msg!r}, code={self._code})"
 
@@ -155,22 +162,13 @@ class TritonError:
         return cls(err.message, cls._CODES.get(err.kind, cls.INTERNAL))
 
 
-class TritonModelException(Exception):
+class TritonModelException(_MessageAndCode, Exception):
     """Raised by the API (and by models) to fail a request or a load."""
 
     def __init__(self, msg: str = "", code: int = TritonError.INTERNAL):
         super().__init__(msg)
         self._msg = msg
         self._code = code
-
-    def message(self) -> str:
-        return self._msg
-
-    def code(self) -> int:
-        return self._code
-
-    def __str__(self) -> str:
-        return self._msg
 
 
 # -- tensors ------------------------------------------------------------------------
@@ -546,14 +544,10 @@ class InferenceRequest:
 
     # BLS --------------------------------------------------------------------------
     def exec(self, decoupled: bool = False):
-        from naiad.backends.python import bls
-
-        return bls.execute(self, decoupled)
+        return _bls().execute(self, decoupled)
 
     async def async_exec(self, decoupled: bool = False):
-        from naiad.backends.python import bls
-
-        return await bls.async_execute(self, decoupled)
+        return await _bls().async_execute(self, decoupled)
 
     def stream_exec(self):
         """The older spelling of ``exec(decoupled=True)``."""
@@ -692,6 +686,16 @@ class Logger:
 
 _context = threading.local()
 _default_server: list = [None]
+# The server side of BLS (naiad.backends.python.bls) registers itself here when it
+# is imported; this module, the API models import, imports nothing of the server.
+_bls_module: list = [None]
+
+
+def _bls():
+    module = _bls_module[0]
+    if module is None:
+        raise TritonModelException("BLS calls need the naiad python backend to be loaded")
+    return module
 
 
 def _current_server():
@@ -709,16 +713,12 @@ def is_model_ready(model_name: str, model_version: str = "") -> bool:
 
 def load_model(model_name: str, config: str = "", files: dict | None = None) -> None:
     """Load (or reload) a model from a model's code (explicit control mode only)."""
-    from naiad.backends.python import bls
-
-    bls.load_model(model_name, config, files)
+    _bls().load_model(model_name, config, files)
 
 
 def unload_model(model_name: str, unload_dependents: bool = False) -> None:
     """Unload a model from a model's code (explicit control mode only)."""
-    from naiad.backends.python import bls
-
-    bls.unload_model(model_name, unload_dependents)
+    _bls().unload_model(model_name, unload_dependents)
 
 
 # -- custom metrics -------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import mmap
 import os
@@ -43,10 +42,11 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from naiad.backends.base import BackendInstance, BackendModel, InstanceSpec, ModelLoadContext
+from naiad.backends.base import BackendInstance, InstanceSpec, ModelLoadContext
+from naiad.backends.python.common import PythonModelBase, import_model_file, model_error
+from naiad.core import datatypes
 from naiad.core import types as core
 from naiad.core.errors import ErrorKind, InvalidArgument, NaiadError, Unavailable
-from naiad.protocol import datatypes
 
 log = logging.getLogger("naiad.backends.python.process")
 
@@ -159,31 +159,16 @@ def _pickled_tensors(tensors: list[core.Tensor]) -> list:
 # -- the server side ------------------------------------------------------------------------------
 
 
-class ProcessPythonModel(BackendModel):
+class ProcessPythonModel(PythonModelBase):
     """A python model whose instances are worker processes."""
 
     def __init__(self, ctx: ModelLoadContext):
-        from naiad.repository.config import config_to_dict
-
-        self.ctx = ctx
-        self.name = ctx.name
         if not os.path.isfile(ctx.model_file):
             raise InvalidArgument(f"python model file '{ctx.model_file}' not found")
-        self.decoupled = bool(ctx.config.model_transaction_policy.decoupled)
-        self.output_names = [o.name for o in ctx.config.output]
-        self.config_json = json.dumps(config_to_dict(ctx.config))
-        self.model = None
+        super().__init__(ctx)
 
     def create_instance(self, spec: InstanceSpec) -> "ProcessInstance":
         return ProcessInstance(self, spec)
-
-    def deliver(self, request: core.InferenceRequest, response: core.InferenceResponse | None,
-                final: bool) -> None:
-        model = self.model
-        if model is not None:
-            model.deliver(request, response, final)
-        else:  # pragma: no cover
-            request.respond(response, final)
 
 
 class ProcessInstance(BackendInstance):
@@ -195,17 +180,7 @@ class ProcessInstance(BackendInstance):
         self.model = model
         self.spec = spec
         self.name = spec.name
-        kind = {"KIND_GPU": "GPU", "KIND_MODEL": "MODEL"}.get(spec.kind, "CPU")
-        ctx = model.ctx
-        self.init_args = {
-            "model_config": model.config_json,
-            "model_instance_kind": kind,
-            "model_instance_name": spec.name,
-            "model_instance_device_id": str(spec.device_id),
-            "model_repository": ctx.model_dir,
-            "model_version": str(ctx.version),
-            "model_name": ctx.name,
-        }
+        self.init_args = model.initialize_args(spec)
         self.proc: subprocess.Popen | None = None
         self.conn: Connection | None = None
         self.reader: threading.Thread | None = None
@@ -499,16 +474,13 @@ class _WorkerRunner:
 
 
 def _error_tuple(exc: BaseException, instance: str) -> tuple[str, str]:
-    from naiad.backends.python.backend import _model_error
-
-    err = _model_error(instance, exc)
+    err = model_error(instance, exc)
     return err.message, err.kind.value
 
 
 def worker_main(fd: int) -> int:
     """The worker process: import the model, then serve exec messages until told to stop."""
     conn = Connection(fd)
-    from naiad.backends.python import backend as pyb
     from naiad.backends.python import pb_utils
 
     msg = conn.recv()
@@ -517,7 +489,7 @@ def worker_main(fd: int) -> int:
     runner = _WorkerRunner(conn, decoupled, output_names)
     loop: asyncio.AbstractEventLoop | None = None
     try:
-        _, cls = pyb._import_model_file(model_file, label)
+        _, cls = import_model_file(model_file, label)
         obj = cls()
         init = getattr(obj, "initialize", None)
         if init is not None:

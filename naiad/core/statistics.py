@@ -250,22 +250,6 @@ class ModelStatistics:
             for listener in self.listeners:
                 listener.on_response(self, request, index, end_ns)
 
-    def record_response(self, key: str | int, ok: bool, infer_ns: int, output_ns: int,
-                        empty: bool = False, cancelled: bool = False) -> None:
-        """A decoupled response with its index and durations already known."""
-        index = int(key)
-        outcome = ("cancel" if cancelled else "empty_response" if empty else
-                   "success" if ok else "fail")
-        with self._lock:
-            stat = self.responses.get(index)
-            if stat is None:
-                stat = self.responses[index] = {f: [0, 0] for f in _RESPONSE_FIELDS}
-            for field, ns in (("compute_infer", infer_ns), ("compute_output", output_ns),
-                              (outcome, infer_ns + output_ns)):
-                d = stat[field]
-                d[0] += 1
-                d[1] += ns
-
     # -- reading -----------------------------------------------------------
 
     @property

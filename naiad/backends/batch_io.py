@@ -44,27 +44,23 @@ def validate_batch_io(config: mc.ModelConfig) -> None:
     name = config.name
     inputs = {io.name for io in config.input}
     outputs = {io.name for io in config.output}
-    for bi in config.batch_input:
-        kind = BI.Kind.Name(bi.kind)
-        if len(bi.source_input) != 1:
+
+    def check_sources(what: str, kind: str, sources) -> None:
+        if len(sources) != 1:
             raise InvalidArgument(
-                f"batch input kind '{kind}' expects 1 source input, got "
-                f"{len(bi.source_input)} for {name}")
+                f"batch {what} kind '{kind}' expects 1 source input, got {len(sources)} "
+                f"for {name}")
+        for source in sources:
+            if source not in inputs:
+                raise InvalidArgument(f"unknown source input name '{source}' for {name}")
+
+    for bi in config.batch_input:
+        check_sources("input", BI.Kind.Name(bi.kind), bi.source_input)
         if bi.data_type not in (mc.TYPE_INT32, mc.TYPE_FP32):
             raise InvalidArgument(
                 f"batch input data type must be TYPE_INT32 or TYPE_FP32 for {name}")
-        for source in bi.source_input:
-            if source not in inputs:
-                raise InvalidArgument(f"unknown source input name '{source}' for {name}")
     for bo in config.batch_output:
-        kind = BO.Kind.Name(bo.kind)
-        if len(bo.source_input) != 1:
-            raise InvalidArgument(
-                f"batch output kind '{kind}' expects 1 source input, got "
-                f"{len(bo.source_input)} for {name}")
-        for source in bo.source_input:
-            if source not in inputs:
-                raise InvalidArgument(f"unknown source input name '{source}' for {name}")
+        check_sources("output", BO.Kind.Name(bo.kind), bo.source_input)
         seen: set[str] = set()
         for target in bo.target_name:
             if target not in outputs:

@@ -1,0 +1,252 @@
+"""The client helpers tests use to talk to a served model.
+
+Raw HTTP with requests (``post``) or the standard library (``call``, ``infer``,
+the repository ``index`` and ``states``), one tritonclient request
+(``http_infer``), polling (``wait_for``), background traffic with tritonclient
+(``Traffic``) and the scheduling probe's async client (``infer_probe``,
+``staggered``). The models they talk to are
+``tests/models.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import requests
+import tritonclient.http as httpclient
+import tritonclient.http.aio as aioclient
+from tritonclient.utils import np_to_triton_dtype
+
+NOT_ALLOWED_MESSAGE = "explicit model load / unload is not allowed if polling is enabled"
+
+
+def call(base: str, method: str, path: str, body=None, timeout: float = 30.0):
+    """(status, parsed JSON or None, raw text) for one HTTP call."""
+    data = None
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read().decode()
+            status = r.status
+    except urllib.error.HTTPError as e:
+        raw = e.read().decode()
+        status = e.code
+    try:
+        parsed = json.loads(raw) if raw else None
+    except ValueError:
+        parsed = None
+    return status, parsed, raw
+
+
+PROTOCOLS = ("http", "grpc")
+
+
+def triton_client(protocol: str, server):
+    """tritonclient's module for ``protocol`` ("http" or "grpc") and a client of ``server``
+    (a ``NaiadProcess``): their APIs match, so one test body can drive both."""
+    if protocol == "http":
+        return httpclient, httpclient.InferenceServerClient(server.http_url)
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient, grpcclient.InferenceServerClient(server.grpc_url)
+
+
+def number(message: dict, *path: str) -> int:
+    """An integer field of a JSON message, by path; 0 when absent (gRPC's JSON leaves zeros
+    out and writes 64-bit integers as strings)."""
+    for key in path:
+        message = message.get(key, {})
+    return int(message or 0)
+
+
+def post(base: str, path: str, body=b"", timeout: float = 10.0, **kw) -> requests.Response:
+    """POST ``body`` (bytes, text, or an object sent as JSON) to ``base + path``."""
+    data = body if isinstance(body, (bytes, bytearray, str)) else json.dumps(body)
+    return requests.post(base + path, data=data, timeout=timeout, **kw)
+
+
+def http_infer(url: str, model: str, inputs: dict[str, np.ndarray],
+               outputs: list[str] | None = None, timeout: float = 60.0, **kw):
+    """One request with tritonclient's HTTP client (datatypes from the arrays' dtypes);
+    returns its InferResult (raises InferenceServerException on an error)."""
+    client = httpclient.InferenceServerClient(url, network_timeout=timeout)
+    try:
+        ins = []
+        for name, arr in inputs.items():
+            inp = httpclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+            inp.set_data_from_numpy(arr)
+            ins.append(inp)
+        requested = [httpclient.InferRequestedOutput(n) for n in outputs] if outputs else None
+        return client.infer(model, ins, outputs=requested, **kw)
+    finally:
+        client.close()
+
+
+def infer_body(values) -> dict:
+    values = [float(v) for v in values]
+    return {"inputs": [{"name": "IN", "datatype": "FP32", "shape": [len(values)],
+                        "data": values}]}
+
+
+def infer(base: str, model: str, values=(1.0,), version: int | None = None,
+          timeout: float = 30.0):
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+    status, parsed, raw = call(base, "POST", path, infer_body(values), timeout)
+    if status == 200:
+        return status, parsed["outputs"][0]["data"][0] - values[0], parsed
+    return status, None, parsed if parsed is not None else raw
+
+
+def index(base: str, ready: bool = False) -> list[dict]:
+    status, parsed, raw = call(base, "POST", "/v2/repository/index", {"ready": ready})
+    assert status == 200, raw
+    return parsed
+
+
+def states(base: str) -> dict[str, list[tuple[str, str]]]:
+    out: dict[str, list] = {}
+    for item in index(base):
+        out.setdefault(item["name"], []).append((item.get("version", ""), item.get("state", "")))
+    return out
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = ""):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what or predicate}: last={last!r}")
+
+
+class Traffic:
+    """Several threads sending requests to a model until stopped, with tritonclient.
+
+    Records every outcome: the offset the model answered with (per thread, in
+    order) or the error text.
+    """
+
+    def __init__(self, url: str, model: str, threads: int = 3):
+        self.url = url
+        self.model = model
+        self.results: list[list[float]] = [[] for _ in range(threads)]
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                         for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
+
+        client = httpclient.InferenceServerClient(self.url, network_timeout=60)
+        x = np.array([float(i + 1)], dtype=np.float32)
+        inp = httpclient.InferInput("IN", [1], "FP32")
+        inp.set_data_from_numpy(x)
+        n = 0
+        while not self._stop.is_set() and n < 100000:
+            n += 1
+            try:
+                res = client.infer(self.model, [inp])
+                self.results[i].append(float(res.as_numpy("OUT")[0] - x[0]))
+            except InferenceServerException as exc:
+                self.errors.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - a lost connection is a failure too
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+        client.close()
+
+    def __enter__(self) -> "Traffic":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    @property
+    def count(self) -> int:
+        return sum(len(r) for r in self.results)
+
+    def wait_count(self, n: int, timeout: float = 30.0) -> None:
+        wait_for(lambda: self.count >= n or self.errors, timeout, what=f"{n} responses")
+
+
+class Result:
+    """One request's outcome as the client saw it."""
+
+    def __init__(self, tag, value=None, batch=None, exec_id=None, instance=None, error=None,
+                 status=None, sent=0.0, done=0.0):
+        self.tag = tag
+        self.value = value
+        self.batch = batch
+        self.exec_id = exec_id
+        self.instance = instance
+        self.error = error
+        self.status = status
+        self.sent = sent
+        self.done = done
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def latency(self) -> float:
+        return self.done - self.sent
+
+    def __repr__(self) -> str:
+        if self.error is not None:
+            return f"Result({self.tag!r}, error={self.status}:{self.error!r})"
+        return f"Result({self.tag!r}, batch={self.batch}, exec={self.exec_id})"
+
+
+async def infer_probe(client: aioclient.InferenceServerClient, model: str, value, tag=None,
+                      shape=None, **kwargs) -> Result:
+    arr = np.asarray(value, dtype=np.float32)
+    if shape is not None:
+        arr = arr.reshape(shape)
+    elif arr.ndim == 0:
+        arr = arr.reshape(1, 1)
+    inp = aioclient.InferInput("IN", list(arr.shape), "FP32")
+    inp.set_data_from_numpy(arr)
+    sent = time.monotonic()
+    try:
+        r = await client.infer(model, [inp], **kwargs)
+    except Exception as exc:  # InferenceServerException
+        status = exc.status() if hasattr(exc, "status") else None
+        message = exc.message() if hasattr(exc, "message") else str(exc)
+        return Result(tag if tag is not None else value, error=message, status=status,
+                      sent=sent, done=time.monotonic())
+    return Result(tag if tag is not None else value, value=r.as_numpy("OUT"),
+                  batch=int(r.as_numpy("BATCH").reshape(-1)[0]),
+                  exec_id=int(r.as_numpy("EXEC").reshape(-1)[0]),
+                  instance=r.as_numpy("INSTANCE").reshape(-1)[0].decode(),
+                  sent=sent, done=time.monotonic())
+
+
+async def staggered(calls, gap: float = 0.03):
+    """Start the coroutines ``gap`` seconds apart (so they queue in that order); gather."""
+    tasks = []
+    for call in calls:
+        tasks.append(asyncio.ensure_future(call))
+        await asyncio.sleep(gap)
+    return await asyncio.gather(*tasks)
+
+
+def run(coro):
+    return asyncio.run(coro)
