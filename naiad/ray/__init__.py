@@ -21,7 +21,7 @@ Triton's extensions, and ``inference.GRPCInferenceService`` when the proxy's
 (``naiad.ray.serve_options`` builds the Serve options that do). docs/scale-out.md
 walks through it.
 
-Needs the ``ray`` extra (``pip install 'naiad[ray]'``); importing naiad itself
+Needs the ``ray`` extra (``pip install -e '.[ray]'`` in naiad's folder); importing naiad itself
 never imports Ray.
 """
 

@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         import ray
         from ray import serve
     except ImportError:
-        print("error: naiad ray needs Ray Serve: pip install 'naiad[ray]'", file=sys.stderr)
+        from naiad.core.extras import install_hint
+
+        print(f"error: naiad ray needs Ray Serve: {install_hint('ray')}", file=sys.stderr)
         return 2
     from naiad.ray.deployment import build_app, serve_options
 
