@@ -156,6 +156,19 @@ _FLAGS: list[tuple[str, str, Any, Any, str]] = [
     ("--vertex-ai-port", "vertex_ai_port", _I, 8080, "Vertex AI port."),
     ("--vertex-ai-thread-count", "vertex_ai_thread_count", _I, 8, "Accepted."),
     ("--vertex-ai-default-model", "vertex_ai_default_model", _S, "", "Accepted."),
+    ("--allow-openai", "allow_openai", _B, False,
+     "Serve the OpenAI-compatible API (/v1/...) on its own port (needs 'naiad[openai]')."),
+    ("--openai-address", "openai_address", _S, "",
+     "OpenAI API bind address (default: the HTTP address)."),
+    ("--openai-port", "openai_port", _I, 9000, "OpenAI API port."),
+    ("--openai-tokenizer", "openai_tokenizer", _S, "",
+     "tokenizer.json (or its folder) for generation models that have none."),
+    ("--openai-chat-template", "openai_chat_template", _S, "",
+     "Chat template file for generation models that have none."),
+    ("--openai-tool-call-parser", "openai_tool_call_parser", _S, "",
+     "Tool call format of models that name none: hermes or llama3."),
+    ("--openai-default-max-tokens", "openai_default_max_tokens", _I, 16,
+     "max_tokens of a completion request that sets none."),
     ("--allow-metrics", "allow_metrics", _B, True, "Serve Prometheus metrics."),
     ("--allow-gpu-metrics", "allow_gpu_metrics", _B, True, "GPU metrics (none without a GPU)."),
     ("--allow-cpu-metrics", "allow_cpu_metrics", _B, True, "CPU metrics."),
@@ -250,7 +263,7 @@ def options_from_args(argv: list[str]) -> ServerOptions:
     if "*" in ns.load_models and len(ns.load_models) > 1:
         raise CliError("Wildcard model name '*' must be the ONLY startup model if specified "
                        "at all.")
-    for port_flag in ("http_port", "grpc_port", "metrics_port"):
+    for port_flag in ("http_port", "grpc_port", "metrics_port", "openai_port"):
         port = getattr(ns, port_flag)
         if not 0 <= port <= 65535:
             raise CliError(f"--{port_flag.replace('_', '-')} must be in [0, 65535], got {port}")
@@ -288,6 +301,13 @@ def options_from_args(argv: list[str]) -> ServerOptions:
     if ns.response_cache_byte_size:
         opts.cache_config.setdefault("local", {})["size"] = str(ns.response_cache_byte_size)
     _check_access_flags(opts)
+    if opts.allow_openai:
+        from naiad.frontends.openai import check_options
+
+        try:
+            check_options(opts)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     return opts
 
 

@@ -33,6 +33,7 @@ from naiad.core.extras import install_hint
 from naiad.frontends import generate, restrictions
 from naiad.frontends.asgi_server import AsgiServer, answer_lifespan
 from naiad.frontends.status import http_status
+from naiad.frontends.streaming import until_disconnect
 from naiad.observability.logging import log_response_outputs
 from naiad.protocol import http_codec
 
@@ -225,8 +226,11 @@ class HttpApp:
             self._require(method, "POST")
             self.server.refuse_if_shutting_down()
             body = await self._read_body(scope, receive)
-            await generate.serve(self.server, name, version, body,
-                                 action == "generate_stream", send)
+            if action == "generate":
+                await generate.serve(self.server, name, version, body, False, send)
+            else:  # a client that goes away mid-stream cancels the model's request
+                await until_disconnect(
+                    generate.serve(self.server, name, version, body, True, send), receive)
         elif action == "trace" and rest[1:] == ["setting"]:
             await self._trace_setting(name, method, scope, receive, send)
         else:
