@@ -307,7 +307,7 @@ class ProcessInstance(BackendInstance):
         code = None
         if self.proc is not None:
             try:
-                code = self.proc.wait(timeout=2)
+                code = self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 code = None
         how = f"was killed by signal {-code}" if code is not None and code < 0 else \
@@ -372,15 +372,17 @@ class ProcessInstance(BackendInstance):
         try:
             self.conn.send(("exec", batch_id, metas, region_info))
         except (OSError, ValueError):
+            error = self._death_error()  # before the restart replaces the process
             self._after_death(requests)
-            raise self._death_error() from None
+            raise error from None
         t_in = time.monotonic_ns()
         for r in requests:
             r.compute_input_end_ns = t_in
         msg = self.results.get() if self.reader is not None else self._recv()
         if msg[0] == "dead":
+            error = self._death_error()  # before the restart replaces the process
             self._after_death(requests)
-            raise self._death_error()
+            raise error
         _, _, status, payload, out_info = msg
         if out_info is not None:
             if self.out_region is not None:
