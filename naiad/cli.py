@@ -6,7 +6,7 @@
 1/0, in any case.
 
 ``naiad <sub-command> ...`` runs a tool instead (``naiad perf``, ``naiad
-analyze``, ``naiad validate``, ``naiad import``): see ``SUBCOMMANDS``.
+analyze``, ``naiad validate``, ``naiad import``, ``naiad ray``): see ``SUBCOMMANDS``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ SUBCOMMANDS: dict[str, str] = {
     "analyze": "naiad.tools.analyze:main",
     "validate": "naiad.tools.validate:main",
     "import": "naiad.tools.importer:main",
+    "ray": "naiad.ray.cli:main",  # deploy on a Ray cluster (Ray Serve)
 }
 
 

@@ -16,7 +16,7 @@ SERVER_INTERNALS = ("naiad.server", "naiad.frontends", "naiad.embedded", "naiad.
 
 
 def test_every_sub_command_resolves_to_a_function():
-    assert set(cli.SUBCOMMANDS) >= {"perf", "analyze", "validate", "import"}
+    assert set(cli.SUBCOMMANDS) >= {"perf", "analyze", "validate", "import", "ray"}
     for name, target in cli.SUBCOMMANDS.items():
         module, _, function = target.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), name
