@@ -1,0 +1,485 @@
+"""Which models stay loaded: footprints, the memory budget, eviction, idle unloads.
+
+With ``--model-load-on-demand`` a model that is unloaded comes back on its
+next request, so the server may unload models to keep memory for the ones in
+use. The data plane builds one ``Residency`` for its repository manager; every
+version load then goes through ``load_versions`` (the manager's one hook):
+
+* each loaded version's **footprint** is what the framework reports it holds
+  (``BackendModel.memory_bytes``: torch, OpenVINO) or, when larger or when it
+  cannot tell, the growth of the server's resident memory while the version
+  loaded;
+* with ``--model-memory-limit`` loads run one at a time (so each growth is the
+  load's own), and before a load the least recently used **idle** models are
+  unloaded until the model's expected footprint fits beside the others. A
+  model is never chosen while requests are queued or executing on it
+  (``Scheduler.busy``), while it loads or unloads, while a loaded model uses
+  it (an ensemble's steps), when it is pinned (``--load-model``, or the config
+  parameter ``NAIAD_PINNED: "true"``), or when it was loaded from files sent
+  with the load request (it could not load again). If no model can go, the
+  load waits for one to become idle (``--model-load-on-demand-timeout-secs``),
+  then fails with a message saying why;
+* with ``--model-idle-unload-secs`` a model unused for that long is unloaded
+  by the same rules.
+
+The expected footprint of a model is what it took when it last loaded; for a
+model never loaded, the larger of its files' size and the largest footprint
+seen for its backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import gc
+import logging
+import os
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from naiad.core.errors import InvalidArgument, NaiadError, Unavailable, as_naiad_error
+from naiad.options import parse_bool
+
+if TYPE_CHECKING:
+    from naiad.core.model import Model
+    from naiad.observability.model_loading import ModelLoadingMetrics
+    from naiad.protocol import model_config_pb2 as mc
+    from naiad.repository.manager import ModelEntry, ModelRepositoryManager
+
+log = logging.getLogger("naiad.repository")
+
+# the config parameter that keeps a model loaded whatever the budget and idle time
+PIN_PARAMETER = "NAIAD_PINNED"
+
+# why a model was unloaded (metrics label, index reason)
+MEMORY = "memory"
+IDLE = "idle"
+
+# Between refusing new requests and draining an evicted model: a request that
+# looked the model up just before gets into its queue (and is served) rather
+# than arriving after the drain.
+EVICTION_GRACE_S = 0.02
+
+# how often a load that found no model to evict looks again
+_ROOM_POLL_S = 0.02
+
+
+# -- the limit ----------------------------------------------------------------------------------
+
+
+def machine_memory() -> int:
+    """The memory the server may use: the machine's, or its container's limit if lower
+    (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``)."""
+    total = psutil.virtual_memory().total
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            return int(text)
+    return total
+
+
+def parse_memory_limit(text: str) -> int:
+    """``--model-memory-limit``: bytes, or ``N%`` of ``machine_memory()``; 0 when empty.
+
+    Raises InvalidArgument naming the flag.
+    """
+    text = str(text).strip()
+    if not text:
+        return 0
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 < pct <= 100:
+                raise ValueError
+            return max(1, int(machine_memory() * pct / 100))
+        value = int(text)
+        if value <= 0:
+            raise ValueError
+        return value
+    except ValueError:
+        raise InvalidArgument(
+            f"invalid value for --model-memory-limit: '{text}' (expected a number of bytes "
+            "or a percentage of the machine's memory such as 25%)") from None
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def resident_bytes() -> int:
+    """The server's resident memory: its own and its worker processes'."""
+    proc = psutil.Process()
+    total = proc.memory_info().rss
+    try:
+        children = proc.children(recursive=True)
+    except psutil.Error:
+        return total
+    for child in children:
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass  # gone meanwhile
+    return total
+
+
+def _malloc_trim() -> Callable[[int], Any] | None:
+    if os.name != "posix":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc
+
+
+_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc), so that the
+    process's size shows what it holds and the next load's growth is its own."""
+    gc.collect()
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+def _folder_bytes(folder: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def pinned_by_config(config: mc.ModelConfig) -> bool:
+    param = config.parameters.get(PIN_PARAMETER)
+    return param is not None and parse_bool(param.string_value) is True
+
+
+# -- residency ------------------------------------------------------------------------------------
+
+
+class Residency:
+    """The footprints of the loaded models and the decisions to unload some.
+
+    ``limit``: bytes for loaded models (0: no budget); ``idle_secs``: unload a model
+    unused for this long (0: never); ``wait_secs``: how long a load waits for a model
+    to become evictable; ``pinned``: names never unloaded ("*": all).
+    """
+
+    def __init__(self, manager: ModelRepositoryManager, *, limit: int = 0,
+                 idle_secs: float = 0.0, wait_secs: float = 120.0,
+                 pinned: Iterable[str] = (), metrics: ModelLoadingMetrics | None = None):
+        self.manager = manager
+        self.limit = int(limit)
+        self.idle_secs = float(idle_secs)
+        self.wait_secs = float(wait_secs)
+        self.pinned = frozenset(pinned)
+        self.metrics = metrics
+        self._bytes: weakref.WeakKeyDictionary[Model, int] = weakref.WeakKeyDictionary()
+        self._loaded_ns: weakref.WeakKeyDictionary[Model, int] = weakref.WeakKeyDictionary()
+        self._known: dict[str, int] = {}  # name -> footprint when it last loaded
+        self._typical: dict[str, int] = {}  # backend -> largest footprint seen
+        self._staged: list[Model] = []  # loaded by the load in progress, not yet published
+        self.reserved = 0  # the expected footprint of the versions still loading
+        # name -> why it was unloaded (MEMORY, IDLE), until it loads again
+        self.unloaded_because: dict[str, str] = {}
+        self._slot: asyncio.Lock | None = None
+        self._freed = False  # memory was released since the last trim
+        self._idle_task: asyncio.Task | None = None
+        manager.residency = self
+
+    # -- the manager's hook ------------------------------------------------------------
+
+    async def load_versions(self, entry: ModelEntry, config: mc.ModelConfig,
+                            versions: list[int],
+                            build: Callable[[int], Awaitable[Model]]) -> list[Any]:
+        """Build ``versions`` of ``entry`` (``build(v)``); each result is a Model or the
+        exception its build raised, as the manager's gather returns them."""
+        name = entry.name
+        self.unloaded_because.pop(name, None)
+        if not self.limit or config.platform == "ensemble":
+            # no budget to keep (an ensemble holds no memory of its own): in parallel
+            return list(await asyncio.gather(*[self._build(name, build, v, measure=False)
+                                               for v in versions]))
+        need = self.expected_footprint(name, config, entry.model_dir, versions)
+        async with self._load_slot():
+            try:
+                await self._make_room(name, need)
+            except NaiadError as exc:
+                for _ in versions:
+                    self._count_load(name, 0.0, False)
+                return [exc for _ in versions]
+            self.reserved = need
+            try:
+                await self._release_freed()
+                results = []
+                for v in versions:  # one at a time: each growth is the version's own
+                    results.append(await self._build(name, build, v, measure=True))
+                    self.reserved = max(0, need - sum(self._bytes.get(m, 0)
+                                                      for m in self._staged))
+                self.reserved = 0
+                loaded = [m for m in results if not isinstance(m, BaseException)]
+                if loaded:
+                    total = sum(self._bytes.get(m, 0) for m in loaded)
+                    self._known[name] = total
+                    backend = config.backend or config.platform
+                    self._typical[backend] = max(self._typical.get(backend, 0), total)
+                    # it took more than expected: make the difference up now
+                    await self._shrink(protect={name})
+            finally:
+                self.reserved = 0
+                self._staged = []  # the manager publishes them before anything else runs
+        return results
+
+    async def _build(self, name: str, build: Callable[[int], Awaitable[Model]], version: int,
+                     measure: bool) -> Any:
+        loop = asyncio.get_running_loop()
+        before = await loop.run_in_executor(None, resident_bytes) if measure else 0
+        start = time.monotonic()
+        try:
+            model = await build(version)
+        except Exception as exc:  # noqa: BLE001 - the manager reports it for the version
+            self._count_load(name, time.monotonic() - start, False)
+            return exc
+        self._count_load(name, time.monotonic() - start, True)
+        grown = await loop.run_in_executor(None, resident_bytes) - before if measure else 0
+        self._bytes[model] = self._footprint(name, model, grown)
+        self._loaded_ns[model] = time.monotonic_ns()
+        self._staged.append(model)
+        return model
+
+    def _footprint(self, name: str, model: Model, grown: int) -> int:
+        reported = 0
+        backend_model = model.backend_model
+        if backend_model is not None:
+            try:
+                reported = int(backend_model.memory_bytes() or 0)
+            except Exception:  # noqa: BLE001 - a backend's report is a hint
+                log.debug("model '%s': memory_bytes() failed", name, exc_info=True)
+        value = max(grown, reported)
+        if value <= 0:
+            # nothing grew (the load reused memory another model freed and nothing
+            # reports a size): what it took last time, if known
+            value = self._known.get(name, 0)
+        return value
+
+    def _count_load(self, name: str, seconds: float, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.load(name, seconds, ok)
+
+    # -- footprints ------------------------------------------------------------------------
+
+    def expected_footprint(self, name: str, config: mc.ModelConfig, model_dir: str,
+                           versions: list[int]) -> int:
+        known = self._known.get(name)
+        if known:
+            return known
+        files = sum(_folder_bytes(os.path.join(model_dir, str(v))) for v in versions)
+        return max(files, self._typical.get(config.backend or config.platform, 0))
+
+    def footprint(self, model: Model) -> int:
+        return self._bytes.get(model, 0)
+
+    def model_bytes(self) -> dict[str, int]:
+        """name -> bytes held by its loaded versions (those with a measured footprint)."""
+        out: dict[str, int] = {}
+        for name, entry in list(self.manager.models.items()):
+            held = [self._bytes.get(s.model, 0) for s in list(entry.versions.values())
+                    if s.model is not None]
+            if held:
+                out[name] = sum(held)
+        return out
+
+    def in_use(self) -> int:
+        """Bytes held by the loaded models, the ones just loaded and the load in progress."""
+        published = 0
+        seen = set()
+        for entry in list(self.manager.models.values()):
+            for s in list(entry.versions.values()):
+                if s.model is not None:
+                    seen.add(id(s.model))
+                    published += self._bytes.get(s.model, 0)
+        staged = sum(self._bytes.get(m, 0) for m in self._staged if id(m) not in seen)
+        return published + staged + self.reserved
+
+    # -- choosing what to unload -----------------------------------------------------------
+
+    def is_pinned(self, name: str, models: list[Model]) -> bool:
+        if "*" in self.pinned or name in self.pinned:
+            return True
+        return any(pinned_by_config(m.config) for m in models)
+
+    def _needs_closure(self, names: Iterable[str]) -> set[str]:
+        deps = self.manager.dependencies
+        out: set[str] = set()
+        todo = list(names)
+        while todo:
+            n = todo.pop()
+            if n in out:
+                continue
+            out.add(n)
+            todo.extend(deps.needs(n))
+        return out
+
+    def _protected(self, name: str | None = None) -> set[str]:
+        """Models a load in progress may need: ``name``'s and every locked entry's, with
+        what they need (an ensemble whose steps load one by one keeps the first ones)."""
+        roots = [n for n, e in list(self.manager.models.items()) if e.lock.locked()]
+        if name is not None:
+            roots.append(name)
+        return self._needs_closure(roots)
+
+    def _last_used(self, name: str, models: list[Model], seen: set[str] | None = None) -> int:
+        last = 0
+        for m in models:
+            last = max(last, m.stats.last_inference_ns, self._loaded_ns.get(m, 0))
+        deps = self.manager.dependencies.needs(name)
+        if deps and any(m.config.platform == "ensemble" for m in models):
+            # an ensemble's own statistics record no executions: it was last used when
+            # its steps were
+            seen = (seen or set()) | {name}
+            for dep in deps - seen:
+                entry = self.manager.models.get(dep)
+                if entry is not None:
+                    last = max(last, self._last_used(dep, list(entry.ready.values()), seen))
+        return last
+
+    def candidates(self, protect: set[str]) -> list[tuple[int, str]]:
+        """(last used, name) of every model that may be unloaded now, oldest first."""
+        manager = self.manager
+        out = []
+        for name, entry in list(manager.models.items()):
+            if name in protect or entry.lock.locked() or entry.source is None:
+                continue
+            held = [s for s in list(entry.versions.values()) if s.model is not None]
+            if not held or any(s.state != "READY" for s in held):
+                continue
+            models = [s.model for s in held]
+            if self.is_pinned(name, models):
+                continue
+            if manager.dependencies.users_of(name, self._loaded):
+                continue
+            if any(m.scheduler is not None and m.scheduler.busy() for m in models):
+                continue
+            out.append((self._last_used(name, models), name))
+        out.sort()
+        return out
+
+    def _loaded(self, name: str) -> bool:
+        entry = self.manager.models.get(name)
+        return entry is not None and entry.has_models()
+
+    async def _unload(self, name: str, reason: str) -> bool:
+        before = self.model_bytes().get(name, 0)
+        if not await self.manager.unload_idle(name, EVICTION_GRACE_S):
+            return False
+        self.unloaded_because[name] = reason
+        self._freed = True
+        if self.metrics is not None:
+            self.metrics.eviction(name, reason)
+        if reason == MEMORY:
+            log.info("unloaded '%s' (%d bytes) to stay under --model-memory-limit", name,
+                     before, extra={"model": name})
+        else:
+            log.info("unloaded '%s' after %g s without requests", name, self.idle_secs,
+                     extra={"model": name})
+        return True
+
+    async def _release_freed(self) -> None:
+        if self._freed:
+            self._freed = False
+            await asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
+
+    def _load_slot(self) -> asyncio.Lock:
+        if self._slot is None:
+            self._slot = asyncio.Lock()
+        return self._slot
+
+    async def _make_room(self, name: str, need: int) -> None:
+        """Unload least recently used idle models until ``need`` more bytes fit."""
+        if need > self.limit and name in self._known:
+            raise Unavailable(
+                f"model '{name}' needs {need} bytes (what it took when it last loaded), more "
+                f"than --model-memory-limit allows ({self.limit} bytes)")
+        deadline = time.monotonic() + self.wait_secs
+        while self.in_use() + need > self.limit:
+            victims = self.candidates(self._protected(name))
+            if victims:
+                await self._unload(victims[0][1], MEMORY)
+                continue
+            if self.in_use() == 0:
+                return  # nothing else holds memory: the model alone is larger than expected
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"not enough memory to load model '{name}': it needs about {need} bytes, "
+                    f"and {self.in_use()} of the {self.limit} bytes of --model-memory-limit "
+                    "are held by models that are busy, pinned, loading or used by a loaded "
+                    "ensemble")
+            await asyncio.sleep(_ROOM_POLL_S)
+
+    async def _shrink(self, protect: set[str]) -> None:
+        """Back under the limit after a load that took more than expected (idle models
+        only; no waiting)."""
+        while self.in_use() > self.limit:
+            victims = self.candidates(self._protected() | protect)
+            if not victims or not await self._unload(victims[0][1], MEMORY):
+                if self.in_use() > self.limit:
+                    log.warning("models hold %d bytes, over --model-memory-limit (%d): no "
+                                "idle model to unload now", self.in_use(), self.limit)
+                return
+        await self._release_freed()
+
+    # -- idle unloads ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the idle sweep (on the event loop), if ``idle_secs`` is set."""
+        if self.idle_secs > 0 and self._idle_task is None:
+            self._idle_task = asyncio.get_running_loop().create_task(self._sweep_idle())
+
+    async def stop(self) -> None:
+        task, self._idle_task = self._idle_task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _sweep_idle(self) -> None:
+        period = min(5.0, max(0.05, self.idle_secs / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.unload_idle_models()
+            except Exception as exc:  # noqa: BLE001 - the sweep must go on
+                log.error("idle unload failed: %s", as_naiad_error(exc).message)
+
+    async def unload_idle_models(self) -> list[str]:
+        """Unload every model unused for ``idle_secs``; returns their names."""
+        done: list[str] = []
+        tried: set[str] = set()
+        async with self._load_slot():  # not while a load's growth is being measured
+            cutoff = time.monotonic_ns() - int(self.idle_secs * 1e9)
+            while True:
+                idle = [n for last, n in self.candidates(self._protected())
+                        if last < cutoff and n not in tried]
+                if not idle:
+                    break
+                for name in idle:  # an ensemble first frees its steps for the next round
+                    tried.add(name)
+                    if await self._unload(name, IDLE):
+                        done.append(name)
+            await self._release_freed()
+        return done
