@@ -2,16 +2,15 @@
 
 Every model holds a ballast: memory it keeps while loaded, so that a memory
 budget decides how many fit. Python models fill ``BALLAST`` bytes in
-``initialize``; ONNX models carry them as an initializer the graph reads on
-every request (its external-data file is one file hard-linked into every
-model folder, so fifty models cost one file on disk). Both answer
+``initialize``; ONNX models build it when their session is created (a
+``ConstantOfShape`` onnxruntime folds into an initializer, read on every
+request), so their files stay a few hundred bytes. Both answer
 ``OUT = IN + OFFSET`` with a per-model offset, so an answer names the model
 that gave it.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -85,50 +84,43 @@ def add_python(repo: Path, name: str, offset: float, ballast: int = 8 * MIB,
                        {"model.py": source})
 
 
-def _onnx_model(offset: float, ballast_file: str, rows: int):
+def _onnx_model(offset: float, ballast: int):
     from onnx import TensorProto, helper, numpy_helper
 
-    ballast = numpy_helper.from_array(np.zeros((rows, 4), np.float32), "W")
-    ballast.ClearField("raw_data")
-    ballast.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", ballast_file), ("offset", "0"),
-                       ("length", str(rows * 16))):
-        entry = ballast.external_data.add()
-        entry.key, entry.value = key, value
-    nodes = [helper.make_node("ReduceMean", ["W"], ["mean"], axes=[0], keepdims=0),
-             helper.make_node("Add", ["IN", "mean"], ["sum"]),
-             helper.make_node("Add", ["sum", "C"], ["OUT"])]
+    rows = max(1, ballast // 16)
+
+    def const(name, values, dtype):
+        return numpy_helper.from_array(np.array(values, dtype), name)
+
+    nodes = [
+        # a [rows, 4] tensor of zeros: onnxruntime folds it into an initializer when the
+        # session is created, so each session holds it while the file stays tiny
+        helper.make_node("ConstantOfShape", ["shape"], ["W"],
+                         value=const("fill", [0.0], np.float32)),
+        # OUT = IN + W[0 * min(IN)] + offset: the ballast is read on every request
+        helper.make_node("ReduceMin", ["IN"], ["low"], keepdims=1),
+        helper.make_node("Mul", ["low", "zero"], ["nothing"]),
+        helper.make_node("Cast", ["nothing"], ["row_index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["W", "row_index"], ["row"], axis=0),
+        helper.make_node("Reshape", ["row", "four"], ["row4"]),
+        helper.make_node("Add", ["IN", "row4"], ["sum"]),
+        helper.make_node("Add", ["sum", "C"], ["OUT"]),
+    ]
     graph = helper.make_graph(
         nodes, "ballast", [helper.make_tensor_value_info("IN", TensorProto.FLOAT, [4])],
         [helper.make_tensor_value_info("OUT", TensorProto.FLOAT, [4])],
-        [ballast, numpy_helper.from_array(np.full(4, offset, np.float32), "C")])
+        [const("shape", [rows, 4], np.int64), const("zero", [0.0], np.float32),
+         const("four", [4], np.int64), const("C", [offset] * 4, np.float32)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
 
 
-def ballast_file(folder: Path, ballast: int = 8 * MIB) -> Path:
-    """The one file of zeros every ONNX model of ``folder`` links to (the mean it adds is
-    0, so OUT = IN + offset)."""
-    path = folder / f"ballast-{ballast}.bin"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            f.truncate(ballast - ballast % 16)
-            f.seek(0)
-            f.write(b"\0")  # a real block, not only a hole
-    return path
-
-
 def add_onnx(repo: Path, name: str, offset: float, ballast: int = 8 * MIB,
-             shared: Path | None = None, extra: str = "") -> Path:
-    """OUT = IN + offset for IN of 4 FP32; reads a ``ballast``-byte initializer on every
-    request (a hard link to ``shared``, default one file beside ``repo``)."""
+             extra: str = "") -> Path:
+    """OUT = IN + offset for IN of 4 FP32, holding ``ballast`` bytes per session."""
     import onnx
 
-    shared = shared or ballast_file(repo.parent / "ballast", ballast)
-    rows = os.path.getsize(shared) // 16
     model_dir = write_model(repo, name, ONNX_CONFIG.format(name=name, extra=extra))
-    onnx.save(_onnx_model(offset, "ballast.bin", rows), str(model_dir / "1" / "model.onnx"))
-    os.link(shared, model_dir / "1" / "ballast.bin")
+    onnx.save(_onnx_model(offset, ballast), str(model_dir / "1" / "model.onnx"))
     return model_dir

@@ -706,10 +706,25 @@ class OnnxRuntimeModel(BackendModel):
         batch_io = BatchIO(config)
         self.batch_io: BatchIO | None = batch_io if batch_io.active else None
         self.model = None
+        self.sessions = 0
+
+    def memory_bytes(self) -> int:
+        """The weights every session holds (the ONNX file and its external data, copied
+        or mapped; onnxruntime's API reports no sizes itself), per session."""
+        folder = os.path.dirname(self.path)
+        weights = 0
+        for root, _dirs, files in os.walk(folder):
+            for name in files:
+                try:
+                    weights += os.path.getsize(os.path.join(root, name))
+                except OSError:
+                    pass
+        return weights * self.sessions
 
     def _new_session(self, spec: InstanceSpec | None) -> tuple[ort.InferenceSession, SessionIO]:
         providers = self.settings.providers_for(self.config, spec)
         session = create_session(self.path, self.settings.options, providers, self.name)
+        self.sessions += 1
         io = SessionIO.of(session)
         check_config(self.config, io)
         return session, io

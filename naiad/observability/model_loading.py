@@ -21,8 +21,8 @@ request) and the metrics endpoint reads it at scrape time:
   error instead (``load_failed``, ``timeout``, ``shutdown``);
 - gauge ``naiad_cold_start_waiting_requests{model}``: requests waiting now;
 - gauges ``naiad_model_memory_bytes{model}`` (each loaded model's footprint),
-  ``naiad_model_memory_used_bytes`` (their sum, with loads in progress) and
-  ``naiad_model_memory_limit_bytes`` (the budget; 0 when there is none).
+  ``naiad_model_memory_used_bytes`` (their sum, with the load in progress) and
+  ``naiad_model_memory_limit_bytes`` (the limit; 0 when there is none).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ HELP = {
     "naiad_cold_start_waiting_requests": "Instantaneous number of requests waiting for their "
                                          "model to load",
     "naiad_model_memory_bytes": "Memory held by a loaded model (all its versions), in bytes",
-    "naiad_model_memory_used_bytes": "Memory held by loaded models and loads in progress, in "
-                                     "bytes",
+    "naiad_model_memory_used_bytes": "Memory held by loaded models and the load in progress, "
+                                     "in bytes",
     "naiad_model_memory_limit_bytes": "The memory limit for loaded models, in bytes (0: none)",
 }
 

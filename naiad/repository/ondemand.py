@@ -316,4 +316,5 @@ class OnDemandLoader:
             out["memory"] = residency.model_bytes()
             out["used"] = residency.in_use()
             out["limit"] = residency.limit
+
         return out

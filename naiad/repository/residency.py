@@ -30,6 +30,7 @@ seen for its backend.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import ctypes.util
 import gc
@@ -67,6 +68,11 @@ EVICTION_GRACE_S = 0.02
 
 # how often a load that found no model to evict looks again
 _ROOM_POLL_S = 0.02
+
+# Room a load leaves under the limit (a twentieth of it, at most 4 MiB) for what the
+# server allocates while the load runs (requests served meanwhile), for a load's peak
+# varying from one load to the next, and for the slow growth of the server's own heap.
+HEADROOM_BYTES = 4 << 20
 
 
 # -- the limit ----------------------------------------------------------------------------------
@@ -130,6 +136,53 @@ def resident_bytes() -> int:
     return total
 
 
+def _own_peak_bytes() -> int:
+    """The process's resident high-water mark (Linux ``VmHWM``; 0 where unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _reset_own_peak() -> bool:
+    """Start the high-water mark again from the current size (Linux 4.0+)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class LoadGrowth:
+    """How much the server grew while one load ran: ``steady`` (after it, against before)
+    and ``peak`` (its highest point during it: loaders read files and build copies they
+    drop again; the process's own high-water mark where Linux keeps one). Loads measured
+    this way must run one at a time."""
+
+    def __init__(self) -> None:
+        self.before = self.before_own = self.steady = self.peak = 0
+        self._peak_known = False
+
+    def start(self) -> None:
+        self._peak_known = _reset_own_peak()
+        self.before_own = psutil.Process().memory_info().rss
+        self.before = resident_bytes()
+
+    def finish(self) -> None:
+        after = resident_bytes()
+        self.steady = after - self.before
+        self.peak = self.steady
+        if self._peak_known:
+            own_after = psutil.Process().memory_info().rss
+            children = (after - own_after) - (self.before - self.before_own)
+            self.peak = max(self.steady, _own_peak_bytes() - self.before_own + children)
+
+
 def _malloc_trim() -> Callable[[int], Any] | None:
     if os.name != "posix":
         return None
@@ -141,6 +194,25 @@ def _malloc_trim() -> Callable[[int], Any] | None:
 
 
 _TRIM = _malloc_trim()
+
+
+def return_large_blocks_at_once() -> bool:
+    """glibc: blocks of 1 MiB and more get their own mappings (returned to the system
+    when freed) and a thread arena gives back free memory above 1 MiB at its top.
+
+    By default glibc raises both thresholds as a process frees large blocks, and a
+    thread arena's top is never trimmed by ``malloc_trim``: the memory of an unloaded
+    model would stay in the process and the next model would grow into it unseen.
+    """
+    if _TRIM is None:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 20)) and \
+            bool(libc.mallopt(m_trim_threshold, 1 << 20))
+    except (OSError, AttributeError):
+        return False
 
 
 def release_freed_memory() -> None:
@@ -189,8 +261,15 @@ class Residency:
         self.metrics = metrics
         self._bytes: weakref.WeakKeyDictionary[Model, int] = weakref.WeakKeyDictionary()
         self._loaded_ns: weakref.WeakKeyDictionary[Model, int] = weakref.WeakKeyDictionary()
-        self._known: dict[str, int] = {}  # name -> footprint when it last loaded
-        self._typical: dict[str, int] = {}  # backend -> largest footprint seen
+        self._peaks: weakref.WeakKeyDictionary[Model, int] = weakref.WeakKeyDictionary()
+        # name -> (footprint, peak while loading) when it last loaded
+        self._known: dict[str, tuple[int, int]] = {}
+        # backend -> (footprint, peak) of its last loads (the first one of a backend
+        # also pays for the framework's own start)
+        self._typical: dict[str, collections.deque[tuple[int, int]]] = {}
+        # name -> what its backend reported it holds when it last loaded
+        self._reported: dict[str, int] = {}
+        self._reported_by: weakref.WeakKeyDictionary[Model, int] = weakref.WeakKeyDictionary()
         self._staged: list[Model] = []  # loaded by the load in progress, not yet published
         self.reserved = 0  # the expected footprint of the versions still loading
         # name -> why it was unloaded (MEMORY, IDLE), until it loads again
@@ -198,7 +277,16 @@ class Residency:
         self._slot: asyncio.Lock | None = None
         self._freed = False  # memory was released since the last trim
         self._idle_task: asyncio.Task | None = None
+        if self.limit:
+            return_large_blocks_at_once()
         manager.residency = self
+        manager.add_listener(self._on_change)
+
+    def _on_change(self, name: str) -> None:
+        entry = self.manager.models.get(name)
+        if entry is not None and not entry.has_models():
+            # (an unload through the API): trim before the next load
+            self._freed = True
 
     # -- the manager's hook ------------------------------------------------------------
 
@@ -233,9 +321,12 @@ class Residency:
                 loaded = [m for m in results if not isinstance(m, BaseException)]
                 if loaded:
                     total = sum(self._bytes.get(m, 0) for m in loaded)
-                    self._known[name] = total
+                    peak = max(self._peaks.get(m, 0) for m in loaded)
+                    self._known[name] = (total, peak)
+                    self._reported[name] = sum(self._reported_by.get(m, 0) for m in loaded)
                     backend = config.backend or config.platform
-                    self._typical[backend] = max(self._typical.get(backend, 0), total)
+                    self._typical.setdefault(backend, collections.deque(maxlen=8)).append(
+                        (total, peak))
                     # it took more than expected: make the difference up now
                     await self._shrink(protect={name})
             finally:
@@ -246,7 +337,9 @@ class Residency:
     async def _build(self, name: str, build: Callable[[int], Awaitable[Model]], version: int,
                      measure: bool) -> Any:
         loop = asyncio.get_running_loop()
-        before = await loop.run_in_executor(None, resident_bytes) if measure else 0
+        growth = LoadGrowth()
+        if measure:
+            await loop.run_in_executor(None, growth.start)
         start = time.monotonic()
         try:
             model = await build(version)
@@ -254,8 +347,15 @@ class Residency:
             self._count_load(name, time.monotonic() - start, False)
             return exc
         self._count_load(name, time.monotonic() - start, True)
-        grown = await loop.run_in_executor(None, resident_bytes) - before if measure else 0
-        self._bytes[model] = self._footprint(name, model, grown)
+        if measure:
+            await loop.run_in_executor(None, growth.finish)
+        self._bytes[model] = self._footprint(name, model, growth.steady)
+        self._peaks[model] = max(growth.peak, self._bytes[model])
+        if measure:
+            log.info("model '%s' version %d holds %d bytes (%d at the peak of its load; "
+                     "%d bytes of --model-memory-limit in use)", name, version,
+                     self._bytes[model], self._peaks[model], self.in_use(),
+                     extra={"model": name})
         self._loaded_ns[model] = time.monotonic_ns()
         self._staged.append(model)
         return model
@@ -268,11 +368,12 @@ class Residency:
                 reported = int(backend_model.memory_bytes() or 0)
             except Exception:  # noqa: BLE001 - a backend's report is a hint
                 log.debug("model '%s': memory_bytes() failed", name, exc_info=True)
+        self._reported_by[model] = reported
         value = max(grown, reported)
         if value <= 0:
             # nothing grew (the load reused memory another model freed and nothing
             # reports a size): what it took last time, if known
-            value = self._known.get(name, 0)
+            value = self._known.get(name, (0, 0))[0]
         return value
 
     def _count_load(self, name: str, seconds: float, ok: bool) -> None:
@@ -283,11 +384,15 @@ class Residency:
 
     def expected_footprint(self, name: str, config: mc.ModelConfig, model_dir: str,
                            versions: list[int]) -> int:
+        """What loading ``versions`` will take at its peak: the peak of its last load, or
+        for a model never loaded the larger of its files' size and the largest peak
+        seen for its backend."""
         known = self._known.get(name)
         if known:
-            return known
+            return known[1]
         files = sum(_folder_bytes(os.path.join(model_dir, str(v))) for v in versions)
-        return max(files, self._typical.get(config.backend or config.platform, 0))
+        recent = self._typical.get(config.backend or config.platform, ())
+        return max([files] + [peak for _, peak in recent])
 
     def footprint(self, model: Model) -> int:
         return self._bytes.get(model, 0)
@@ -409,25 +514,39 @@ class Residency:
 
     async def _make_room(self, name: str, need: int) -> None:
         """Unload least recently used idle models until ``need`` more bytes fit."""
-        if need > self.limit and name in self._known:
+        if self._reported.get(name, 0) > self.limit:
             raise Unavailable(
-                f"model '{name}' needs {need} bytes (what it took when it last loaded), more "
-                f"than --model-memory-limit allows ({self.limit} bytes)")
+                f"model '{name}' holds {self._reported[name]} bytes (as its backend reported "
+                f"when it last loaded), more than --model-memory-limit allows ({self.limit} "
+                "bytes)")
         deadline = time.monotonic() + self.wait_secs
+        need += min(HEADROOM_BYTES, self.limit // 20)
         while self.in_use() + need > self.limit:
             victims = self.candidates(self._protected(name))
             if victims:
                 await self._unload(victims[0][1], MEMORY)
                 continue
             if self.in_use() == 0:
-                return  # nothing else holds memory: the model alone is larger than expected
-            if time.monotonic() >= deadline:
+                return  # nothing else holds memory: the load alone goes over for a moment
+            if time.monotonic() >= deadline or not self._may_free_up():
                 raise Unavailable(
                     f"not enough memory to load model '{name}': it needs about {need} bytes, "
                     f"and {self.in_use()} of the {self.limit} bytes of --model-memory-limit "
                     "are held by models that are busy, pinned, loading or used by a loaded "
                     "ensemble")
             await asyncio.sleep(_ROOM_POLL_S)
+
+    def _may_free_up(self) -> bool:
+        """Whether a model that cannot be unloaded now may become unloadable: one busy,
+        loading or unloading (the rest are pinned, or used by a model that is)."""
+        for entry in list(self.manager.models.values()):
+            if entry.lock.locked():
+                return True
+            for s in list(entry.versions.values()):
+                if s.model is not None and s.model.scheduler is not None and \
+                        s.model.scheduler.busy():
+                    return True
+        return False
 
     async def _shrink(self, protect: set[str]) -> None:
         """Back under the limit after a load that took more than expected (idle models

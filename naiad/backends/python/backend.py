@@ -198,6 +198,10 @@ class PythonInstance(BackendInstance):
             log.error("model instance '%s' execute failed: %s: %s", self.name,
                       type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             raise common.model_error(self.name, exc) from None
+        finally:
+            # the thread (a frontend's, when it ran inline) must not keep the instance,
+            # and with it the model's memory, once the model is unloaded
+            pb_utils._context.instance = None
         t_out = time.monotonic_ns()
         for r in requests:
             r.compute_output_start_ns = t_out
