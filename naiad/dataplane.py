@@ -51,9 +51,10 @@ from naiad.observability.metrics import ServerMetrics
 from naiad.observability.model_loading import ModelLoadingMetrics
 from naiad.observability.tracing import Tracer
 from naiad.options import MODE_EXPLICIT, MODE_NONE, MODE_POLL, ServerOptions
-from naiad.protocol.config_json import config_to_dict, parse_config_json
+from naiad.protocol.config_json import config_to_dict
 from naiad.repository.manager import ModelRepositoryManager
 from naiad.repository.ondemand import OnDemandLoader, check_on_demand_options
+from naiad.repository.overrides import parse_config_override
 from naiad.repository.residency import Residency, parse_memory_limit
 from naiad.scheduling import make_scheduling_context
 from naiad.version import __version__
@@ -64,8 +65,10 @@ log = logging.getLogger("naiad.server")
 # exactly these; the command line adds "logging").
 BASE_EXTENSIONS = [
     "classification",
+    "sequence",
     "model_repository",
     "model_repository(unload_dependents)",
+    "schedule_policy",
     "model_configuration",
     "system_shared_memory",
     "cuda_shared_memory",
@@ -462,7 +465,7 @@ class DataPlane:
                     value = bytes(value).decode("utf-8", "replace")
                 if not isinstance(value, str):
                     raise InvalidArgument("the 'config' parameter must be a JSON string")
-                config = parse_config_json(value)
+                config = parse_config_override(name, value)
             elif key.startswith("file:"):
                 files[key[len("file:"):]] = _file_parameter(key, value)
             else:

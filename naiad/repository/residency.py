@@ -31,9 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
-import ctypes.util
-import gc
 import logging
 import os
 import time
@@ -45,6 +42,7 @@ import psutil
 
 from naiad.core.errors import InvalidArgument, NaiadError, Unavailable, as_naiad_error
 from naiad.options import parse_bool
+from naiad.repository.memory import release_freed_memory, return_large_blocks_at_once
 
 if TYPE_CHECKING:
     from naiad.core.model import Model
@@ -115,112 +113,6 @@ def parse_memory_limit(text: str) -> int:
         raise InvalidArgument(
             f"invalid value for --model-memory-limit: '{text}' (expected a number of bytes "
             "or a percentage of the machine's memory such as 25%)") from None
-
-
-# -- measuring -------------------------------------------------------------------------------
-
-
-def resident_bytes() -> int:
-    """The server's resident memory: its own and its worker processes'."""
-    proc = psutil.Process()
-    total = proc.memory_info().rss
-    try:
-        children = proc.children(recursive=True)
-    except psutil.Error:
-        return total
-    for child in children:
-        try:
-            total += child.memory_info().rss
-        except psutil.Error:
-            pass  # gone meanwhile
-    return total
-
-
-def _own_peak_bytes() -> int:
-    """The process's resident high-water mark (Linux ``VmHWM``; 0 where unknown)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def _reset_own_peak() -> bool:
-    """Start the high-water mark again from the current size (Linux 4.0+)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class LoadGrowth:
-    """How much the server grew while one load ran: ``steady`` (after it, against before)
-    and ``peak`` (its highest point during it: loaders read files and build copies they
-    drop again; the process's own high-water mark where Linux keeps one). Loads measured
-    this way must run one at a time."""
-
-    def __init__(self) -> None:
-        self.before = self.before_own = self.steady = self.peak = 0
-        self._peak_known = False
-
-    def start(self) -> None:
-        self._peak_known = _reset_own_peak()
-        self.before_own = psutil.Process().memory_info().rss
-        self.before = resident_bytes()
-
-    def finish(self) -> None:
-        after = resident_bytes()
-        self.steady = after - self.before
-        self.peak = self.steady
-        if self._peak_known:
-            own_after = psutil.Process().memory_info().rss
-            children = (after - own_after) - (self.before - self.before_own)
-            self.peak = max(self.steady, _own_peak_bytes() - self.before_own + children)
-
-
-def _malloc_trim() -> Callable[[int], Any] | None:
-    if os.name != "posix":
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):
-        return None  # not glibc
-
-
-_TRIM = _malloc_trim()
-
-
-def return_large_blocks_at_once() -> bool:
-    """glibc: blocks of 1 MiB and more get their own mappings (returned to the system
-    when freed) and a thread arena gives back free memory above 1 MiB at its top.
-
-    By default glibc raises both thresholds as a process frees large blocks, and a
-    thread arena's top is never trimmed by ``malloc_trim``: the memory of an unloaded
-    model would stay in the process and the next model would grow into it unseen.
-    """
-    if _TRIM is None:
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 20)) and \
-            bool(libc.mallopt(m_trim_threshold, 1 << 20))
-    except (OSError, AttributeError):
-        return False
-
-
-def release_freed_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the system (glibc), so that the
-    process's size shows what it holds and the next load's growth is its own."""
-    gc.collect()
-    if _TRIM is not None:
-        _TRIM(0)
 
 
 def _folder_bytes(folder: str) -> int:
@@ -297,14 +189,14 @@ class Residency:
         exception its build raised, as the manager's gather returns them."""
         name = entry.name
         self.unloaded_because.pop(name, None)
-        if not self.limit or config.platform == "ensemble":
-            # no budget to keep (an ensemble holds no memory of its own): in parallel
+        if not self.limit:  # no budget to keep: in parallel
             return list(await asyncio.gather(*[self._build(name, build, v, measure=False)
                                                for v in versions]))
         need = self.expected_footprint(name, config, entry.model_dir, versions)
         async with self._load_slot():
             try:
-                await self._make_room(name, need)
+                if need > 0:  # (an ensemble holds nothing of its own)
+                    await self._make_room(name, need)
             except NaiadError as exc:
                 for _ in versions:
                     self._count_load(name, 0.0, False)
@@ -336,10 +228,6 @@ class Residency:
 
     async def _build(self, name: str, build: Callable[[int], Awaitable[Model]], version: int,
                      measure: bool) -> Any:
-        loop = asyncio.get_running_loop()
-        growth = LoadGrowth()
-        if measure:
-            await loop.run_in_executor(None, growth.start)
         start = time.monotonic()
         try:
             model = await build(version)
@@ -347,32 +235,30 @@ class Residency:
             self._count_load(name, time.monotonic() - start, False)
             return exc
         self._count_load(name, time.monotonic() - start, True)
-        if measure:
-            await loop.run_in_executor(None, growth.finish)
-        self._bytes[model] = self._footprint(name, model, growth.steady)
-        self._peaks[model] = max(growth.peak, self._bytes[model])
+        # what the load cost, measured around it (the manager's LoadMeter, memory.py)
+        meter = self.manager.load_costs.get(model)
+        grown = peak = reported = 0
+        if meter is not None:
+            reported = meter.reported
+            if not meter.shared:
+                grown, peak = meter.grown, meter.peak
+        self._bytes[model] = self._footprint(name, grown, reported)
+        self._peaks[model] = max(peak, self._bytes[model])
+        self._reported_by[model] = reported
+        self._loaded_ns[model] = time.monotonic_ns()
+        self._staged.append(model)
         if measure:
             log.info("model '%s' version %d holds %d bytes (%d at the peak of its load; "
                      "%d bytes of --model-memory-limit in use)", name, version,
                      self._bytes[model], self._peaks[model], self.in_use(),
                      extra={"model": name})
-        self._loaded_ns[model] = time.monotonic_ns()
-        self._staged.append(model)
         return model
 
-    def _footprint(self, name: str, model: Model, grown: int) -> int:
-        reported = 0
-        backend_model = model.backend_model
-        if backend_model is not None:
-            try:
-                reported = int(backend_model.memory_bytes() or 0)
-            except Exception:  # noqa: BLE001 - a backend's report is a hint
-                log.debug("model '%s': memory_bytes() failed", name, exc_info=True)
-        self._reported_by[model] = reported
+    def _footprint(self, name: str, grown: int, reported: int) -> int:
         value = max(grown, reported)
         if value <= 0:
-            # nothing grew (the load reused memory another model freed and nothing
-            # reports a size): what it took last time, if known
+            # nothing grew (the load reused memory another model freed, or it loaded
+            # beside another one) and nothing reports a size: what it took last time
             value = self._known.get(name, (0, 0))[0]
         return value
 
