@@ -396,6 +396,13 @@ class DataPlane:
                 watcher.cancel()
         return successful(response, model.name)
 
+    async def ensure_loaded(self, name: str) -> None:
+        """With --model-load-on-demand, load ``name`` now if it is in a repository and not
+        loaded (for frontends that look a model up before they submit); raises NaiadError
+        (UNAVAILABLE) if that load fails. Does nothing otherwise."""
+        if self.on_demand is not None:
+            await self.on_demand.ensure_loaded(name)
+
     async def infer_stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
         """Every response of a request (several for decoupled models), as they come.
 

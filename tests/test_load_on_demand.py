@@ -417,3 +417,30 @@ def test_a_client_that_gives_up_while_its_model_loads_leaves_the_queue(repo):
         assert not ready(server, "sloth")
         assert client.infer("sloth", [inp]).as_numpy("OUT").tolist() == [2.0]
         client.close()
+
+
+def test_openai_requests_load_their_model_on_demand(repo):
+    import openai
+
+    from tests.conftest import free_port
+    from tests.openai_models import write_mock_lm, write_text_embedder
+
+    write_mock_lm(repo, "bare_lm", tokenizer=False)
+    write_text_embedder(repo, "text_embedder")
+    port = free_port()
+    with NaiadProcess(repo, *ON_DEMAND, "--allow-openai=true", f"--openai-port={port}",
+                      "--openai-address=127.0.0.1") as server:
+        assert not ready(server, "bare_lm") and not ready(server, "text_embedder")
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
+                           max_retries=0, timeout=60) as client:
+            out = client.completions.create(model="bare_lm", prompt="hi", max_tokens=2)
+            assert out.choices[0].text == "w0 w1 "
+            vectors = client.embeddings.create(model="text_embedder", input=["a", "b"])
+            assert len(vectors.data) == 2
+            with pytest.raises(openai.NotFoundError):
+                client.completions.create(model="nosuch", prompt="hi", max_tokens=2)
+        assert ready(server, "bare_lm") and ready(server, "text_embedder")
+        samples = scrape(server)
+        assert metric(samples, "naiad_cold_start_requests", model="bare_lm") == 1
+        assert metric(samples, "naiad_model_loads", model="text_embedder",
+                      outcome="success") == 1

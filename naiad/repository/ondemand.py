@@ -101,6 +101,7 @@ class PendingLoad:
         self._loader = loader
         self.waiters: dict[int, _Waiter] = {}  # id(request) -> waiter, until claimed
         self.all: dict[int, _Waiter] = {}  # every waiter it took (for cancel)
+        self.futures: list[asyncio.Future] = []  # ensure_loaded callers (on the loop)
 
     def cancel(self, request: InferenceRequest) -> None:
         """The client gave up: answer CANCELLED if it still waits, else pass it on."""
@@ -166,6 +167,43 @@ class OnDemandLoader:
 
     # -- on the event loop --------------------------------------------------------------------
 
+    async def ensure_loaded(self, name: str) -> None:
+        """Load ``name`` if a request for it would (one load with the requests waiting for
+        it); returns once it serves. Raises NaiadError (UNAVAILABLE) if the load fails or
+        takes longer than the timeout; does nothing for a model that is not in a
+        repository (the caller's lookup then says so)."""
+        entry = self.manager.models.get(name)
+        if entry is not None and entry.default is not None:
+            return
+        if self.stopping or not self.manager.in_repository(name):
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        with self._lock:
+            pending = self._pending.get(name)
+            first = pending is None
+            if first:
+                pending = self._pending[name] = PendingLoad(self, name)
+            pending.futures.append(done)
+        if self.metrics is not None:
+            self.metrics.cold_start(name)
+        if first:
+            task = loop.create_task(self._load(pending))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            error = await asyncio.wait_for(asyncio.shield(done), self.timeout_secs)
+        except asyncio.TimeoutError:
+            if self.metrics is not None:
+                self.metrics.cold_start_failure(name, "timeout")
+            raise Unavailable(self._timeout_message(name)) from None
+        if error is not None:
+            raise error
+
+    def _timeout_message(self, name: str) -> str:
+        return (f"timed out after {self.timeout_secs:g} s waiting for model '{name}' to load "
+                "(--model-load-on-demand-timeout-secs)")
+
     def _arm(self, pending: PendingLoad, waiter: _Waiter, first: bool) -> None:
         loop = asyncio.get_running_loop()
         if id(waiter.request) in pending.waiters:
@@ -182,9 +220,8 @@ class OnDemandLoader:
     def _expire(self, pending: PendingLoad, waiter: _Waiter) -> None:
         if not self._claim(pending, waiter):
             return
-        self._fail(pending.name, waiter, Unavailable(
-            f"timed out after {self.timeout_secs:g} s waiting for model '{pending.name}' to "
-            "load (--model-load-on-demand-timeout-secs)"), "timeout")
+        self._fail(pending.name, waiter, Unavailable(self._timeout_message(pending.name)),
+                   "timeout")
 
     async def _load(self, pending: PendingLoad) -> None:
         name = pending.name
@@ -205,9 +242,17 @@ class OnDemandLoader:
                 del self._pending[name]
             waiters = list(pending.waiters.values())
             pending.waiters.clear()
+            futures, pending.futures = pending.futures, []
+        failure = None
         if error is not None:
             reason = error.message.strip().rstrip(";")
             failure = Unavailable(f"model '{name}' failed to load on demand: {reason}")
+        for fut in futures:
+            if not fut.done():
+                fut.set_result(failure)
+                if failure is not None and self.metrics is not None:
+                    self.metrics.cold_start_failure(name, "load_failed")
+        if failure is not None:
             for w in waiters:
                 self._fail(name, w, failure, "load_failed")
             return
@@ -265,6 +310,10 @@ class OnDemandLoader:
             waiting = [(p, list(p.waiters.values())) for p in self._pending.values()]
             for p, _ in waiting:
                 p.waiters.clear()
+                for fut in p.futures:
+                    if not fut.done():
+                        fut.set_result(Unavailable("Server is shutting down"))
+                p.futures = []
         for p, ws in waiting:
             for w in ws:
                 self._fail(p.name, w, Unavailable(
@@ -307,7 +356,8 @@ class OnDemandLoader:
 
     def waiting(self) -> dict[str, int]:
         with self._lock:
-            return {n: len(p.waiters) for n, p in self._pending.items() if p.waiters}
+            return {n: len(p.waiters) + len(p.futures) for n, p in self._pending.items()
+                    if p.waiters or p.futures}
 
     def gauges(self) -> dict[str, Any]:
         residency = self.residency
