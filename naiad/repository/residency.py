@@ -190,8 +190,11 @@ class Residency:
         name = entry.name
         self.unloaded_because.pop(name, None)
         if not self.limit:  # no budget to keep: in parallel
-            return list(await asyncio.gather(*[self._build(name, build, v, measure=False)
-                                               for v in versions]))
+            try:
+                return list(await asyncio.gather(*[self._build(name, build, v, measure=False)
+                                                   for v in versions]))
+            finally:
+                self._staged = []
         need = self.expected_footprint(name, config, entry.model_dir, versions)
         async with self._load_slot():
             try:
