@@ -607,7 +607,8 @@ class ModelRepositoryManager:
     def _load_version_measured(self, entry: ModelEntry, config: mc.ModelConfig,
                                version: int) -> Model:
         """``_load_version``, with what the load cost in memory in the version's statistics."""
-        with LoadMeter() as meter:
+        # a version with worker processes (EXECUTION_MODE: process) grows them too
+        with LoadMeter(children="EXECUTION_MODE" in config.parameters) as meter:
             model = self._load_version(entry, config, version)
         if model.backend_model is not None:
             try:

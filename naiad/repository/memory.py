@@ -39,10 +39,13 @@ _lock = threading.Lock()
 _active: set["LoadMeter"] = set()
 
 
-def resident_bytes() -> int:
-    """The server's resident memory: its own and its worker processes'."""
+def resident_bytes(children: bool = True) -> int:
+    """The server's resident memory: its own and (``children``) its worker processes'
+    (finding them reads every process's status: a few milliseconds)."""
     proc = psutil.Process()
     total = proc.memory_info().rss
+    if not children:
+        return total
     try:
         for child in proc.children(recursive=True):
             try:
@@ -85,7 +88,9 @@ class LoadMeter:
     the version holds.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, children: bool = True) -> None:
+        # False: the load starts no worker process (its growth is the server's own)
+        self.children = children
         self.shared = False
         self.before = 0
         self.after = 0
@@ -103,12 +108,12 @@ class LoadMeter:
         if not self.shared:
             self._peak_known = _reset_own_peak()
         self._own_before = psutil.Process().memory_info().rss
-        self.before = resident_bytes()
+        self.before = resident_bytes(self.children)
         return self
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.after = resident_bytes()
+        self.after = resident_bytes(self.children)
         self.peak = self.grown
         if self._peak_known and not self.shared:
             own_after = psutil.Process().memory_info().rss

@@ -62,7 +62,7 @@ IDLE = "idle"
 # Between refusing new requests and draining an evicted model: a request that
 # looked the model up just before gets into its queue (and is served) rather
 # than arriving after the drain.
-EVICTION_GRACE_S = 0.02
+EVICTION_GRACE_S = 0.01
 
 # how often a load that found no model to evict looks again
 _ROOM_POLL_S = 0.02
