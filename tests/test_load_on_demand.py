@@ -254,6 +254,13 @@ def test_an_evicted_model_loads_again_with_the_same_answers(repo):
         limit = metric(samples, "naiad_model_memory_limit_bytes")
         assert limit == int(3.5 * 9 * MIB) and 0 < used <= limit
         assert metric(samples, "naiad_model_memory_bytes", model="pinned") >= 8 * MIB
+        # a pinned model unloaded through the API: the server stays ready, and the
+        # model's next request loads it again
+        assert call(server.base, "POST", "/v2/repository/models/pinned/unload")[0] == 200
+        wait_for(lambda: entry(server, "pinned")[0]["state"] == "UNAVAILABLE", timeout=20,
+                 what="pinned unloaded")
+        assert call(server.base, "GET", "/v2/health/ready")[0] == 200
+        assert infer("http", server, "pinned", x).tolist() == [51.0, 50.0, 50.0, 50.0]
 
 
 def test_skewed_traffic_over_fifty_models_never_fails_and_stays_under_the_budget(repo):

@@ -333,8 +333,12 @@ class OnDemandLoader:
             return manager.all_ready()
         for name in self.pinned:
             entry = manager.models.get(name)
-            if entry is None or entry.default is None:
+            if entry is None:
                 return False
+            if entry.default is None:
+                if entry.wanted:  # (not unloaded on purpose through the API)
+                    return False
+                continue
             if any(s.state == UNAVAILABLE and s.reason != UNLOADED
                    for s in entry.versions.values()):
                 return False
