@@ -68,6 +68,7 @@ from naiad.core.errors import (
     Unavailable,
     Unsupported,
 )
+from naiad.core.files import folder_bytes
 from naiad.options import parse_bool
 from naiad.protocol import model_config_pb2 as mc
 
@@ -730,15 +731,7 @@ class OnnxRuntimeModel(BackendModel):
     def memory_bytes(self) -> int:
         """The weights every session holds (the ONNX file and its external data, copied
         or mapped; onnxruntime's API reports no sizes itself), per session."""
-        folder = os.path.dirname(self.path)
-        weights = 0
-        for root, _dirs, files in os.walk(folder):
-            for name in files:
-                try:
-                    weights += os.path.getsize(os.path.join(root, name))
-                except OSError:
-                    pass
-        return weights * self.sessions
+        return folder_bytes(os.path.dirname(self.path)) * self.sessions
 
     def _new_session(self, spec: InstanceSpec | None) -> tuple[ort.InferenceSession, SessionIO]:
         providers = self.settings.providers_for(self.config, spec)

@@ -64,10 +64,11 @@ class ModelLoadingMetrics(Collector):
     def __init__(self, buckets: tuple[float, ...] = LOAD_BUCKETS):
         self._lock = threading.Lock()
         self.buckets = tuple(buckets)
-        self.loads: dict[tuple[str, str], int] = {}
-        self.evictions: dict[tuple[str, str], int] = {}
-        self.cold: dict[str, int] = {}
-        self.cold_failures: dict[tuple[str, str], int] = {}
+        # (label values) -> count
+        self.loads: dict[tuple[str, ...], int] = {}
+        self.evictions: dict[tuple[str, ...], int] = {}
+        self.cold: dict[tuple[str, ...], int] = {}
+        self.cold_failures: dict[tuple[str, ...], int] = {}
         # model -> [count per bucket..., +Inf count, sum]
         self._durations: dict[str, list[float]] = {}
         self.gauges: Callable[[], dict[str, Any]] | None = None
@@ -76,8 +77,7 @@ class ModelLoadingMetrics(Collector):
 
     def load(self, model: str, seconds: float, ok: bool) -> None:
         with self._lock:
-            key = (model, "success" if ok else "failure")
-            self.loads[key] = self.loads.get(key, 0) + 1
+            self._count(self.loads, (model, "success" if ok else "failure"))
             if not ok:
                 return
             row = self._durations.get(model)
@@ -88,31 +88,36 @@ class ModelLoadingMetrics(Collector):
 
     def eviction(self, model: str, reason: str) -> None:
         with self._lock:
-            self.evictions[(model, reason)] = self.evictions.get((model, reason), 0) + 1
+            self._count(self.evictions, (model, reason))
 
     def cold_start(self, model: str) -> None:
         with self._lock:
-            self.cold[model] = self.cold.get(model, 0) + 1
+            self._count(self.cold, (model,))
 
     def cold_start_failure(self, model: str, reason: str) -> None:
         with self._lock:
-            key = (model, reason)
-            self.cold_failures[key] = self.cold_failures.get(key, 0) + 1
+            self._count(self.cold_failures, (model, reason))
+
+    @staticmethod
+    def _count(table: dict, key: tuple) -> None:
+        table[key] = table.get(key, 0) + 1
 
     # -- collection ---------------------------------------------------------------------
 
     def collect(self) -> list[Metric]:
         with self._lock:
-            loads = dict(self.loads)
-            evictions = dict(self.evictions)
-            cold = dict(self.cold)
-            cold_failures = dict(self.cold_failures)
+            counters = [("naiad_model_loads", ("model", "outcome"), dict(self.loads)),
+                        ("naiad_model_evictions", ("model", "reason"), dict(self.evictions)),
+                        ("naiad_cold_start_requests", ("model",), dict(self.cold)),
+                        ("naiad_cold_start_failures", ("model", "reason"),
+                         dict(self.cold_failures))]
             durations = {m: list(row) for m, row in self._durations.items()}
         out = []
-        fam = _family("naiad_model_loads", "counter")
-        for (model, outcome), n in sorted(loads.items()):
-            fam.add_sample(fam.name, {"model": model, "outcome": outcome}, n)
-        out.append(fam)
+        for name, labels, table in counters:
+            fam = _family(name, "counter")
+            for key, n in sorted(table.items()):
+                fam.add_sample(name, dict(zip(labels, key)), n)
+            out.append(fam)
         fam = _family("naiad_model_load_duration_seconds", "histogram")
         for model, row in sorted(durations.items()):
             cumulative = 0.0
@@ -124,18 +129,6 @@ class ModelLoadingMetrics(Collector):
             fam.add_sample(fam.name + "_bucket", {"model": model, "le": "+Inf"}, total)
             fam.add_sample(fam.name + "_count", {"model": model}, total)
             fam.add_sample(fam.name + "_sum", {"model": model}, row[-1])
-        out.append(fam)
-        fam = _family("naiad_model_evictions", "counter")
-        for (model, reason), n in sorted(evictions.items()):
-            fam.add_sample(fam.name, {"model": model, "reason": reason}, n)
-        out.append(fam)
-        fam = _family("naiad_cold_start_requests", "counter")
-        for model, n in sorted(cold.items()):
-            fam.add_sample(fam.name, {"model": model}, n)
-        out.append(fam)
-        fam = _family("naiad_cold_start_failures", "counter")
-        for (model, reason), n in sorted(cold_failures.items()):
-            fam.add_sample(fam.name, {"model": model, "reason": reason}, n)
         out.append(fam)
         gauges = self.gauges() if self.gauges is not None else {}
         fam = _family("naiad_cold_start_waiting_requests", "gauge")

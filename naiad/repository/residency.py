@@ -40,9 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from naiad.core.errors import InvalidArgument, NaiadError, Unavailable, as_naiad_error
+from naiad.core.errors import InvalidArgument, NaiadError, Unavailable
+from naiad.core.files import folder_bytes
 from naiad.options import parse_bool
 from naiad.repository.memory import release_freed_memory, return_large_blocks_at_once
+from naiad.repository.poll import PeriodicTask
 
 if TYPE_CHECKING:
     from naiad.core.model import Model
@@ -115,17 +117,6 @@ def parse_memory_limit(text: str) -> int:
             "or a percentage of the machine's memory such as 25%)") from None
 
 
-def _folder_bytes(folder: str) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
-
-
 def pinned_by_config(config: mc.ModelConfig) -> bool:
     param = config.parameters.get(PIN_PARAMETER)
     return param is not None and parse_bool(param.string_value) is True
@@ -168,7 +159,7 @@ class Residency:
         self.unloaded_because: dict[str, str] = {}
         self._slot: asyncio.Lock | None = None
         self._freed = False  # memory was released since the last trim
-        self._idle_task: asyncio.Task | None = None
+        self._idle: PeriodicTask | None = None  # the idle sweep
         if self.limit:
             return_large_blocks_at_once()
         manager.residency = self
@@ -279,7 +270,7 @@ class Residency:
         known = self._known.get(name)
         if known:
             return known[1]
-        files = sum(_folder_bytes(os.path.join(model_dir, str(v))) for v in versions)
+        files = sum(folder_bytes(os.path.join(model_dir, str(v))) for v in versions)
         recent = self._typical.get(config.backend or config.platform, ())
         return max([files] + [peak for _, peak in recent])
 
@@ -453,26 +444,15 @@ class Residency:
 
     def start(self) -> None:
         """Start the idle sweep (on the event loop), if ``idle_secs`` is set."""
-        if self.idle_secs > 0 and self._idle_task is None:
-            self._idle_task = asyncio.get_running_loop().create_task(self._sweep_idle())
+        if self.idle_secs > 0 and self._idle is None:
+            self._idle = PeriodicTask("naiad-idle-unload", min(5.0, max(0.05, self.idle_secs / 4)),
+                                      self.unload_idle_models, "idle unload failed")
+            self._idle.start()
 
     async def stop(self) -> None:
-        task, self._idle_task = self._idle_task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
-
-    async def _sweep_idle(self) -> None:
-        period = min(5.0, max(0.05, self.idle_secs / 4))
-        while True:
-            await asyncio.sleep(period)
-            try:
-                await self.unload_idle_models()
-            except Exception as exc:  # noqa: BLE001 - the sweep must go on
-                log.error("idle unload failed: %s", as_naiad_error(exc).message)
+        idle, self._idle = self._idle, None
+        if idle is not None:
+            await idle.stop()
 
     async def unload_idle_models(self) -> list[str]:
         """Unload every model unused for ``idle_secs``; returns their names."""
