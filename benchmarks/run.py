@@ -46,7 +46,7 @@ REFERENCE_SCRIPT = Path(os.environ.get("NAIAD_REFERENCE_SCRIPT") or
 PROJECT_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 EXPORT_VENV_PYTHON = WORK / "venv-export" / "bin" / "python"
 
-SCENARIOS = ("add_sub", "minilm", "startup", "metrics_overhead", "batching") + \
+SCENARIOS = ("add_sub", "minilm", "startup", "metrics_overhead", "batching", "backends") + \
     tuple(pipelines.RUNNERS)
 
 
@@ -353,6 +353,14 @@ def run_batching(ctx: Ctx) -> dict:
     return scenario_batching.run(ctx, sys.modules[__name__])
 
 
+# ------------------------------------------------------------------ pytorch/openvino/fil
+
+def run_backends(ctx: Ctx) -> dict:
+    import scenario_backends  # benchmarks/scenario_backends.py
+
+    return scenario_backends.run(ctx, sys.modules[__name__])
+
+
 # ------------------------------------------------------------------ main
 
 def parse_args(argv=None):
@@ -431,7 +439,7 @@ def main(argv=None) -> int:
                     runner = {"add_sub": run_add_sub, "minilm": run_minilm,
                               "startup": run_startup,
                               "metrics_overhead": run_metrics_overhead,
-                              "batching": run_batching}[name]
+                              "batching": run_batching, "backends": run_backends}[name]
                     res["scenarios"][name] = runner(ctx)
             except Exception as e:  # noqa: BLE001 - keep the other scenario's numbers
                 traceback.print_exc()

@@ -8,6 +8,7 @@ process it did not start.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -38,7 +39,10 @@ def _http_status(url: str, timeout: float = 1.0) -> int | None:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        # nothing listening yet, or another process's non-HTTP/1 server (a gRPC server
+        # answers with an HTTP/2 GOAWAY) on a port picked free that it took first: our
+        # server then exits with "unable to bind" and start() picks new ports
         return None
 
 

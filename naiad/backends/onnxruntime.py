@@ -58,6 +58,23 @@ from naiad.backends.base import (
     ModelLoadContext,
 )
 from naiad.backends.batch_io import BatchIO
+from naiad.backends.framework import (
+    OutputPlan,
+    batch_groups,
+    check_batch_rows,
+    check_scalar,
+    complete_entries,
+    complete_max_batch_size,
+    fill_dims,
+    io_incomplete,
+    select_outputs,
+    wanted_outputs,
+)
+from naiad.backends.framework import compare_dims as _compare_dims
+from naiad.backends.framework import dims_str as _dims_str
+from naiad.backends.framework import param as _param
+from naiad.backends.framework import parse_bool as _parse_bool
+from naiad.backends.framework import parse_int as _parse_int
 from naiad.core import datatypes
 from naiad.core import types as core
 from naiad.core.errors import (
@@ -69,12 +86,10 @@ from naiad.core.errors import (
     Unsupported,
 )
 from naiad.core.files import folder_bytes
-from naiad.options import parse_bool
 from naiad.protocol import model_config_pb2 as mc
 
 log = logging.getLogger("naiad.backends.onnxruntime")
 
-DEFAULT_MAX_BATCH_SIZE = 4
 DEFAULT_MODEL_FILENAME = "model.onnx"
 
 # ORT's python type strings -> config data types (BF16: naiad's extension)
@@ -140,20 +155,6 @@ def _ort_error(exc: BaseException, prefix: str = "") -> NaiadError:
     return NaiadError(prefix + ort_error_text(exc), kind)
 
 
-def _parse_int(value: str, what: str) -> int:
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise InvalidArgument(f"failed to convert '{value}' to integral number for '{what}'") from None
-
-
-def _parse_bool(value: str, what: str) -> bool:
-    flag = parse_bool(value)
-    if flag is None:
-        raise InvalidArgument(f"failed to convert '{value}' to boolean for '{what}'")
-    return flag
-
-
 def register_custom_ops(options: Any, config: mc.ModelConfig, action: str) -> None:
     """Register the config's ``model_operations`` libraries with session options."""
     for lib in config.model_operations.op_library_filename:
@@ -163,16 +164,6 @@ def register_custom_ops(options: Any, config: mc.ModelConfig, action: str) -> No
             raise InvalidArgument(
                 f"unable to {action} model '{config.name}': failed to register custom "
                 f"operations library '{lib}': {ort_error_text(exc)}") from None
-
-
-def _param(config: mc.ModelConfig, key: str) -> str | None:
-    if key in config.parameters:
-        return config.parameters[key].string_value
-    return None
-
-
-def _dims_str(dims) -> str:
-    return "[" + ",".join(str(int(d)) for d in dims) + "]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,37 +398,6 @@ def create_session(path: str, options: ort.SessionOptions, providers: list,
 # ---------------------------------------------------------------------------
 
 
-def _compare_dims(model: str, tensor: str, model_shape: tuple[int, ...], dims: tuple[int, ...],
-                  max_batch_size: int, exact: bool) -> None:
-    if max_batch_size > 0:
-        if not model_shape or model_shape[0] != -1:
-            raise InvalidArgument(
-                f"model '{model}', tensor '{tensor}': for the model to support batching the "
-                f"shape should have at least 1 dimension and the first dimension must be -1; "
-                f"but shape expected by the model is {_dims_str(model_shape)}")
-        full = (-1,) + tuple(dims)
-        how = (f"{len(full)} dimensions (an initial batch dimension because max_batch_size > 0 "
-               f"followed by the explicit tensor shape, making complete shape "
-               f"{_dims_str(full)})")
-    else:
-        full = tuple(dims)
-        how = f"{len(dims)} dimensions (shape {_dims_str(dims)})"
-    if len(model_shape) != len(full) or not all(
-            m == f for m, f in zip(model_shape, full) if exact or m != -1):
-        raise InvalidArgument(
-            f"model '{model}', tensor '{tensor}': the model expects {len(model_shape)} "
-            f"dimensions (shape {_dims_str(model_shape)}) but the model configuration "
-            f"specifies {how}")
-
-
-def _check_scalar(model: str, tensor: str, dims: tuple[int, ...]) -> None:
-    if any(d != 1 for d in dims):
-        raise InvalidArgument(
-            f"unable to load model '{model}', scalar tensor '{tensor}', should only provide 1 in "
-            f"the model configuration when the model doesn't support batching. Model "
-            f"configuration provided: {_dims_str(dims)}.")
-
-
 def check_config(config: mc.ModelConfig, io: SessionIO) -> None:
     """Refuse a config that does not describe the ONNX model (names, types, shapes)."""
     name = config.name
@@ -474,7 +434,7 @@ def check_config(config: mc.ModelConfig, io: SessionIO) -> None:
         elif info.dims:
             _compare_dims(name, cin.name, info.dims, dims, mbs, exact=False)
         else:
-            _check_scalar(name, cin.name, dims)
+            check_scalar(name, cin.name, dims)
 
     expected = sum(1 for cin in config.input if not cin.optional)
     expected += len(config.batch_input)
@@ -504,7 +464,7 @@ def check_config(config: mc.ModelConfig, io: SessionIO) -> None:
         if info.dims:
             _compare_dims(name, cout.name, info.dims, dims, mbs, exact=True)
         else:
-            _check_scalar(name, cout.name, dims)
+            check_scalar(name, cout.name, dims)
 
     if not _BF16_SUPPORTED:
         for info in list(io.inputs.values()) + list(io.outputs.values()):
@@ -525,20 +485,8 @@ def check_config(config: mc.ModelConfig, io: SessionIO) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _io_incomplete(io) -> bool:
-    return io.data_type == mc.TYPE_INVALID or (len(io.dims) == 0 and not io.HasField("reshape"))
-
-
 def _fill_dims(io, info: TensorInfo, mbs: int) -> None:
-    dims = list(info.dims[1:] if mbs > 0 else info.dims)
-    del io.dims[:]
-    if dims:
-        io.dims.extend(dims)
-        return
-    # a scalar (or a batch-only tensor) is dims [1]; with batching, reshaped to []
-    io.dims.append(1)
-    if mbs > 0:
-        io.reshape.SetInParent()
+    fill_dims(io, info.dims, mbs)
 
 
 def _fill_io(io, info: TensorInfo, mbs: int) -> None:
@@ -572,40 +520,13 @@ def auto_complete(config: mc.ModelConfig, io: SessionIO, backend_config: dict[st
                         f"type {info.ort_type}, which a model configuration cannot express")
                 _fill_io(field.add(), info, mbs)
     # naiad's extension: complete entries the config lists without data_type/dims
-    mbs = int(config.max_batch_size)
-    for field, infos in ((config.input, {**io.inputs, **io.overridable}),
-                         (config.output, io.outputs)):
-        for entry in field:
-            info = infos.get(entry.name)
-            if info is None or not _io_incomplete(entry):
-                continue
-            if entry.data_type == mc.TYPE_INVALID and info.config_type != "TYPE_INVALID":
-                entry.data_type = mc.DataType.Value(info.config_type)
-            if len(entry.dims) == 0 and not entry.HasField("reshape"):
-                _fill_dims(entry, info, mbs)
+    complete_entries(config, {**io.inputs, **io.overridable}, io.outputs)
 
 
 def _auto_complete_max_batch(config: mc.ModelConfig, io: SessionIO,
                              backend_config: dict[str, str]) -> None:
-    all_io = list(io.inputs.values()) + list(io.outputs.values())
-    can_batch = all(len(i.dims) > 0 and i.dims[0] == -1 for i in all_io)
-    if can_batch:
-        if config.max_batch_size == 0:
-            default = _parse_int(backend_config.get("default-max-batch-size",
-                                                    str(DEFAULT_MAX_BATCH_SIZE)),
-                                 "default-max-batch-size")
-            config.max_batch_size = max(default, 0)
-            log.warning(
-                "autofilled max_batch_size to %d for model '%s' since batching is supported "
-                "but no max_batch_size is specified in model configuration. Must specify "
-                "max_batch_size to utilize autofill with a larger max batch size",
-                config.max_batch_size, config.name)
-        if config.max_batch_size > 1 and config.WhichOneof("scheduling_choice") is None:
-            config.dynamic_batching.SetInParent()
-    elif config.max_batch_size != 0:
-        raise InvalidArgument(
-            f"autofill failed for model '{config.name}': model does not support batching "
-            f"while non-zero max_batch_size is specified")
+    shapes = [i.dims for i in list(io.inputs.values()) + list(io.outputs.values())]
+    complete_max_batch_size(config, shapes, backend_config)
 
 
 # ---------------------------------------------------------------------------
@@ -664,7 +585,7 @@ class OnnxRuntimeBackend(Backend):
                              version_dir: str | None, backend_config: dict[str, str]) -> None:
         has_inputs = len(config.input) + len(config.batch_input) > 0
         has_outputs = len(config.output) > 0
-        incomplete = any(_io_incomplete(i) for i in list(config.input) + list(config.output))
+        incomplete = any(io_incomplete(i) for i in list(config.input) + list(config.output))
         if has_inputs and has_outputs and not incomplete:
             log.info("skipping model configuration auto-complete for '%s': inputs and outputs "
                      "already specified", config.name)
@@ -706,22 +627,12 @@ class OnnxRuntimeModel(BackendModel):
                                   and _parse_bool(share, "share_session_between_instances"))
         self._shared: dict[int, tuple[ort.InferenceSession, SessionIO]] = {}
         self._lock = threading.Lock()
-        # config outputs: name -> (wire datatype, dims used for scalar outputs)
-        self.output_types: dict[str, str] = {
-            o.name: datatypes.config_to_wire(mc.DataType.Name(o.data_type)) for o in config.output
-        }
-        self.output_dims: dict[str, tuple[int, ...]] = {
-            o.name: tuple(o.dims) for o in config.output
-        }
-        self.all_outputs: tuple[str, ...] = tuple(o.name for o in config.output)
-        # sequence batching implicit state: graph outputs fetched for the scheduler
-        # even when the client did not ask for them (naiad.scheduling.sequence_batcher)
-        self.state_outputs: tuple[str, ...] = tuple(
-            s.output_name for s in config.sequence_batching.state
-            if s.output_name not in self.output_types)
-        for st in config.sequence_batching.state:
-            self.output_types.setdefault(
-                st.output_name, datatypes.config_to_wire(mc.DataType.Name(st.data_type)))
+        # the outputs it produces, their wire types, the implicit-state outputs
+        self.plan = OutputPlan(config)
+        self.output_types = self.plan.types
+        self.output_dims = self.plan.dims
+        self.all_outputs = self.plan.all_outputs
+        self.state_outputs = self.plan.state_outputs
         # ragged inputs, batch_input and batch_output (naiad.backends.batch_io)
         batch_io = BatchIO(config)
         self.batch_io: BatchIO | None = batch_io if batch_io.active else None
@@ -793,26 +704,11 @@ class OnnxRuntimeInstance(BackendInstance):
 
     def _groups(self, requests: list[core.InferenceRequest]) -> list[list[int]]:
         """Indices of the requests that can run as one batch (same inputs beyond dim 0)."""
-        if len(requests) == 1:
-            return [[0]]
-        if self.model.max_batch_size <= 0:
-            return [[i] for i in range(len(requests))]
         ragged = self.model.batch_io.ragged if self.model.batch_io is not None else ()
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            key = tuple(sorted((n, t.datatype, None if n in ragged else t.data.shape[1:])
-                               for n, t in r.inputs.items()))
-            groups.setdefault(key, []).append(i)
-        return list(groups.values())
+        return batch_groups(requests, self.model.max_batch_size, ragged)
 
     def _wanted_outputs(self, requests: list[core.InferenceRequest]) -> list[str]:
-        names: set[str] = set()
-        for r in requests:
-            if not r.requested_outputs:
-                return list(self.model.all_outputs) + list(self.model.state_outputs)
-            names.update(r.requested_outputs)
-        wanted = [n for n in self.model.all_outputs if n in names] or list(names)
-        return wanted + [n for n in self.model.state_outputs if n not in names]
+        return wanted_outputs(requests, self.model.plan)
 
     def _feed(self, requests: list[core.InferenceRequest]) -> dict[str, Any]:
         batched = self.model.max_batch_size > 0
@@ -897,12 +793,7 @@ class OnnxRuntimeInstance(BackendInstance):
                     scattered[name] = (wire, pieces)
         if len(requests) == 1 and not scattered:
             return [self._select(requests[0], outputs, None)]
-        total = sum(r.batch_size for r in requests)
-        for name, (_, arr) in outputs.items():
-            if arr.ndim == 0 or arr.shape[0] != total:
-                raise Internal(
-                    f"model '{model.name}' output '{name}' has shape {list(arr.shape)}, which "
-                    f"cannot be split back into requests of a batch of {total}")
+        check_batch_rows(model.name, requests, outputs)
         results = []
         offset = 0
         for i, r in enumerate(requests):
@@ -919,15 +810,7 @@ class OnnxRuntimeInstance(BackendInstance):
 
     def _select(self, request: core.InferenceRequest, outputs: dict[str, tuple[str, np.ndarray]],
                 span: tuple[int, int] | None) -> list[core.Tensor]:
-        wanted = request.requested_outputs
-        state_outputs = self.model.state_outputs
-        out = []
-        for name, (wire, arr) in outputs.items():
-            if wanted and name not in wanted and name not in state_outputs:
-                continue
-            data = arr if span is None else arr[span[0]:span[1]]
-            out.append(core.Tensor(name, wire, data))
-        return out
+        return select_outputs(request, outputs, span, self.model.plan)
 
     def finalize(self) -> None:
         self.session = None

@@ -19,6 +19,7 @@ _BUILTIN: dict[str, str] = {
     "onnxruntime": "naiad.backends.onnxruntime:OnnxRuntimeBackend",
     "pytorch": "naiad.backends.pytorch:PyTorchBackend",
     "openvino": "naiad.backends.openvino:OpenVINOBackend",
+    "fil": "naiad.backends.fil:FILBackend",
 }
 
 # config "platform" -> backend name (Triton's pairs)
@@ -26,6 +27,7 @@ PLATFORM_TO_BACKEND: dict[str, str] = {
     "onnxruntime_onnx": "onnxruntime",
     "pytorch_libtorch": "pytorch",
     "pytorch_torchscript": "pytorch",
+    "torch_aoti": "pytorch",
     "openvino": "openvino",
     "tensorflow_graphdef": "tensorflow",
     "tensorflow_savedmodel": "tensorflow",
@@ -87,7 +89,8 @@ def get_backend(name: str) -> Backend:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            extra = {"onnxruntime": "onnx", "pytorch": "torch", "openvino": "openvino"}.get(name)
+            extra = {"onnxruntime": "onnx", "pytorch": "torch", "openvino": "openvino",
+                     "fil": "fil"}.get(name)
             hint = f" (install it with: {install_hint(extra)})" if extra else ""
             raise Unsupported(f"backend '{name}' is not available: {exc}{hint}") from exc
         backend = getattr(module, attr)()
