@@ -7,13 +7,13 @@ One command (MiniLM needs ``benchmarks/export_minilm.py`` once; it is run if nee
 
 1. **Cold start**: the first request to a model that is not loaded, with
    ``--model-load-on-demand=true`` (the model is unloaded through the
-   repository API before each round): a python model (add_sub) and MiniLM
-   (onnxruntime). Beside it, the same model's warm requests, the server's own
-   load time (``naiad_model_load_duration_seconds``), and what a Triton user
-   scripts instead: the repository load API, then the request (naiad, and
-   the reference Triton 2.51 for the python model: it serves no ONNX). A
-   TorchScript model needs the PyTorch backend (issue 15); until it is on
-   main, its row says so.
+   repository API before each round): a python model (add_sub), MiniLM
+   (onnxruntime) and MiniLM traced to TorchScript (the pytorch backend,
+   ``export_minilm.py --torchscript``; needs ``naiad[torch]``). Beside it, the
+   same model's warm requests, the server's own load time
+   (``naiad_model_load_duration_seconds``), and what a Triton user scripts
+   instead: the repository load API, then the request (naiad, and the
+   reference Triton 2.51 for the python model: it serves no ONNX or torch).
 2. **Zipf traffic over 100 models**: 100 python models holding 8 MiB each,
    requested with Zipf-distributed popularity (s = 1.1, one seeded sequence
    for both servers) by ``--concurrency`` closed-loop HTTP clients: all 100
@@ -186,6 +186,34 @@ def _cold_repo(args) -> tuple[Path, dict[str, InferRequest]]:
             requests["minilm"] = models.minilm_request()
         else:
             log("MiniLM: not exported; its row is skipped")
+    if not args.no_torchscript:
+        import importlib.util
+
+        from harness import backend_models as bm
+
+        ts_path = WORK / "minilm_torchscript" / "model.pt"
+        if importlib.util.find_spec("torch") is None:
+            log("TorchScript: torch is not installed here (pip install -e '.[torch]'); "
+                "its row is skipped")
+        else:
+            if not ts_path.exists():
+                log("TorchScript: tracing MiniLM (export_minilm.py --torchscript)")
+                subprocess.run([sys.executable, str(HERE / "export_minilm.py"), "--torchscript",
+                                str(ts_path)], timeout=3600, check=False)
+            if ts_path.exists():
+                name = "minilm_torchscript"
+                (repo / name / "1").mkdir(parents=True)
+                (repo / name / "config.pbtxt").write_text(
+                    f'name: "{name}"\n' + bm.CONFIGS[name])
+                shutil.copy(ts_path, repo / name / "1" / "model.pt")
+                toks = models.minilm_tokens()
+                seq = models.MINILM_SEQ
+                requests[name] = InferRequest(
+                    name, [Tensor.pack(f"INPUT__{i}", "INT64", [1, seq], toks[k])
+                           for i, k in enumerate(("input_ids", "attention_mask",
+                                                  "token_type_ids"))], ["OUTPUT__0"])
+            else:
+                log("TorchScript: not traced; its row is skipped")
     return repo, requests
 
 
@@ -431,8 +459,9 @@ def report(res: dict) -> str:
                 warm += f" · {statistics.median(ref['warm_s']) * 1000:.1f}"
             lines.append(f"| {name} | {_ms(row['cold_s'])} | {_ms(row['server_load_s'])} | "
                          f"{_ms(row['load_api_then_request_s'])} | {ref_load} | {warm} |")
-        lines.append("| TorchScript | waits for the PyTorch backend (issue 15, not on main "
-                     "yet) | | | | |")
+        if "minilm_torchscript" not in cold["models"]:
+            lines.append("| minilm_torchscript | not measured (torch not installed, or the "
+                         "trace failed) | | | | |")
         lines.append("")
     zipf = res.get("zipf")
     if zipf:
@@ -481,6 +510,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-pin", action="store_true")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--no-minilm", action="store_true")
+    p.add_argument("--no-torchscript", action="store_true")
     p.add_argument("--only", choices=("cold", "zipf"))
     p.add_argument("--client", help=argparse.SUPPRESS)
     p.add_argument("--sequence", help=argparse.SUPPRESS)

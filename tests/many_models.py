@@ -124,3 +124,58 @@ def add_onnx(repo: Path, name: str, offset: float, ballast: int = 8 * MIB,
     model_dir = write_model(repo, name, ONNX_CONFIG.format(name=name, extra=extra))
     onnx.save(_onnx_model(offset, ballast), str(model_dir / "1" / "model.onnx"))
     return model_dir
+
+
+TORCH_CONFIG = '''
+name: "{name}"
+platform: "pytorch_libtorch"
+max_batch_size: 0
+input [ {{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+output [ {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+instance_group [ {{ kind: KIND_CPU count: {count} }} ]
+'''
+
+
+def add_torchscript(repo: Path, name: str, offset: float, ballast: int = 8 * MIB,
+                    count: int = 1) -> Path:
+    """TorchScript: OUTPUT__0 = INPUT__0 + offset, holding a ``ballast``-byte buffer."""
+    import torch
+
+    class Ballast(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("ballast", torch.zeros(ballast // 4))
+            self.offset = offset
+
+        def forward(self, x):
+            return x + self.ballast[:4] + self.offset
+
+    model_dir = write_model(repo, name, TORCH_CONFIG.format(name=name, count=count))
+    torch.jit.script(Ballast()).save(str(model_dir / "1" / "model.pt"))
+    return model_dir
+
+
+OPENVINO_CONFIG = '''
+name: "{name}"
+backend: "openvino"
+max_batch_size: 0
+input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+'''
+
+
+def add_openvino(repo: Path, name: str, offset: float, ballast: int = 8 * MIB) -> Path:
+    """OpenVINO IR: OUT = IN + W[0 * min(IN)] + offset, W a ``ballast``-byte constant."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([4], np.float32, name="IN")
+    table = ops.constant(np.zeros((max(1, ballast // 16), 4), np.float32))
+    index = ops.convert(ops.multiply(ops.reduce_min(x, [0]), np.float32(0)), "i64")
+    row = ops.gather(table, ops.reshape(index, [1], False), 0)
+    out = ops.add(ops.add(x, ops.reshape(row, [4], False)), np.full(4, offset, np.float32))
+    out.output(0).get_tensor().set_names({"OUT"})
+    model_dir = write_model(repo, name, OPENVINO_CONFIG.format(name=name))
+    ov.save_model(ov.Model([out], [x], name), str(model_dir / "1" / "model.xml"),
+                  compress_to_fp16=False)
+    return model_dir

@@ -451,3 +451,61 @@ def test_openai_requests_load_their_model_on_demand(repo):
         assert metric(samples, "naiad_cold_start_requests", model="bare_lm") == 1
         assert metric(samples, "naiad_model_loads", model="text_embedder",
                       outcome="success") == 1
+
+
+# -- what backends report ----------------------------------------------------------------------
+
+
+def test_backends_report_what_their_models_hold(repo):
+    """onnxruntime (its files per session), torch (parameters and buffers, per instance
+    unless weights are shared) and OpenVINO (its constants) report their weights; the
+    statistics show them even when versions loaded side by side and their growth could
+    not be told apart."""
+    import asyncio
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from naiad.server import Server
+    from tests.conftest import write_model
+    from tests.many_models import ONNX_CONFIG, add_openvino, add_torchscript
+
+    pytest.importorskip("torch")
+    pytest.importorskip("openvino")
+    add_torchscript(repo, "torch1", 1.0, count=2)
+    add_torchscript(repo, "torch_shared", 2.0, count=2)
+    with open(repo / "torch_shared" / "config.pbtxt", "a") as f:
+        f.write('parameters { key: "ENABLE_WEIGHT_SHARING" value: { string_value: "true" } }\n')
+    add_openvino(repo, "vino", 3.0)
+    weights = numpy_helper.from_array(np.zeros((MIB // 2, 4), np.float32), "W")  # 8 MiB
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["W"], ["m"], axes=[0], keepdims=0),
+         helper.make_node("Add", ["IN", "m"], ["OUT"])], "g",
+        [helper.make_tensor_value_info("IN", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("OUT", TensorProto.FLOAT, [4])], [weights])
+    model_dir = write_model(repo, "onnx8", ONNX_CONFIG.format(name="onnx8", extra=""))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+              str(model_dir / "1" / "model.onnx"))
+
+    async def run() -> dict:
+        server = Server(model_repository=str(repo), allow_metrics=False)
+        await server.start()  # every model loads at once, side by side
+        try:
+            out = {}
+            for name in ("torch1", "torch_shared", "vino", "onnx8"):
+                model = server.get_model(name)
+                stats = server.model_statistics(name)["model_stats"][0]
+                out[name] = (model.backend_model.memory_bytes(), stats["memory_usage"])
+            return out
+        finally:
+            await server.stop(10)
+
+    got = asyncio.run(run())
+    eight = 8 * MIB
+    assert 2 * eight <= got["torch1"][0] < 2 * eight + MIB  # two instances, two modules
+    assert eight <= got["torch_shared"][0] < eight + MIB
+    assert eight <= got["vino"][0] < eight + MIB
+    onnx_file = (model_dir / "1" / "model.onnx").stat().st_size
+    assert got["onnx8"][0] == onnx_file
+    for name, (reported, usage) in got.items():
+        assert usage and usage[0]["type"] == "CPU" and usage[0]["byte_size"] >= reported, name
