@@ -112,6 +112,15 @@ _FLAGS: list[tuple[str, str, Any, Any, str]] = [
      "Retries of a failed model load."),
     ("--model-namespacing", "model_namespacing", _B, False,
      "Allow the same model name in several repositories."),
+    ("--model-load-on-demand", "model_load_on_demand", _B, False,
+     "Load a model on its first request (explicit mode, or none: nothing loads at start)."),
+    ("--model-memory-limit", "model_memory_limit", _S, "",
+     "Memory for loaded models, in bytes or N% of the machine's; least recently used idle "
+     "models are unloaded to stay under it (needs --model-load-on-demand)."),
+    ("--model-idle-unload-secs", "model_idle_unload_secs", _F, 0.0,
+     "Unload a model unused for this long (0: never; needs --model-load-on-demand)."),
+    ("--model-load-on-demand-timeout-secs", "model_load_on_demand_timeout_secs", _F, 120.0,
+     "How long a request waits for its model's on-demand load before it fails."),
     ("--enable-peer-access", "enable_peer_access", _B, True, "GPU peer access (no effect)."),
     ("--allow-http", "allow_http", _B, True, "Serve HTTP/REST."),
     ("--http-address", "http_address", _S, "0.0.0.0", "HTTP bind address."),
@@ -244,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, dest, typ, default, help_ in _FLAGS:
         if "(default:" not in help_:
             help_ = f"{help_} (default: {_shown_default(default)})"
-        p.add_argument(flag, dest=dest, type=typ, default=default, metavar="VALUE", help=help_)
+        p.add_argument(flag, dest=dest, type=typ, default=default, metavar="VALUE",
+                       help=help_.replace("%", "%%"))
     for flag, dest, typ, help_ in _LISTS:
         p.add_argument(flag, dest=dest, type=typ, action="append", default=[], help=help_,
                        metavar="VALUE")

@@ -100,6 +100,12 @@ class BackendModel:
     def finalize(self) -> None:
         """Called after every instance has been finalized."""
 
+    def memory_bytes(self) -> int | None:
+        """What the framework reports this version holds in memory (its weights), when it
+        can tell; None when it cannot (the repository then goes by the measured growth of
+        the process while the version loaded)."""
+        return None
+
     # Set by the backend when responses are produced by the model itself
     # (python decoupled models): the core then never waits for execute's
     # return value.

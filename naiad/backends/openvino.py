@@ -193,6 +193,10 @@ class OpenVINOModel(BackendModel):
         model = _read(self.name, path, param(config, "CPU_EXTENSION_PATH") or None)
         self._reshape(model)
         self._check(model)
+        # the weights OpenVINO says the model holds (its constants); its CPU plugin
+        # reports no memory use itself
+        self.weights = sum(op.get_byte_size() for op in model.get_ops()
+                           if op.get_type_name() == "Constant")
         try:
             self.compiled = _get_core().compile_model(model, self.device, properties)
         except Exception as exc:
@@ -301,6 +305,10 @@ class OpenVINOModel(BackendModel):
 
     def create_instance(self, spec: InstanceSpec) -> "OpenVINOInstance":
         return OpenVINOInstance(self, spec)
+
+    def memory_bytes(self) -> int:
+        """The model's constants (compiled once per version, shared by its instances)."""
+        return self.weights
 
     def finalize(self) -> None:
         self.compiled = None

@@ -424,6 +424,12 @@ class SequenceBatcher(Scheduler):
             return sum(len(s.pending) for lane in self.lanes for s in lane.slots if s) + \
                 sum(len(s.pending) for s in self.backlog)
 
+    def busy(self) -> bool:
+        """Queued or executing requests, or a sequence still open (its state lives here)."""
+        if self.sequences or self.backlog:
+            return True
+        return any(s is not None for lane in self.lanes for s in lane.slots) or super().busy()
+
     def cancel(self, request: InferenceRequest) -> None:
         removed = False
         with self.lock:

@@ -220,15 +220,20 @@ class PythonInstance(BackendInstance):
             return None
         result = exc = None
         try:
-            result = self._execute(wrapped)
-            if self._is_async or inspect.isawaitable(result):
-                result = self._run_coroutine(result)
-        except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt too
-            exc = e
-        t_out = time.monotonic_ns()
-        for r in requests:
-            r.compute_output_start_ns = t_out
-        responses, again = self._settler.settle(wrapped, result, exc)
+            try:
+                result = self._execute(wrapped)
+                if self._is_async or inspect.isawaitable(result):
+                    result = self._run_coroutine(result)
+            except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt too
+                exc = e
+            t_out = time.monotonic_ns()
+            for r in requests:
+                r.compute_output_start_ns = t_out
+            responses, again = self._settler.settle(wrapped, result, exc)
+        finally:
+            # the thread (a frontend's, when it ran inline) must not keep the instance,
+            # and with it the model's memory, once the model is unloaded
+            pb_utils._context.instance = None
         for i in again:
             requests[i].reschedule = True
         return responses
