@@ -310,7 +310,8 @@ def import_model(opts: ImportOptions) -> ImportResult:
                                     model_config=written, options=dict(opts.task_options),
                                     models=dict(opts.task_models),
                                     labels_file=os.path.join(model_dir, "labels.txt")
-                                    if opts.labels else "", import_network=import_network)
+                                    if opts.labels else "", import_network=import_network,
+                                    source_file=opts.source)
             try:
                 added = task.build(ctx)
             except tasks.TaskError as exc:

@@ -8,7 +8,7 @@ python post-processing model. The python models are template files
 config's ``parameters``, so the repository runs on naiad and on Triton alike
 (they need numpy and Pillow where they run).
 
-Adding a task (issue 17 adds keypoints, oriented detection, instance
+Adding a task (issue 17 added keypoints, oriented detection, instance
 segmentation, text detection/recognition this way):
 
 1. in a new module here, subclass :class:`~naiad.tools.tasks.base.Task`:
@@ -50,7 +50,8 @@ from naiad.tools.tasks.base import (  # noqa: F401 - the interface, importable f
 )
 
 #: the task modules: each defines ``TASK``, an instance of its Task subclass
-_MODULES = ("classification", "detection", "segmentation", "ocr")
+_MODULES = ("classification", "detection", "segmentation", "ocr", "instance_segmentation",
+            "keypoints", "oriented_detection", "text_detection", "text_recognition")
 
 TASKS: dict[str, Task] = {}
 

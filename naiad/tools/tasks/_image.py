@@ -57,3 +57,62 @@ def labels_files(ctx: TaskContext) -> dict[str, str]:
         return {"labels.txt": ctx.labels_file}
     ctx.warnings.append("no --labels: LABELS carries class indices")
     return {}
+
+
+def detector_options(extra: dict[str, str]) -> dict[str, str]:
+    """The options of the detector-like tasks (letterboxed input, thresholds)."""
+    return {
+        **pre_options("none"),
+        "resize": "letterbox (default: keep the aspect ratio, pad with grey) or stretch",
+        **extra,
+        "score_threshold": "drop detections below this score (default 0.25)",
+        "iou_threshold": "non-maximum suppression overlap (default 0.45)",
+        "max_detections": "at most this many detections (default 100)",
+    }
+
+
+def detector_pre(ctx: TaskContext, image: tasks.ImageInput, height: int, width: int,
+                 task: str) -> str:
+    """The letterboxing pre-processing model (``detection_pre.py``): IMAGE -> the network
+    input and GEOMETRY; returns its name."""
+    resize = ctx.option("resize", "letterbox")
+    if resize not in ("letterbox", "stretch"):
+        raise TaskError(f"resize={resize}: expected letterbox or stretch")
+    settings = pre_settings(ctx, image, height, width, [], [])
+    settings["resize"] = resize
+    name = f"{ctx.name}_preprocess"
+    tasks.python_model(
+        ctx.repository, name, "detection_pre.py",
+        [tasks.tensor("IMAGE", "TYPE_UINT8", [-1])],
+        [tasks.tensor(image.name, image.data_type, image.dims(height, width), output=True),
+         tasks.tensor("GEOMETRY", "TYPE_FP32", [6], output=True)],
+        settings,
+        comment=f"Decodes and letterboxes images for {ctx.model_name} (naiad import --task "
+                f"{task}).")
+    return name
+
+
+def detector_settings(ctx: TaskContext, height: int, width: int) -> dict[str, str]:
+    return {"height": str(height), "width": str(width),
+            "score_threshold": str(ctx.option("score_threshold", 0.25, float)),
+            "iou_threshold": str(ctx.option("iou_threshold", 0.45, float)),
+            "max_detections": str(ctx.option("max_detections", 100, int))}
+
+
+def network_outputs(ctx: TaskContext, roles: tuple[str, ...]) -> list:
+    """The network outputs for ``roles`` (``outputs=A,B``, default: the first ones, in order)."""
+    net = ctx.model_config
+    by_name = {o.name: o for o in net.output}
+    default = ",".join(o.name for o in net.output[:len(roles)])
+    names = ctx.option("outputs", default).split(",")
+    if len(names) != len(roles) or any(n not in by_name for n in names):
+        raise TaskError(f"give the network outputs for {', '.join(roles)} with outputs= "
+                        f"(got {names}; the network has {list(by_name)})")
+    return [by_name[n] for n in names]
+
+
+def output_width(ctx: TaskContext, output) -> int:
+    """The row width D of a [.., N, D] (or [.., D, N]) output; 0 when not fixed."""
+    dims = [d for d in tasks.network_output_dims(ctx.model_config, output)][-2:]
+    known = [d for d in dims if d > 0]
+    return min(known) if known else 0

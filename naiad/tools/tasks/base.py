@@ -30,6 +30,7 @@ class TaskContext:
     options: dict[str, str]  # --task-option KEY=VALUE
     models: dict[str, str]  # --task-model ROLE=FILE
     labels_file: str = ""  # the labels copied beside the network, if any
+    source_file: str = ""  # the imported network's own file (e.g. to read its metadata)
     # imports another model file as <repo>/<name> with a max_batch_size (None: auto-complete's)
     # and returns its config (naiad import's own code: tasks with several networks use it)
     import_network: Callable[[str, str, int | None], mc.ModelConfig] | None = None

@@ -1,12 +1,19 @@
 """``--task classification``: image file in, top-k labels and scores out.
 
-    IMAGE ─▶ <name>_preprocess ─▶ <name>_model ─▶ <name>_postprocess ─▶ LABELS, SCORES, CLASS_IDS
+    IMAGE ─▶ <name>_preprocess ─▶ <name>_model ─▶ <name>_postprocess ─▶ LABELS, SCORES, CLASS_IDS,
+                                                                          PROBS
 
 The network: one image input ([C,H,W] or [H,W,C], plus the batch dimension
 if it batches) and one output of class scores ([C] logits or probabilities).
+With ``--labels``, the ensemble's PROBS output (every class's probability)
+carries them, so Triton's classification extension works on it: ask for
+PROBS with ``class_count=k`` and get "score:index:label" strings.
 """
 
 from __future__ import annotations
+
+import os
+import shutil
 
 from naiad.tools.tasks import base as tasks
 from naiad.tools.tasks._image import (
@@ -58,21 +65,30 @@ class Classification(tasks.Task):
             [tasks.tensor("SCORES_IN", output.data_type, scores_dims)],
             [tasks.tensor("CLASS_IDS", "TYPE_INT64", [-1], output=True),
              tasks.tensor("SCORES", "TYPE_FP32", [-1], output=True),
-             tasks.tensor("LABELS", "TYPE_STRING", [-1], output=True)],
+             tasks.tensor("LABELS", "TYPE_STRING", [-1], output=True),
+             tasks.tensor("PROBS", "TYPE_FP32", [-1], output=True)],
             {"topk": topk, "softmax": softmax}, files,
             comment=f"Top-{topk} classes from {ctx.model_name}'s scores.")
+        probs = tasks.tensor("PROBS", "TYPE_FP32", [-1], output=True)
+        if ctx.labels_file:  # Triton's classification extension: PROBS with class_count=k
+            probs.label_filename = "labels.txt"
         tasks.ensemble(
             ctx.repository, ctx.name,
             [tasks.tensor("IMAGE", "TYPE_UINT8", [-1])],
             [tasks.tensor("LABELS", "TYPE_STRING", [-1], output=True),
              tasks.tensor("SCORES", "TYPE_FP32", [-1], output=True),
-             tasks.tensor("CLASS_IDS", "TYPE_INT64", [-1], output=True)],
+             tasks.tensor("CLASS_IDS", "TYPE_INT64", [-1], output=True), probs],
             [(pre, {"IMAGE": "IMAGE"}, {image.name: "pixels"}),
              (ctx.model_name, {image.name: "pixels"}, {out_name: "scores"}),
              (post, {"SCORES_IN": "scores"},
-              {"LABELS": "LABELS", "SCORES": "SCORES", "CLASS_IDS": "CLASS_IDS"})],
+              {"LABELS": "LABELS", "SCORES": "SCORES", "CLASS_IDS": "CLASS_IDS",
+               "PROBS": "PROBS"})],
             comment=f"Image classification with {ctx.model_name}: IMAGE (an image file's "
-                    "bytes) -> LABELS, SCORES, CLASS_IDS (top first).")
+                    "bytes) -> LABELS, SCORES, CLASS_IDS (top first), PROBS (every class; "
+                    "with labels, ask for it with class_count=k).")
+        if ctx.labels_file:
+            shutil.copyfile(ctx.labels_file, os.path.join(ctx.repository, ctx.name,
+                                                          "labels.txt"))
         return tasks.finish(ctx, [ctx.name, pre, post])
 
 

@@ -89,7 +89,8 @@ class Detection(tasks.Task):
             [tasks.tensor("BOXES", "TYPE_FP32", [-1, 4], output=True),
              tasks.tensor("SCORES", "TYPE_FP32", [-1], output=True),
              tasks.tensor("CLASS_IDS", "TYPE_INT64", [-1], output=True),
-             tasks.tensor("LABELS", "TYPE_STRING", [-1], output=True)],
+             tasks.tensor("LABELS", "TYPE_STRING", [-1], output=True),
+             tasks.tensor("DETS", "TYPE_FP32", [-1, 5], output=True)],
             {k: str(v) for k, v in post_settings.items()}, labels_files(ctx),
             comment=f"Boxes from {ctx.model_name}'s {fmt} output, in image pixels.")
         tasks.ensemble(
@@ -98,14 +99,16 @@ class Detection(tasks.Task):
             [tasks.tensor("BOXES", "TYPE_FP32", [-1, 4], output=True),
              tasks.tensor("SCORES", "TYPE_FP32", [-1], output=True),
              tasks.tensor("CLASS_IDS", "TYPE_INT64", [-1], output=True),
-             tasks.tensor("LABELS", "TYPE_STRING", [-1], output=True)],
+             tasks.tensor("LABELS", "TYPE_STRING", [-1], output=True),
+             tasks.tensor("DETS", "TYPE_FP32", [-1, 5], output=True)],
             [(pre, {"IMAGE": "IMAGE"}, {image.name: "pixels", "GEOMETRY": "geometry"}),
              (ctx.model_name, {image.name: "pixels"}, mapping),
              (post, {**post_map, "GEOMETRY": "geometry"},
               {"BOXES": "BOXES", "SCORES": "SCORES", "CLASS_IDS": "CLASS_IDS",
-               "LABELS": "LABELS"})],
+               "LABELS": "LABELS", "DETS": "DETS"})],
             comment=f"Object detection with {ctx.model_name}: IMAGE (an image file's bytes) "
-                    "-> BOXES (x1, y1, x2, y2 in image pixels), SCORES, CLASS_IDS, LABELS.")
+                    "-> BOXES (x1, y1, x2, y2 in image pixels), SCORES, CLASS_IDS, LABELS, "
+                    "DETS (boxes and scores, [N, 5]).")
         return tasks.finish(ctx, [ctx.name, pre, post])
 
 

@@ -4,7 +4,7 @@ The network's scores for one image (SCORES_IN, [1, C] or [C]) -> the top k
 classes: CLASS_IDS (INT64 [k]), SCORES (FP32 [k], probabilities: a softmax is
 applied unless the scores already are probabilities, or as softmax= says)
 and LABELS (BYTES [k], from labels.txt beside this file; the class index
-when there is no label).
+when there is no label); and PROBS (FP32 [C], every class's probability).
 """
 
 import os
@@ -41,5 +41,6 @@ class TritonPythonModel:
                 pb_utils.Tensor("CLASS_IDS", ids.astype(np.int64)),
                 pb_utils.Tensor("SCORES", probs[ids].astype(np.float32)),
                 pb_utils.Tensor("LABELS", np.array(labels, dtype=np.object_)),
+                pb_utils.Tensor("PROBS", probs.astype(np.float32)),
             ]))
         return responses

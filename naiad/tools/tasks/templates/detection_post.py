@@ -14,34 +14,14 @@ Two network output formats (the ``format`` setting):
 
 Out: BOXES (FP32 [K, 4], x1, y1, x2, y2 in the original image's pixels),
 SCORES (FP32 [K]), CLASS_IDS (INT64 [K]), LABELS (BYTES [K], labels.txt beside
-this file), best first, at most max_detections.
+this file), best first, at most max_detections; and DETS (FP32 [K, 5]: x1, y1,
+x2, y2, score, MMDeploy's layout).
 """
-
-import os
 
 import imagelib
 import numpy as np
 
 import triton_python_backend_utils as pb_utils
-
-
-def nms(boxes, scores, iou_threshold):
-    """Indices kept by greedy non-maximum suppression, best first."""
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    areas = np.maximum(0, boxes[:, 2] - boxes[:, 0]) * np.maximum(0, boxes[:, 3] - boxes[:, 1])
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        x1 = np.maximum(boxes[i, 0], boxes[rest, 0])
-        y1 = np.maximum(boxes[i, 1], boxes[rest, 1])
-        x2 = np.minimum(boxes[i, 2], boxes[rest, 2])
-        y2 = np.minimum(boxes[i, 3], boxes[rest, 3])
-        inter = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
-        order = rest[iou <= iou_threshold]
-    return np.array(keep, dtype=np.int64)
 
 
 class TritonPythonModel:
@@ -54,29 +34,19 @@ class TritonPythonModel:
         self.iou_threshold = float(s["iou_threshold"])
         self.max_detections = int(s["max_detections"])
         self.height, self.width = int(s["height"]), int(s["width"])
-        here = os.path.dirname(os.path.abspath(__file__))
-        self.labels = imagelib.read_labels(os.path.join(here, "labels.txt"))
+        self.labels = imagelib.here_labels(__file__)
 
     def _yolo(self, request):
-        x = pb_utils.get_input_tensor_by_name(request, "PREDICTIONS").as_numpy()
-        x = x.reshape(x.shape[-2], x.shape[-1]).astype(np.float32)
-        if x.shape[0] < x.shape[1]:  # [4+C, N]: one column per box
-            x = x.T
-        boxes = np.stack([x[:, 0] - x[:, 2] / 2, x[:, 1] - x[:, 3] / 2,
-                          x[:, 0] + x[:, 2] / 2, x[:, 1] + x[:, 3] / 2], axis=1)
+        x = imagelib.rows(pb_utils.get_input_tensor_by_name(request, "PREDICTIONS").as_numpy())
+        boxes = imagelib.xywh_to_xyxy(x)
         if self.objectness:
             cls = x[:, 5:] * x[:, 4:5]
         else:
             cls = x[:, 4:]
-        ids = cls.argmax(axis=1)
-        scores = cls[np.arange(len(cls)), ids]
+        ids, scores = imagelib.best_class(cls)
         mask = scores >= self.score_threshold
         boxes, scores, ids = boxes[mask], scores[mask], ids[mask]
-        keep = []
-        for c in np.unique(ids):
-            idx = np.nonzero(ids == c)[0]
-            keep.extend(idx[nms(boxes[idx], scores[idx], self.iou_threshold)])
-        keep = np.array(keep, dtype=np.int64)
+        keep = imagelib.classwise_nms(boxes, scores, ids, self.iou_threshold)
         return boxes[keep], scores[keep], ids[keep]
 
     def _boxes(self, request):
@@ -95,22 +65,20 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            geometry = pb_utils.get_input_tensor_by_name(request, "GEOMETRY").as_numpy()
-            sx, sy, px, py, w, h = (float(v) for v in geometry.reshape(-1))
+            geometry = imagelib.Geometry(
+                pb_utils.get_input_tensor_by_name(request, "GEOMETRY").as_numpy())
             boxes, scores, ids = self._yolo(request) if self.format == "yolo" else \
                 self._boxes(request)
             order = np.argsort(-scores, kind="stable")[:self.max_detections]
             boxes, scores, ids = boxes[order], scores[order], ids[order].astype(np.int64)
             # from the network input's pixels back onto the image
-            boxes = (boxes - np.array([px, py, px, py], dtype=np.float32)) / \
-                np.array([sx, sy, sx, sy], dtype=np.float32)
-            boxes = np.clip(boxes, 0, np.array([w, h, w, h], dtype=np.float32))
-            labels = [(self.labels[i] if 0 <= i < len(self.labels) and self.labels[i]
-                       else str(i)).encode() for i in ids]
+            boxes = geometry.boxes(boxes).reshape(-1, 4).astype(np.float32)
+            scores = scores.astype(np.float32)
             responses.append(pb_utils.InferenceResponse([
-                pb_utils.Tensor("BOXES", boxes.reshape(-1, 4).astype(np.float32)),
-                pb_utils.Tensor("SCORES", scores.astype(np.float32)),
+                pb_utils.Tensor("BOXES", boxes),
+                pb_utils.Tensor("SCORES", scores),
                 pb_utils.Tensor("CLASS_IDS", ids),
-                pb_utils.Tensor("LABELS", np.array(labels, dtype=np.object_).reshape(-1)),
+                pb_utils.Tensor("LABELS", imagelib.label_list(self.labels, ids)),
+                pb_utils.Tensor("DETS", np.concatenate([boxes, scores[:, None]], axis=1)),
             ]))
         return responses

@@ -104,6 +104,92 @@ class Preprocess:
         return responses
 
 
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression of x1/y1/x2/y2 boxes, best first."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    areas = np.maximum(0, boxes[:, 2] - boxes[:, 0]) * np.maximum(0, boxes[:, 3] - boxes[:, 1])
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        x1 = np.maximum(boxes[i, 0], boxes[rest, 0])
+        y1 = np.maximum(boxes[i, 1], boxes[rest, 1])
+        x2 = np.minimum(boxes[i, 2], boxes[rest, 2])
+        y2 = np.minimum(boxes[i, 3], boxes[rest, 3])
+        inter = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
+        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
+        order = rest[iou <= iou_threshold]
+    return np.array(keep, dtype=np.int64)
+
+
+def classwise_nms(boxes: np.ndarray, scores: np.ndarray, ids: np.ndarray,
+                  iou_threshold: float, overlap=None) -> np.ndarray:
+    """NMS within each class (``overlap``: another suppression, e.g. rotated boxes');
+    the kept indices, best first."""
+    keep = []
+    for c in np.unique(ids):
+        idx = np.nonzero(ids == c)[0]
+        keep.extend(idx[(overlap or nms)(boxes[idx], scores[idx], iou_threshold)])
+    keep = np.array(keep, dtype=np.int64)
+    return keep[np.argsort(-scores[keep], kind="stable")]
+
+
+def rows(x: np.ndarray, width: int = 0) -> np.ndarray:
+    """A one-image [1, N, D] (or [1, D, N], as YOLOv8 exports give it) output as [N, D] rows;
+    ``width``: D when known (otherwise the shorter side is taken as D)."""
+    x = x.reshape(x.shape[-2], x.shape[-1]).astype(np.float32)
+    if (width and x.shape[1] != width and x.shape[0] == width) or \
+            (not width and x.shape[0] < x.shape[1]):
+        x = x.T
+    return x
+
+
+def xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
+    return np.stack([b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2,
+                     b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], axis=1)
+
+
+def best_class(cls: np.ndarray) -> tuple:
+    """Per row: the best class and its score."""
+    ids = cls.argmax(axis=1)
+    return ids, cls[np.arange(len(cls)), ids]
+
+
+class Geometry:
+    """Where the pre-processing put the image in the network input (GEOMETRY: scale_x,
+    scale_y, pad_x, pad_y, image width, image height) and the way back."""
+
+    def __init__(self, values: np.ndarray):
+        self.sx, self.sy, self.px, self.py, self.w, self.h = (float(v) for v in
+                                                              values.reshape(-1))
+
+    def points(self, pts: np.ndarray) -> np.ndarray:
+        """[..., 2] network-input pixels -> image pixels (not clipped)."""
+        out = np.array(pts, dtype=np.float32, copy=True)
+        out[..., 0] = (out[..., 0] - self.px) / self.sx
+        out[..., 1] = (out[..., 1] - self.py) / self.sy
+        return out
+
+    def boxes(self, boxes: np.ndarray) -> np.ndarray:
+        """x1/y1/x2/y2 network-input pixels -> image pixels, clipped to the image."""
+        out = self.points(boxes.reshape(-1, 2, 2)).reshape(-1, 4)
+        return np.clip(out, 0, np.array([self.w, self.h, self.w, self.h], dtype=np.float32))
+
+
+def label_list(labels: list, ids) -> np.ndarray:
+    """BYTES [K] labels of class ids (the id itself where there is no label)."""
+    return np.array([(labels[i] if 0 <= i < len(labels) and labels[i] else str(i)).encode()
+                     for i in ids], dtype=np.object_).reshape(-1)
+
+
+def here_labels(module_file: str, name: str = "labels.txt") -> list:
+    """The labels file beside a model.py."""
+    import os
+
+    return read_labels(os.path.join(os.path.dirname(os.path.abspath(module_file)), name))
+
+
 def read_labels(path: str) -> list:
     try:
         with open(path, encoding="utf-8") as f:
