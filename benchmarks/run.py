@@ -46,8 +46,8 @@ REFERENCE_SCRIPT = Path(os.environ.get("NAIAD_REFERENCE_SCRIPT") or
 PROJECT_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 EXPORT_VENV_PYTHON = WORK / "venv-export" / "bin" / "python"
 
-SCENARIOS = ("add_sub", "minilm", "startup", "metrics_overhead", "batching") + \
-    tuple(pipelines.RUNNERS)
+SCENARIOS = ("add_sub", "clients", "big_tensors", "memory", "minilm", "startup",
+             "metrics_overhead", "batching") + tuple(pipelines.RUNNERS)
 
 
 def log(msg: str) -> None:
@@ -353,6 +353,26 @@ def run_batching(ctx: Ctx) -> dict:
     return scenario_batching.run(ctx, sys.modules[__name__])
 
 
+# ------------------------------------------------------------------ real clients, big tensors, memory
+
+def run_clients(ctx: Ctx) -> dict:
+    import scenario_clients  # benchmarks/scenario_clients.py
+
+    return scenario_clients.run(ctx, sys.modules[__name__])
+
+
+def run_big_tensors(ctx: Ctx) -> dict:
+    import scenario_big  # benchmarks/scenario_big.py
+
+    return scenario_big.run(ctx, sys.modules[__name__])
+
+
+def run_memory(ctx: Ctx) -> dict:
+    import scenario_memory  # benchmarks/scenario_memory.py
+
+    return scenario_memory.run(ctx, sys.modules[__name__])
+
+
 # ------------------------------------------------------------------ main
 
 def parse_args(argv=None):
@@ -372,6 +392,11 @@ def parse_args(argv=None):
     ap.add_argument("--client-cpus", default="1", help="taskset CPU list for wrk (1)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin anything")
     ap.add_argument("--results-dir", type=Path, default=RESULTS)
+    ap.add_argument("--repeats", type=int, help="repeats per cell in the clients and "
+                    "big_tensors scenarios (default 3; quick 1)")
+    ap.add_argument("--soak", action="store_true",
+                    help="memory scenario: add the 10-minute soak at concurrency 64")
+    ap.add_argument("--soak-seconds", type=int, default=600, help="length of the soak (600)")
     a = ap.parse_args(argv)
     a.duration = a.duration or (4 if a.quick else 15)
     a.warmup = a.warmup if a.warmup is not None else (2 if a.quick else 5)
@@ -431,7 +456,8 @@ def main(argv=None) -> int:
                     runner = {"add_sub": run_add_sub, "minilm": run_minilm,
                               "startup": run_startup,
                               "metrics_overhead": run_metrics_overhead,
-                              "batching": run_batching}[name]
+                              "batching": run_batching, "clients": run_clients,
+                              "big_tensors": run_big_tensors, "memory": run_memory}[name]
                     res["scenarios"][name] = runner(ctx)
             except Exception as e:  # noqa: BLE001 - keep the other scenario's numbers
                 traceback.print_exc()
