@@ -88,7 +88,7 @@ def run_client(python: str, cpus: str | None, client: str, port: int, req: Infer
 def measure(ctx, env, server, client: str, req: InferRequest, c: int, duration: float,
             procs: int = 1) -> dict:
     """One window: the client's figures plus the server's CPU over it."""
-    port = server.http_port if client == "aiohttp" else server.grpc_port
+    port = server.http_port if client.startswith("aiohttp") else server.grpc_port
     base = "grpc-aio" if client == "grpc-aio-mp" else client
     py = str(env.PROJECT_PYTHON)
     row = {"server": server.name, "client": client, "concurrency": c}
@@ -114,7 +114,7 @@ def measure(ctx, env, server, client: str, req: InferRequest, c: int, duration: 
 
 
 def wire_cost(env, ctx, server, client: str, req: InferRequest, c: int) -> dict:
-    port = server.http_port if client == "aiohttp" else server.grpc_port
+    port = server.http_port if client.startswith("aiohttp") else server.grpc_port
     py = str(env.PROJECT_PYTHON)
 
     def go():

@@ -19,6 +19,10 @@ when one answers):
   from ``concurrency`` threads (the synchronous client with a thread pool).
 * ``aiohttp``: ``aiohttp`` POSTs of the binary tensor data extension body on
   ``concurrency`` keep-alive connections.
+* ``aiohttp-shm``: the same over system shared memory: each slot registers
+  an input and an output region (tritonclient.utils.shared_memory), writes
+  its inputs there once, and each request names the regions (JSON only);
+  the first output's first bytes are read back from its region.
 
 ``--procs N`` splits the concurrency over N processes (so that one Python
 process is not the bottleneck where there are cores for more). ``--requests
@@ -39,7 +43,7 @@ import sys
 import threading
 import time
 
-CLIENTS = ("grpc-aio", "grpc-stream", "tritonclient-grpc", "aiohttp")
+CLIENTS = ("grpc-aio", "grpc-stream", "tritonclient-grpc", "aiohttp", "aiohttp-shm")
 
 
 def _parse_inputs(specs: list[str]) -> list[tuple[str, str, list[int], bytes]]:
@@ -221,6 +225,82 @@ async def _aiohttp(args, win: _Window) -> None:
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
 
 
+async def _aiohttp_shm(args, win: _Window) -> None:
+    import aiohttp
+    import numpy as np
+    import tritonclient.utils.shared_memory as shm
+
+    base = f"http://127.0.0.1:{args.port}"
+    url = f"{base}/v2/models/{args.model}/infer"
+    tag = f"naiad_bench_{os.getpid()}"
+    regions = []
+
+    async def register(session, name, key, size):
+        async with session.post(f"{base}/v2/systemsharedmemory/region/{name}/register",
+                                json={"key": key, "offset": 0, "byte_size": size}) as r:
+            if r.status != 200:
+                raise RuntimeError(f"register {name}: HTTP {r.status} {await r.text()}")
+
+    conn = aiohttp.TCPConnector(limit=args.concurrency)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        bodies = []
+        try:
+            for slot in range(args.concurrency):
+                in_size = sum(len(r) for *_, r in args.inputs)
+                out_size = in_size  # the identity models answer with what they got
+                names = (f"{tag}_in{slot}", f"{tag}_out{slot}")
+                h_in = shm.create_shared_memory_region(names[0], "/" + names[0], in_size)
+                h_out = shm.create_shared_memory_region(names[1], "/" + names[1], out_size)
+                regions += [(names[0], h_in), (names[1], h_out)]
+                offset, inputs = 0, []
+
+                for name, dtype, dims, raw in args.inputs:
+                    shm.set_shared_memory_region(h_in, [np.frombuffer(raw, dtype=np.uint8)],
+                                                 offset=offset)
+                    inputs.append({"name": name, "shape": dims, "datatype": dtype,
+                                   "parameters": {"shared_memory_region": names[0],
+                                                  "shared_memory_offset": offset,
+                                                  "shared_memory_byte_size": len(raw)}})
+                    offset += len(raw)
+                await register(session, names[0], "/" + names[0], in_size)
+                await register(session, names[1], "/" + names[1], out_size)
+                outputs = [{"name": o, "parameters": {"shared_memory_region": names[1],
+                                                      "shared_memory_byte_size": out_size}}
+                           for o in args.outputs[:1]]
+                bodies.append(json.dumps({"inputs": inputs, "outputs": outputs}).encode())
+            async with session.post(url, data=bodies[0]) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"shm infer: HTTP {r.status} {await r.text()}")
+
+            async def worker(body, h_out):
+                while not win.done:
+                    t0 = time.perf_counter()
+                    try:
+                        async with session.post(url, data=body) as r:
+                            await r.read()
+                            ok, err = r.status == 200, f"HTTP {r.status}"
+                        if ok:
+                            shm.get_contents_as_numpy(h_out, np.uint8, [16])
+                    except aiohttp.ClientError as e:
+                        ok, err = False, str(e)
+                    win.record(t0, ok, err)
+
+            win.start = time.perf_counter()
+            win.end = win.start + args.duration
+            await asyncio.gather(*(worker(b, regions[2 * i + 1][1])
+                                   for i, b in enumerate(bodies)))
+        finally:
+            for name, _ in regions:
+                try:
+                    async with session.post(
+                            f"{base}/v2/systemsharedmemory/region/{name}/unregister") as r:
+                        await r.read()
+                except aiohttp.ClientError:
+                    pass
+            for _, h in regions:
+                shm.destroy_shared_memory_region(h)
+
+
 def _one_process(args) -> dict:
     win = _Window(args.duration, args.requests)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -228,14 +308,14 @@ def _one_process(args) -> dict:
         _tritonclient_grpc(args, win)
     else:
         runner = asyncio.run
-        if args.client == "aiohttp":  # grpc.aio wants asyncio's own loop
+        if args.client.startswith("aiohttp"):  # grpc.aio wants asyncio's own loop
             try:
                 import uvloop
                 runner = uvloop.run
             except ImportError:
                 pass
         coro = {"grpc-aio": _grpc_aio, "grpc-stream": _grpc_stream,
-                "aiohttp": _aiohttp}[args.client]
+                "aiohttp": _aiohttp, "aiohttp-shm": _aiohttp_shm}[args.client]
         runner(coro(args, win))
     stop = time.perf_counter()
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)

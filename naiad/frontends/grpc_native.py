@@ -178,8 +178,7 @@ class _Infer:
             response = successful(response, self.request.model_name)
             if trace is not None:
                 trace.response(response)
-            body = codec.encode_infer_response(response, self.request,
-                                               self.shm).SerializeToString()
+            body = codec.serialize_infer_response(response, self.request, self.shm)
             ops: tuple = (_META(None, _NO_FLAGS), _SEND(body, _NO_FLAGS),
                           _STATUS(None, _OK, b"", _NO_FLAGS))
         except Exception as exc:
@@ -549,9 +548,9 @@ class NativeServer:
             server.refuse_if_shutting_down()
             tracer = server.tracer
             received = time.monotonic_ns() if tracer.active else 0
-            msg = pb.ModelInferRequest.FromString(data)
+            msg, raw = codec.parse_infer_request(data)
             shm = server.shared_memory
-            request, _ = codec.decode_infer_request(msg, shm)
+            request, _ = codec.decode_infer_request(msg, shm, raw)
             if service.forward is not None:
                 service._forward_headers(request, metadata)
             trace = tracer.sample(request, "GRPC", received, received) if received else None
