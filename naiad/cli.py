@@ -67,7 +67,7 @@ _FLAGS: list[tuple[str, str, Any, Any, str]] = [
     ("--log-info", "log_info", _B, True, "Enable/disable info-level logging."),
     ("--log-warning", "log_warning", _B, True, "Enable/disable warning-level logging."),
     ("--log-error", "log_error", _B, True, "Enable/disable error-level logging."),
-    ("--log-format", "log_format", _S, "default", "Log format: default or ISO8601."),
+    ("--log-format", "log_format", _S, "default", "Log format: default, ISO8601 or json (one JSON object per line)."),
     ("--log-file", "log_file", _S, "", "Write the log to this file instead of stderr."),
     ("--exit-on-error", "exit_on_error", _B, True,
      "Exit if an error (such as a model failing to load) occurs during initialization."),
@@ -138,6 +138,19 @@ _FLAGS: list[tuple[str, str, Any, Any, str]] = [
     ("--vertex-ai-port", "vertex_ai_port", _I, 8080, "Vertex AI port."),
     ("--vertex-ai-thread-count", "vertex_ai_thread_count", _I, 8, "Accepted."),
     ("--vertex-ai-default-model", "vertex_ai_default_model", _S, "", "Accepted."),
+    ("--allow-openai", "allow_openai", _B, False,
+     "Serve the OpenAI-compatible API (/v1/...) on its own port (needs 'naiad[openai]')."),
+    ("--openai-address", "openai_address", _S, "",
+     "OpenAI API bind address (default: the HTTP address)."),
+    ("--openai-port", "openai_port", _I, 9000, "OpenAI API port."),
+    ("--openai-tokenizer", "openai_tokenizer", _S, "",
+     "tokenizer.json (or its folder) for generation models that have none."),
+    ("--openai-chat-template", "openai_chat_template", _S, "",
+     "Chat template file for generation models that have none."),
+    ("--openai-tool-call-parser", "openai_tool_call_parser", _S, "",
+     "Tool call format of models that name none: hermes or llama3."),
+    ("--openai-default-max-tokens", "openai_default_max_tokens", _I, 16,
+     "max_tokens of a completion request that sets none."),
     ("--allow-metrics", "allow_metrics", _B, True, "Serve Prometheus metrics."),
     ("--allow-gpu-metrics", "allow_gpu_metrics", _B, True, "GPU metrics (none without a GPU)."),
     ("--allow-cpu-metrics", "allow_cpu_metrics", _B, True, "CPU metrics."),
@@ -184,6 +197,15 @@ _LISTS: list[tuple[str, str, Callable, str]] = [
 ]
 
 
+def _shown_default(value: Any) -> str:
+    """A default as --help shows it: booleans as tritonserver spells them, '' as none."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "":
+        return "none"
+    return str(value).replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="naiad", description="naiad: a Triton-compatible inference server",
                 add_help=True)
@@ -194,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable-auto-complete-config", dest="disable_auto_complete_config",
                    action="store_true", help="Disable config auto-completion.")
     for flag, dest, typ, default, help_ in _FLAGS:
-        p.add_argument(flag, dest=dest, type=typ, default=default, help=help_, metavar="VALUE")
+        if "(default:" not in help_:
+            help_ = f"{help_} (default: {_shown_default(default)})"
+        p.add_argument(flag, dest=dest, type=typ, default=default, metavar="VALUE", help=help_)
     for flag, dest, typ, help_ in _LISTS:
         p.add_argument(flag, dest=dest, type=typ, action="append", default=[], help=help_,
                        metavar="VALUE")
@@ -206,7 +230,7 @@ def options_from_args(argv: list[str]) -> ServerOptions:
     if ns.model_control_mode not in ("none", "poll", "explicit"):
         raise CliError(f"unexpected value for --model-control-mode: '{ns.model_control_mode}'"
                        " (expected none, poll or explicit)")
-    if ns.log_format not in ("default", "ISO8601"):
+    if ns.log_format not in ("default", "ISO8601", "json"):
         raise CliError(f"unexpected value for --log-format: '{ns.log_format}'")
     if ns.rate_limit not in ("off", "execution_count"):
         raise CliError(f"unexpected value for --rate-limit: '{ns.rate_limit}'")
@@ -221,7 +245,7 @@ def options_from_args(argv: list[str]) -> ServerOptions:
     if "*" in ns.load_models and len(ns.load_models) > 1:
         raise CliError("Wildcard model name '*' must be the ONLY startup model if specified "
                        "at all.")
-    for port_flag in ("http_port", "grpc_port", "metrics_port"):
+    for port_flag in ("http_port", "grpc_port", "metrics_port", "openai_port"):
         port = getattr(ns, port_flag)
         if not 0 <= port <= 65535:
             raise CliError(f"--{port_flag.replace('_', '-')} must be in [0, 65535], got {port}")
@@ -259,6 +283,13 @@ def options_from_args(argv: list[str]) -> ServerOptions:
     if ns.response_cache_byte_size:
         opts.cache_config.setdefault("local", {})["size"] = str(ns.response_cache_byte_size)
     _check_access_flags(opts)
+    if opts.allow_openai:
+        from naiad.frontends.openai import check_options
+
+        try:
+            check_options(opts)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     return opts
 
 
@@ -343,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
 async def run(options: ServerOptions) -> int:
     """Start the server, serve until SIGINT/SIGTERM, shut down gracefully."""
     from naiad.core.errors import NaiadError
-    from naiad.observability.logging import LogSettings, render_table
+    from naiad.observability.logging import MULTILINE, LogSettings, render_table
     from naiad.server import Server
 
     settings = LogSettings(options.log_file, options.log_info, options.log_warning,
@@ -400,9 +431,9 @@ async def run(options: ServerOptions) -> int:
         await server.stop(timeout=5)
         return _fail(_creating_server_error(exc))
     rows = server.manager.status_rows()
-    log.info("\n%s\n", render_table(["Model", "Version", "Status"], rows))
+    log.info("%s", render_table(["Model", "Version", "Status"], rows), extra=MULTILINE)
     # tritonserver prints the option table, then gives up if a model failed
-    log.info("\n%s\n", render_table(["Option", "Value"], server.option_rows()))
+    log.info("%s", render_table(["Option", "Value"], server.option_rows()), extra=MULTILINE)
     # Everything loaded so far lives as long as the server: move it out of the
     # garbage collector's sight, so full collections stay short while serving.
     gc.collect()

@@ -50,8 +50,9 @@ from naiad.core.types import (
 from naiad.observability.metrics import ServerMetrics
 from naiad.observability.tracing import Tracer
 from naiad.options import MODE_EXPLICIT, MODE_NONE, MODE_POLL, ServerOptions
-from naiad.protocol.config_json import config_to_dict, parse_config_json
+from naiad.protocol.config_json import config_to_dict
 from naiad.repository.manager import ModelRepositoryManager
+from naiad.repository.overrides import parse_config_override
 from naiad.scheduling import make_scheduling_context
 from naiad.version import __version__
 
@@ -61,8 +62,10 @@ log = logging.getLogger("naiad.server")
 # exactly these; the command line adds "logging").
 BASE_EXTENSIONS = [
     "classification",
+    "sequence",
     "model_repository",
     "model_repository(unload_dependents)",
+    "schedule_policy",
     "model_configuration",
     "system_shared_memory",
     "cuda_shared_memory",
@@ -408,7 +411,7 @@ class DataPlane:
                     value = bytes(value).decode("utf-8", "replace")
                 if not isinstance(value, str):
                     raise InvalidArgument("the 'config' parameter must be a JSON string")
-                config = parse_config_json(value)
+                config = parse_config_override(name, value)
             elif key.startswith("file:"):
                 files[key[len("file:"):]] = _file_parameter(key, value)
             else:

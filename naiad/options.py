@@ -124,6 +124,15 @@ class ServerOptions:
     enable_peer_access: bool = True
     model_load_gpu_limit: list[str] = dataclasses.field(default_factory=list)
 
+    # OpenAI-compatible frontend (naiad.frontends.openai, extra 'naiad[openai]')
+    allow_openai: bool = False
+    openai_address: str = ""  # empty: same as http_address
+    openai_port: int = 9000
+    openai_tokenizer: str = ""  # tokenizer.json (or its folder) for models without their own
+    openai_chat_template: str = ""  # chat template file for models without their own
+    openai_tool_call_parser: str = ""  # hermes or llama3, for models that name none
+    openai_default_max_tokens: int = 16
+
     # other frontends (accepted; not served)
     allow_sagemaker: bool = False
     sagemaker_port: int = 8080

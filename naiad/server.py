@@ -128,6 +128,10 @@ class Server:
 
             specs.append(HttpFrontend(dp, opts.http_address, opts.http_port,
                                       opts.reuse_http_port, opts.http_max_input_size))
+        if opts.allow_openai:
+            from naiad.frontends.openai import openai_frontend
+
+            specs.append(openai_frontend(dp))
         if opts.allow_metrics:
             from naiad.frontends.metrics import MetricsFrontend
 

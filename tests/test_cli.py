@@ -177,7 +177,7 @@ def test_auto_complete_switches():
     (["--http-port=abc"], "--http-port: invalid int value: 'abc'"),
     (["--http-port"], "--http-port: expected one argument"),
     (["--model-control-mode=bogus"], "unexpected value for --model-control-mode: 'bogus'"),
-    (["--log-format=json"], "unexpected value for --log-format: 'json'"),
+    (["--log-format=xml"], "unexpected value for --log-format: 'xml'"),
     (["--rate-limit=sometimes"], "unexpected value for --rate-limit: 'sometimes'"),
     (["--http-port=70000"], "--http-port must be in [0, 65535]"),
     (["--backend-config=novalue"], "expected <group>,<setting>=<value>"),
@@ -311,8 +311,9 @@ def test_startup_output(chatty_repo):
                          r"\| chatty\s+\| 1\s+\| READY\s+\|", out)
         assert re.search(r"\| Option\s+\| Value", out)
         assert re.search(r"\| server_id\s+\| my-node", out)
-        assert re.search(rf"^I\d{{4}} \d\d:\d\d:\d\d\.\d{{6}} \d+ \S+\] Started HTTPService at "
-                         rf"127\.0\.0\.1:{server.http_port}$", out, re.M)
+        # Triton 2.51: "I1206 19:22:12.646915 19209 http_server.cc:4713] "Started HTTPService ...""
+        assert re.search(rf'^I\d{{4}} \d\d:\d\d:\d\d\.\d{{6}} \d+ \w+\.py:\d+\] "Started HTTPService at '
+                         rf'127\.0\.0\.1:{server.http_port}"$', out, re.M)
         assert "info hello from chatty" in out
         assert "verbose hello" not in out
         assert requests.get(server.base + "/v2", timeout=5).json()["name"] == "my-node"
@@ -323,7 +324,7 @@ def test_log_format_iso8601(chatty_repo):
         out = server.output()
     started = [line for line in out.splitlines() if "Started HTTPService" in line]
     # tritonserver: "2026-11-21T23:22:38Z I 26623 file.cc:480] message"
-    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ I \d+ \S+\] Started HTTPService",
+    assert re.match(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ I \d+ \S+:\d+\] "Started HTTPService',
                     started[0])
     warning = [line for line in out.splitlines() if "warning hello" in line]
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ W \d+ ", warning[0])
@@ -333,7 +334,7 @@ def test_log_verbose(chatty_repo):
     with NaiadProcess(chatty_repo, "--log-verbose=1") as server:
         out = server.output()
     # verbose messages carry the I prefix, as in tritonserver
-    assert re.search(r"^I\d{4} .*verbose hello from chatty$", out, re.M)
+    assert re.search(r'^I\d{4} .*"verbose hello from chatty"$', out, re.M)
 
 
 def test_log_info_false(chatty_repo):
@@ -342,7 +343,7 @@ def test_log_info_false(chatty_repo):
     assert "info hello" not in out and "Started HTTPService" not in out
     assert "| Model" not in out
     assert not re.search(r"^I\d{4} ", out, re.M)
-    assert re.search(r"^W\d{4} .*warning hello from chatty$", out, re.M)
+    assert re.search(r'^W\d{4} .*"warning hello from chatty"$', out, re.M)
 
 
 def test_log_file(chatty_repo, tmp_path):

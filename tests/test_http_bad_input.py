@@ -51,7 +51,7 @@ Content-Length above --http-max-input-size               waits for the   413 at 
 chunked body above the limit                             (no limit)      413
 Content-Length announced, body never sent                -               no memory committed
                                                                          for the announced size
-unsupported Content-Encoding                             501             501
+unsupported Content-Encoding                             501             415 (was 501)
 =======================================================  ==============  ===================
 """
 
@@ -357,7 +357,7 @@ CASES = [
         [bytes_bin([1, 1], 10)], elem(b"a") + elem(b"b")), 400, 400,
      "5 bytes left after the 1 elements"),
     # transport
-    ("unsupported-content-encoding", P, VALID, {"Content-Encoding": "br"}, 501, 501,
+    ("unsupported-content-encoding", P, VALID, {"Content-Encoding": "br"}, 415, 501,
      "unsupported Content-Encoding 'br'"),
     ("bad-header-length-value", FP32, *binary_body(
         [fp32_bin([1, 4], 16)], b"\0" * 16, header_length="sixteen"), 400, 400,

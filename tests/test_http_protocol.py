@@ -33,8 +33,8 @@ all-JSON response                                  application/json, no        s
                                                    header length
 request parameters -> request.parameters()         JSON of the custom keys     same keys and values
 Content-Encoding gzip / deflate request            200                         200
-Content-Encoding br                                501 "Unsupported            501 (was 415)
-                                                   compression type"
+Content-Encoding br                                501 "Unsupported            415 (a client
+                                                   compression type"           mistake: no 5xx)
 Accept-Encoding gzip, deflate, q-values            highest q, first on a tie,  same (was: substring
                                                    q=0 and identity honoured   match, q ignored)
 keep-alive, errors included                        one connection              one connection
@@ -323,8 +323,14 @@ def test_model_config(server):
 
 
 def test_model_stats_shape(server):
-    assert get(server, "/v2/models/idle/stats").json() == IDLE_STATS
-    assert get(server, "/v2/models/idle/versions/1/stats").json() == IDLE_STATS
+    for path in ("/v2/models/idle/stats", "/v2/models/idle/versions/1/stats"):
+        got = get(server, path).json()
+        # memory_usage: Triton's python backend reports none; naiad reports the RSS growth
+        # of the version's load when it loaded alone (see test_memory_usage.py)
+        usage = got["model_stats"][0].pop("memory_usage")
+        assert all(set(u) == {"type", "id", "byte_size"} for u in usage), usage
+        got["model_stats"][0]["memory_usage"] = []
+        assert got == IDLE_STATS
     everything = get(server, "/v2/models/stats").json()
     names = {(s["name"], s["version"]) for s in everything["model_stats"]}
     assert {("add_sub", "1"), ("idle", "1"), ("multi", "1"), ("multi", "2"),
@@ -500,7 +506,8 @@ def test_compressed_request(server, encoding, compress):
 
 def test_unsupported_content_encoding(server):
     r = post(server, "/v2/models/add_sub/infer", ADD_SUB, headers={"Content-Encoding": "br"})
-    assert r.status_code == 501
+    assert r.status_code == (501 if REFERENCE else 415)
+    assert "Content-Encoding" in r.json()["error"] or REFERENCE
 
 
 @naiad_only

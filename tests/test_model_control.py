@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 
 import pytest
 import tritonclient.http as httpclient
@@ -114,11 +115,19 @@ def test_load_with_config_override(repo):
         status, body, _ = call(server.base, "POST", "/v2/repository/models/a/load",
                                {"parameters": {"config": "{not json"}})
         assert status == 400 and "failed to parse model configuration JSON" in body["error"]
+        assert body["error"].startswith("failed to load 'a', failed to poll from model repository")
         status, body, _ = call(server.base, "POST", "/v2/repository/models/a/load",
                                {"parameters": {"config": json.dumps({"name": "other"})}})
         assert status == 400 and "'other'" in body["error"]
         assert infer(server.base, "a")[:2] == (200, 1)
-        # a load without config goes back to config.pbtxt
+        # a load without config keeps the running override (as Triton does) while the
+        # files are unchanged; after an unload, config.pbtxt again
+        client.load_model("a")
+        assert client.get_model_config("a")["instance_group"][0]["count"] == 3
+        client.unload_model("a")
+        deadline = time.monotonic() + 30
+        while client.is_model_ready("a") and time.monotonic() < deadline:
+            time.sleep(0.05)
         client.load_model("a")
         assert client.get_model_config("a")["instance_group"][0]["count"] == 1
 
@@ -148,8 +157,9 @@ def test_load_from_request_files(repo, tmp_path):
                            "file:1/model.py": base64.b64encode(b"x = 1").decode(),
                            f"file:{escape}": base64.b64encode(b"owned").decode()}})
         assert status == 400
-        assert body["error"].startswith(f"Invalid file parameter 'file:{escape}' with "
-                                        "normalized path")
+        assert body["error"].startswith(  # Triton's message, then the reason
+            "failed to load 'evil', failed to poll from model repository: "
+            f"Invalid file parameter 'file:{escape}' with normalized path")
         assert body["error"].endswith("must stay within model directory.")
         for bad in ("../x.py", "/etc/passwd", "1/../../x.py"):
             status, body, _ = call(server.base, "POST", "/v2/repository/models/evil/load", {

@@ -17,7 +17,8 @@ when one answers):
   concurrent slot, one request in flight on each.
 * ``tritonclient-grpc``: ``tritonclient.grpc.InferenceServerClient.infer``
   from ``concurrency`` threads (the synchronous client with a thread pool).
-* ``aiohttp``: ``aiohttp`` POSTs of the binary tensor data extension body on
+* ``aiohttp``: ``aiohttp`` POSTs of the binary tensor data extension body (without
+  aiohttp's default Accept-Encoding, as tritonclient.http sends them) on
   ``concurrency`` keep-alive connections.
 * ``aiohttp-shm``: the same over system shared memory: each slot registers
   an input and an output region (tritonclient.utils.shared_memory), writes
@@ -205,7 +206,7 @@ async def _aiohttp(args, win: _Window) -> None:
                "Content-Type": "application/octet-stream"}
     url = f"http://127.0.0.1:{args.port}/v2/models/{args.model}/infer"
     conn = aiohttp.TCPConnector(limit=args.concurrency)
-    async with aiohttp.ClientSession(connector=conn) as session:
+    async with aiohttp.ClientSession(connector=conn, skip_auto_headers=("Accept-Encoding",)) as session:
         async with session.post(url, data=body, headers=headers) as r:
             await r.read()
 
@@ -242,7 +243,7 @@ async def _aiohttp_shm(args, win: _Window) -> None:
                 raise RuntimeError(f"register {name}: HTTP {r.status} {await r.text()}")
 
     conn = aiohttp.TCPConnector(limit=args.concurrency)
-    async with aiohttp.ClientSession(connector=conn) as session:
+    async with aiohttp.ClientSession(connector=conn, skip_auto_headers=("Accept-Encoding",)) as session:
         bodies = []
         try:
             for slot in range(args.concurrency):

@@ -43,13 +43,16 @@ def rapidocr_models_dir() -> str:
 
 def read_dictionary(rec_model: str) -> str:
     """The recognition model's characters, one per line, from its ONNX metadata."""
-    import onnx
+    import onnxruntime as ort
 
-    model = onnx.load(rec_model, load_external_data=False)
-    for prop in model.metadata_props:
-        if prop.key == "character":
-            return prop.value
-    raise SystemExit(f"{rec_model} has no 'character' metadata: not a PP-OCR recognition model")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(rec_model, options, providers=["CPUExecutionProvider"])
+    keys = session.get_modelmeta().custom_metadata_map.get("character")
+    if keys is None:
+        raise SystemExit(f"{rec_model} has no 'character' metadata: not a PP-OCR recognition "
+                         "model")
+    return keys
 
 
 def build(output: str) -> str:
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = build(args.output)
     print(f"OCR model repository written to {path}")
-    print(f"serve it with: python -m naiad --model-repository={path}")
+    naiad = os.path.join(os.path.dirname(sys.executable), "naiad")
+    print(f"serve it with: {naiad} --model-repository={path}")
     return 0
 
 

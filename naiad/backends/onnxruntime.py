@@ -257,6 +257,24 @@ def _global_threadpool(backend_config: dict[str, str]) -> bool:
         return bool(_global_pool_state)
 
 
+def ort_log_severity() -> int:
+    """onnxruntime's log severity for the server's --log-verbose level.
+
+    onnxruntime writes its log to stderr in its own format: silent (fatal
+    only) unless verbose logging is on; then warnings at --log-verbose=1,
+    info at 2, everything at 3 and more. Its errors reach the server log
+    anyway, as the exceptions naiad reports. The naiad loggers' level carries
+    the verbose level (DEBUG at 1, one below DEBUG per extra level).
+    """
+    level = log.getEffectiveLevel()
+    if level > logging.DEBUG:
+        severity = 4
+    else:
+        severity = max(0, 2 - (logging.DEBUG - level))
+    ort.set_default_logger_severity(severity)
+    return severity
+
+
 @dataclasses.dataclass
 class SessionSettings:
     """What every session of one model is created with."""
@@ -272,8 +290,7 @@ class SessionSettings:
         name = config.name
         so = ort.SessionOptions()
         summary: dict[str, Any] = {}
-        if log.isEnabledFor(logging.DEBUG):
-            so.log_severity_level = 1
+        so.log_severity_level = ort_log_severity()
 
         level = int(config.optimization.graph.level)
         so.graph_optimization_level = _GRAPH_LEVELS.get(
@@ -322,6 +339,7 @@ class SessionSettings:
                 summary[key] = flag
 
         run_options = ort.RunOptions()
+        run_options.log_severity_level = so.log_severity_level
         config_entry("memory.enable_memory_arena_shrinkage", run_options.add_run_config_entry)
 
         register_custom_ops(so, config, "load")
@@ -654,6 +672,7 @@ class OnnxRuntimeBackend(Backend):
             return  # nothing to read; the repository reports the missing version
         path = resolve_model_path(version_dir, config.default_model_filename)
         options = ort.SessionOptions()
+        options.log_severity_level = ort_log_severity()
         # only the signature is read: skip the optimizers, keep custom ops
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.intra_op_num_threads = 1

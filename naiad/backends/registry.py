@@ -12,6 +12,7 @@ from importlib import metadata
 
 from naiad.backends.base import Backend
 from naiad.core.errors import InvalidArgument, Unsupported
+from naiad.core.extras import install_hint
 
 _BUILTIN: dict[str, str] = {
     "python": "naiad.backends.python.backend:PythonBackend",
@@ -87,7 +88,7 @@ def get_backend(name: str) -> Backend:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             extra = {"onnxruntime": "onnx", "pytorch": "torch", "openvino": "openvino"}.get(name)
-            hint = f" (install it with: pip install 'naiad[{extra}]')" if extra else ""
+            hint = f" (install it with: {install_hint(extra)})" if extra else ""
             raise Unsupported(f"backend '{name}' is not available: {exc}{hint}") from exc
         backend = getattr(module, attr)()
         _cache[name] = backend

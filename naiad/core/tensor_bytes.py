@@ -47,9 +47,11 @@ def check_shape(shape: Any, name: str) -> tuple[int, ...]:
             f"shape of input '{name}' has {len(shape)} dimensions, more than {MAX_DIMS}")
     for d in shape:
         if type(d) is not int or d < 0 or d > _MAX_DIM:
+            # the client's values, but never a nested structure (its repr could recurse)
+            flat = all(isinstance(x, (int, float, str, type(None))) for x in shape)
+            got = str(list(shape))[:200] if flat else "an array holding arrays or objects"
             raise InvalidArgument(
-                f"shape of input '{name}' must contain non-negative integers, got {list(shape)}"
-            )
+                f"shape of input '{name}' must contain non-negative integers, got {got}")
     return tuple(shape)
 
 

@@ -56,6 +56,10 @@ async def answer_lifespan(scope: dict, receive: Callable, send: Callable) -> Non
             return
 
 
+def _too_large_body(limit: int) -> bytes:
+    return b'{"error":"request body exceeds the limit of %d bytes"}' % limit
+
+
 def _status_line(code: int) -> bytes:
     line = _STATUS_LINES.get(code)
     if line is None:
@@ -87,8 +91,10 @@ class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
     def __init__(self, app: Callable, loop: asyncio.AbstractEventLoop, state: ServerState,
-                 max_body_size: int, keepalive_timeout: float, max_pipeline: int = 32):
+                 max_body_size: int, keepalive_timeout: float, max_pipeline: int = 32,
+                 too_large_body: Callable[[int], bytes] | None = None):
         self.app = app
+        self.too_large_body = too_large_body or _too_large_body
         self.loop = loop
         self.state = state
         self.max_body_size = max_body_size
@@ -201,9 +207,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._busy or self._pending:
             return  # answered in turn by on_message_complete
         self._discard = True
-        self._error_and_close(
-            413, b'{"error":"request body exceeds the limit of %d bytes"}' % self.max_body_size,
-            linger=True)
+        self._error_and_close(413, self.too_large_body(self.max_body_size), linger=True)
 
     def on_message_complete(self) -> None:
         parser = self.parser
@@ -259,8 +263,7 @@ class HttpProtocol(asyncio.Protocol):
         self._busy = True
         req = self._pending.popleft()
         if req.scope.get("naiad.too_large"):
-            self._error_and_close(
-                413, b'{"error":"request body exceeds the limit of %d bytes"}' % self.max_body_size)
+            self._error_and_close(413, self.too_large_body(self.max_body_size))
             return
         cycle = _Cycle(self, req)
         coro = cycle.run()
@@ -488,8 +491,11 @@ class AsgiServer:
     """Serve an ASGI app on an already-bound listening socket."""
 
     def __init__(self, app: Callable, max_body_size: int = 64 * 1024 * 1024,
-                 keepalive_timeout: float = 120.0):
+                 keepalive_timeout: float = 120.0,
+                 too_large_body: Callable[[int], bytes] | None = None):
+        """``too_large_body(limit)``: the JSON body of the 413 answer (default Triton's)."""
         self.app = app
+        self.too_large_body = too_large_body
         self.max_body_size = max_body_size
         self.keepalive_timeout = keepalive_timeout
         self.state = ServerState()
@@ -500,7 +506,7 @@ class AsgiServer:
 
         def factory() -> HttpProtocol:
             return HttpProtocol(self.app, loop, self.state, self.max_body_size,
-                                self.keepalive_timeout)
+                                self.keepalive_timeout, too_large_body=self.too_large_body)
 
         self._server = await loop.create_server(factory, sock=sock, backlog=2048)
 

@@ -46,6 +46,8 @@ from naiad.frontends.grpc_service import (
     InferenceService,
     StreamSession,
 )
+from naiad.observability.logging import log_grpc_call
+from naiad.protocol import grpc_codec as codec
 from naiad.protocol import grpc_service_pb2 as pb
 from naiad.protocol import health_pb2
 
@@ -115,6 +117,9 @@ class _ThreadedStream(StreamSession):
                 for msg in self.requests:
                     if self.closed:
                         break
+                    if isinstance(msg, codec.Unparsable):
+                        self.refuse(msg.error, "")
+                        continue
                     self.submit(msg)
             except Exception as exc:  # the client cancelled or the connection broke
                 if not isinstance(exc, grpc.RpcError):
@@ -194,6 +199,7 @@ class GrpcFrontend:
         unary = grpc.unary_unary_rpc_method_handler
 
         def guard(method: str, fn: Callable) -> Callable:
+            fn = parsed(method, fn)
             rule = restricted.get(method)
             if rule is None:
                 return fn
@@ -208,9 +214,21 @@ class GrpcFrontend:
 
             return checked
 
+        def parsed(method: str, fn: Callable) -> Callable:
+            """A request that did not parse is refused (INVALID_ARGUMENT) before ``fn``."""
+
+            def call(msg, context):
+                if log.isEnabledFor(logging.DEBUG):  # --log-verbose, as Triton's handlers
+                    log_grpc_call(log, method)
+                if isinstance(msg, codec.Unparsable):
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, msg.error.message)
+                return fn(msg, context)
+
+            return call
+
         def rpc(method: str, req: Any, resp: Any) -> Any:
             return unary(guard(method, getattr(service, method)),
-                         request_deserializer=req.FromString,
+                         request_deserializer=codec.lenient_parser(req),
                          response_serializer=resp.SerializeToString)
 
         names = [
@@ -247,15 +265,16 @@ class GrpcFrontend:
             guard("ModelStreamInfer",
                   lambda requests, context: _ThreadedStream(service, requests,
                                                             context).responses()),
-            request_deserializer=pb.ModelInferRequest.FromString,
+            request_deserializer=codec.lenient_parser(pb.ModelInferRequest),
             response_serializer=pb.ModelStreamInferResponse.SerializeToString)
         health = {
             "Check": unary(guard("Check", service.Check),
-                           request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                           request_deserializer=codec.lenient_parser(
+                               health_pb2.HealthCheckRequest),
                            response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
             "Watch": grpc.unary_stream_rpc_method_handler(
                 guard("Watch", service.Watch),
-                request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                request_deserializer=codec.lenient_parser(health_pb2.HealthCheckRequest),
                 response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
         }
         return inference, health

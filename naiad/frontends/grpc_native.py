@@ -49,6 +49,7 @@ from naiad.core.errors import NaiadError, as_naiad_error
 from naiad.core.types import InferenceRequest, InferenceResponse, successful
 from naiad.frontends import restrictions
 from naiad.frontends.grpc_service import END, HEALTH_SERVICE, SERVICE, STATUS, StreamSession
+from naiad.observability.logging import log_grpc_call, log_response_outputs
 from naiad.protocol import grpc_codec as codec
 from naiad.protocol import grpc_service_pb2 as pb
 from naiad.protocol import health_pb2
@@ -178,6 +179,8 @@ class _Infer:
             response = successful(response, self.request.model_name)
             if trace is not None:
                 trace.response(response)
+            if log.isEnabledFor(logging.DEBUG):
+                log_response_outputs(log, response)
             body = codec.serialize_infer_response(response, self.request, self.shm)
             ops: tuple = (_META(None, _NO_FLAGS), _SEND(body, _NO_FLAGS),
                           _STATUS(None, _OK, b"", _NO_FLAGS))
@@ -239,9 +242,9 @@ class _NativeStream:
                 self.session.end_of_requests()
             return
         try:
-            msg = pb.ModelInferRequest.FromString(data)
-        except Exception:
-            self.session.refuse(NaiadError("unable to parse the request message"), "")
+            msg = codec.parse_message(pb.ModelInferRequest, data)
+        except NaiadError as exc:
+            self.session.refuse(exc, "")
         else:
             self.session.submit(msg)
         if not self.session.closed:
@@ -307,6 +310,10 @@ class NativeServer:
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._shutting_down = False
+        # held while the C server is called from outside the pollers (shutdown, cancel):
+        # the poller that gets the shutdown event destroys it only then (grpcio's rule)
+        self._server_lock = threading.Lock()
+        self._destroyed = False
         self._pollers: dict[int, bool] = {}  # poller thread id -> waiting in poll()
         self._pollers_lock = threading.Lock()
         self._events = 0  # events handled so far (the watchdog's sign of progress)
@@ -379,23 +386,30 @@ class NativeServer:
         if self._shutting_down:
             return self._stopped
         self._shutting_down = True
-        self.server.shutdown(self.cq, self._on_shutdown)
+        with self._server_lock:
+            # the shutdown event can reach a poller before this call returns
+            self.server.shutdown(self.cq, self._on_shutdown)
 
         def cancel_after_grace() -> None:
             if not self._stopped.wait(grace):
-                try:
-                    self.server.cancel_all_calls()
-                except Exception:  # already down
-                    pass
+                with self._server_lock:
+                    if self._destroyed:
+                        return
+                    try:
+                        self.server.cancel_all_calls()
+                    except Exception:  # already down
+                        pass
 
         threading.Thread(target=cancel_after_grace, name="naiad-grpc-stop", daemon=True).start()
         return self._stopped
 
     def _on_shutdown(self, event: Any) -> None:
         """Every call is over: release the server, then drain and end the queue."""
-        destroy = getattr(self.server, "destroy", None)
-        if destroy is not None:
-            destroy()
+        with self._server_lock:  # not while stop() is still inside server.shutdown()
+            self._destroyed = True
+            destroy = getattr(self.server, "destroy", None)
+            if destroy is not None:
+                destroy()
         self.cq.shutdown()
 
     def _add_poller(self) -> threading.Thread:
@@ -494,6 +508,7 @@ class NativeServer:
 
     def _arm(self, path: str) -> None:
         handler, receive_first = self.methods[path]
+        method = path.rpartition("/")[2]
 
         def on_call(event: Any) -> None:
             if self._shutting_down:
@@ -506,6 +521,8 @@ class NativeServer:
                 return
             call = event.call
             metadata = event.invocation_metadata
+            if log.isEnabledFor(logging.DEBUG):  # --log-verbose: as Triton's handlers
+                log_grpc_call(log, method)
             if receive_first:
                 self.start(call, (_RECV(_NO_FLAGS),),
                            lambda ev: handler(call, metadata, ev))
@@ -591,7 +608,7 @@ class NativeServer:
                 if rule is not None and not _allowed(rule, metadata):
                     context.abort(grpc.StatusCode.UNAVAILABLE,
                                   restrictions.restricted_message("protocol", rule[0]))
-                response = handler(request_cls.FromString(data), context)
+                response = handler(codec.parse_message(request_cls, data), context)
             except _Abort:
                 response = None
             except Exception as exc:

@@ -28,6 +28,7 @@ from naiad.core.types import InferenceRequest, InferenceResponse, successful
 from naiad.frontends import restrictions
 from naiad.frontends.grpc_pool import ElasticPool
 from naiad.frontends.status import grpc_status
+from naiad.observability.logging import log_response_outputs
 from naiad.protocol import grpc_codec as codec
 from naiad.protocol import grpc_service_pb2 as pb
 from naiad.protocol import health_pb2
@@ -166,6 +167,8 @@ class InferenceService:
             if trace is not None:
                 trace.response(response)
                 trace.stamp("GRPC_SEND_START")
+            if log.isEnabledFor(logging.DEBUG):  # --log-verbose: a line per output sent
+                log_response_outputs(log, response)
             return codec.encode_infer_response(response, request, shm)
         finally:
             if trace is not None:
@@ -352,6 +355,8 @@ class StreamSession:
                 return
 
             def make() -> Any:
+                if response is not None and log.isEnabledFor(logging.DEBUG):
+                    log_response_outputs(log, response)  # --log-verbose: per output sent
                 return codec.stream_response(response, request, version_text, final, shm)
 
             if final:

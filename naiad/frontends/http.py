@@ -1,7 +1,9 @@
 """The HTTP/REST frontend: KServe v2 with Triton's extensions, as a raw ASGI app.
 
-Served by uvicorn (httptools, uvloop). Routing is a split of the path and a
-few comparisons: no framework sits on the per-request path, because at high
+Served by naiad's own HTTP/1.1 server (``asgi_server.py``: httptools, uvloop),
+or by uvicorn with ``NAIAD_HTTP_SERVER=uvicorn`` (the ``uvicorn`` extra).
+Routing is a split of the path and a few comparisons: no framework sits on
+the per-request path, because at high
 request rates the ASGI layer alone costs half the budget (DESIGN.md). This
 module only translates between HTTP and the core (``naiad.server.Server``);
 it holds no model logic.
@@ -27,9 +29,12 @@ from naiad.core.errors import (
     Unsupported,
     as_naiad_error,
 )
+from naiad.core.extras import install_hint
 from naiad.frontends import generate, restrictions
 from naiad.frontends.asgi_server import AsgiServer, answer_lifespan
 from naiad.frontends.status import http_status
+from naiad.frontends.streaming import until_disconnect
+from naiad.observability.logging import log_response_outputs
 from naiad.protocol import http_codec
 
 log = logging.getLogger("naiad.http")
@@ -39,6 +44,11 @@ OCTET = (b"Content-Type", b"application/octet-stream")
 TEXT = (b"Content-Type", b"text/plain")
 
 # The answer to new inference once a graceful shutdown has begun (503)
+
+
+# how Triton's verbose log numbers HTTP methods (libevhtp's htp_method)
+_METHOD_CODES = {"GET": 0, "HEAD": 1, "POST": 2, "PUT": 3, "DELETE": 4, "OPTIONS": 8,
+                 "TRACE": 13, "CONNECT": 14, "PATCH": 15}
 
 
 class HttpError(Exception):
@@ -135,6 +145,8 @@ class HttpApp:
             return
         path = scope["path"]
         method = scope["method"]
+        if log.isEnabledFor(logging.DEBUG):  # --log-verbose: one line per request, as Triton
+            log.debug("HTTP request: %d %s", _METHOD_CODES.get(method, 16), path)
         parts = path.split("/")
         try:
             if self.restricted:
@@ -149,6 +161,8 @@ class HttpApp:
             await self._send_json(send, http_status(exc.kind), {"error": exc.message})
         except ClientGone:
             return
+        except RecursionError:  # a client's structure deeper than the code handling it
+            await self._send_json(send, 400, {"error": "the request is nested too deeply"})
         except Exception as exc:  # never a traceback on the wire
             log.exception("unhandled error serving %s %s", method, path)
             err = as_naiad_error(exc)
@@ -212,8 +226,11 @@ class HttpApp:
             self._require(method, "POST")
             self.server.refuse_if_shutting_down()
             body = await self._read_body(scope, receive)
-            await generate.serve(self.server, name, version, body,
-                                 action == "generate_stream", send)
+            if action == "generate":
+                await generate.serve(self.server, name, version, body, False, send)
+            else:  # a client that goes away mid-stream cancels the model's request
+                await until_disconnect(
+                    generate.serve(self.server, name, version, body, True, send), receive)
         elif action == "trace" and rest[1:] == ["setting"]:
             await self._trace_setting(name, method, scope, receive, send)
         else:
@@ -310,6 +327,8 @@ class HttpApp:
                 tracer.finish(trace, request)
                 raise
             trace.response(response)
+        if log.isEnabledFor(logging.DEBUG):
+            log_response_outputs(log, response)
         parts, json_len = http_codec.encode_infer_response(
             response, request, binary_default, shm)
         out_headers = [OCTET if json_len is not None else JSON]
@@ -389,7 +408,9 @@ class HttpApp:
             # zlib-wrapped per RFC; raw deflate is tried if the header is missing
             wbits = 15 if len(data) >= 2 and (data[0] * 256 + data[1]) % 31 == 0 else -15
         else:
-            raise HttpError(501, f"unsupported Content-Encoding '{encoding.decode('latin-1')}'")
+            # 415, the status for this (Triton answers 501, a server error)
+            raise HttpError(415, f"unsupported Content-Encoding '{encoding.decode('latin-1')}'"
+                            " (supported: gzip, deflate, identity)")
         d = zlib.decompressobj(wbits)
         try:
             out = d.decompress(data, limit + 1)
@@ -577,7 +598,7 @@ def bind_socket(address: str, port: int, reuse_port: bool = False) -> socket.soc
 
 
 class HttpFrontend:
-    """Runs the ASGI app under uvicorn on a socket we bind ourselves."""
+    """Serves the ASGI app (naiad's own server, or uvicorn) on a socket we bind ourselves."""
 
     name = "HTTPService"
 
@@ -605,7 +626,11 @@ class HttpFrontend:
         await self._own.start(self._sock)
 
     async def _start_uvicorn(self) -> None:
-        import uvicorn
+        try:
+            import uvicorn
+        except ImportError:
+            raise InvalidArgument(
+                f"NAIAD_HTTP_SERVER=uvicorn needs uvicorn: {install_hint('uvicorn')}") from None
 
         config = uvicorn.Config(
             self.app,

@@ -1,7 +1,16 @@
 """Server logging in Triton's formats, with settings that change at run time.
 
-``default``:  ``I1121 22:57:11.877876 3156 naiad.server] message``
-``ISO8601``:  ``2026-11-21T22:57:11Z I 3156 naiad.server] message``
+``default``:  ``I1121 22:57:11.877876 3156 manager.py:412] "successfully loaded 'm'"``
+``ISO8601``:  ``2026-11-21T22:57:11Z I 3156 manager.py:412] "successfully loaded 'm'"``
+``json``:     ``{"time":"2026-11-21T22:57:11.877876Z","level":"INFO","pid":3156,
+              "file":"manager.py:412","message":"successfully loaded 'm'","model":"m"}``
+
+As Triton 2.51 does, a message is written as a JSON string (quoted, with
+newlines and quotes escaped) so that one entry is one line;
+``TRITON_SERVER_ESCAPE_LOG_MESSAGES=0`` turns that off. Tables are Triton's
+multi-line entries: the heading line, then the table as it is. The ``json``
+format (not in Triton) writes one JSON object per line, with the model's name
+where the entry concerns one model.
 
 The severities follow tritonserver's switches: --log-info, --log-warning,
 --log-error turn each on or off, --log-verbose N turns on verbose (DEBUG)
@@ -17,29 +26,97 @@ import sys
 import threading
 import time
 
+import orjson
+
 _LETTER = {logging.DEBUG: "V", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E",
            logging.CRITICAL: "E"}
+_LEVEL_NAME = {"I": "INFO", "W": "WARNING", "E": "ERROR", "V": "VERBOSE"}
+
+FORMATS = ("default", "ISO8601", "json")
+
+# ``log.info("%s", table, extra=MULTILINE)``: a multi-line entry, written unescaped
+MULTILINE = {"multiline": True}
+
+
+def escape_messages() -> bool:
+    """Whether messages are JSON-escaped (Triton's default; TRITON_SERVER_ESCAPE_LOG_MESSAGES=0: no)."""
+    return os.environ.get("TRITON_SERVER_ESCAPE_LOG_MESSAGES", "") != "0"
+
+
+def for_model(name: str) -> dict:
+    """``extra=`` for an entry that concerns one model (the json format's ``model`` field)."""
+    return {"model": name}
+
+
+def verbose_logger_level(verbose: int) -> int:
+    """The ``naiad`` loggers' level for --log-verbose N: INFO at 0, DEBUG at 1, one lower
+    per extra level (code that adapts to the verbose level, such as onnxruntime's
+    own log severity, reads it from the logger)."""
+    if verbose <= 0:
+        return logging.INFO
+    return max(1, logging.DEBUG - (verbose - 1))
+
+
+# Triton's verbose log names the handler of each gRPC call it takes, and numbers them
+_GRPC_HANDLERS = {"ModelInfer": "ModelInferHandler", "ModelStreamInfer": "ModelStreamInferHandler"}
+_grpc_call_ids = iter(range(1 << 62))
+
+
+def log_grpc_call(logger: logging.Logger, method: str) -> None:
+    """Triton's verbose line for a gRPC call received (``Process for ModelInferHandler, ...``)."""
+    logger.debug("Process for %s, rpc_ok=1, %d step START", _GRPC_HANDLERS.get(method, method),
+                 next(_grpc_call_ids), stacklevel=2)
+
+
+def log_response_outputs(logger: logging.Logger, response) -> None:
+    """Triton's verbose line per output of a response sent (``add response output: ...``)."""
+    extra = {"model": getattr(response, "model_name", "") or None}
+    for t in getattr(response, "outputs", None) or ():
+        logger.debug("add response output: output: %s, type: %s, shape: [%s]", t.name,
+                     t.datatype, ",".join(str(d) for d in t.data.shape), extra=extra,
+                     stacklevel=2)
 
 
 class TritonFormatter(logging.Formatter):
-    def __init__(self, fmt: str = "default"):
+    def __init__(self, fmt: str = "default", escape: bool | None = None):
         super().__init__()
         self.style_name = fmt
+        self.escape = escape_messages() if escape is None else escape
 
     def format(self, record: logging.LogRecord) -> str:
         letter = _LETTER.get(record.levelno, "I")
-        if letter == "V" or record.levelno < logging.DEBUG:
-            letter = "I"  # Triton prints verbose messages with the I prefix
+        verbose = letter == "V" or record.levelno < logging.DEBUG
         msg = record.getMessage()
         if record.exc_info and record.levelno >= logging.WARNING:
             msg = msg + "\n" + self.formatException(record.exc_info)
-        if self.style_name.upper() == "ISO8601":
+        where = f"{record.filename}:{record.lineno}"
+        style = self.style_name
+        if style == "json":
+            entry = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                + f".{int((record.created % 1) * 1_000_000):06d}Z",
+                "level": "VERBOSE" if verbose else _LEVEL_NAME[letter],
+                "pid": record.process,
+                "file": where,
+                "message": msg,
+            }
+            model = getattr(record, "model", None)
+            if model:
+                entry["model"] = model
+            return orjson.dumps(entry, default=str).decode()
+        if verbose:
+            letter = "I"  # Triton prints verbose messages with the I prefix
+        if getattr(record, "multiline", False):
+            msg = "\n" + msg.strip("\n") + "\n"
+        elif self.escape:
+            msg = orjson.dumps(msg).decode()
+        if style.upper() == "ISO8601":
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
-            return f"{stamp} {letter} {record.process} {record.name}] {msg}"
+            return f"{stamp} {letter} {record.process} {where}] {msg}"
         lt = time.localtime(record.created)
         micros = int((record.created % 1) * 1_000_000)
         stamp = time.strftime("%m%d %H:%M:%S", lt)
-        return f"{letter}{stamp}.{micros:06d} {record.process} {record.name}] {msg}"
+        return f"{letter}{stamp}.{micros:06d} {record.process} {where}] {msg}"
 
 
 class _SeverityFilter(logging.Filter):
@@ -93,7 +170,7 @@ class LogSettings:
         handler.setFormatter(TritonFormatter(self.log_format))
         handler.addFilter(self._filter)
         root.addHandler(handler)
-        root.setLevel(logging.DEBUG if self.log_verbose_level > 0 else logging.INFO)
+        root.setLevel(verbose_logger_level(self.log_verbose_level))
         root.propagate = False
         self._handler = handler
 
@@ -125,8 +202,8 @@ class LogSettings:
                     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                         raise InvalidArgument("log_verbose_level must be a non-negative integer")
                 elif key == "log_format":
-                    if not isinstance(value, str) or value not in ("default", "ISO8601"):
-                        raise InvalidArgument("log_format must be 'default' or 'ISO8601'")
+                    if not isinstance(value, str) or value not in FORMATS:
+                        raise InvalidArgument("log_format must be 'default', 'ISO8601' or 'json'")
                 elif key == "log_file":
                     if not isinstance(value, str):
                         raise InvalidArgument("log_file must be a string")

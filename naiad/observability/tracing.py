@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from naiad.core.errors import InvalidArgument, Unsupported
+from naiad.core.extras import install_hint
 
 if TYPE_CHECKING:
     from naiad.core.types import InferenceRequest, InferenceResponse, Tensor
@@ -107,6 +108,21 @@ class _Scope:
             "trace_file": self.file,
             "trace_mode": self.mode,
         }
+
+
+def _json_type(value: Any) -> str:
+    """How JSON names the type of a parsed value (for error messages)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
 
 
 def _parse_int(key: str, text: Any, minimum: int) -> int:
@@ -344,7 +360,7 @@ class _OtelExporter:
         except ImportError:
             raise InvalidArgument(
                 "--trace-config mode=opentelemetry needs the OpenTelemetry SDK and OTLP "
-                "exporter: pip install 'naiad[tracing]'") from None
+                f"exporter: {install_hint('tracing')}") from None
         attrs: dict[str, str] = {"service.name": "triton-inference-server"}
         resource = options.get("resource", "")
         if resource:
@@ -564,10 +580,12 @@ class Tracer:
     def update_settings(self, model: str, changes: dict) -> dict:
         """Apply a partial update (HTTP JSON or gRPC values); returns the new settings.
 
-        Values are strings (a list of strings for ``trace_level``); a
-        one-element list is taken as its element, and ``null`` or an empty
-        list clears the setting (back to the global value for a model, to the
-        startup value globally).
+        Values have Triton's JSON types: a string, an array of strings for
+        ``trace_level``; ``null`` (or an empty ``trace_level``) clears the
+        setting (back to the global value for a model, to the startup value
+        globally). A value of another type is refused and nothing changes
+        (Triton answers 500 "attempt to access JSON non-string as string").
+        gRPC's lists of strings are turned into these shapes by the codec.
         """
         self._check_model(model)
         if not isinstance(changes, dict):
@@ -577,12 +595,15 @@ class Tracer:
             if key not in _SETTING_KEYS:
                 raise InvalidArgument(
                     f"unknown trace setting '{key}': expected one of {', '.join(_SETTING_KEYS)}")
-            if isinstance(value, list) and key != "trace_level":
-                if len(value) > 1:
-                    raise InvalidArgument(f"'{key}' takes a single value")
-                value = value[0] if value else None
-            if isinstance(value, list) and not value:
-                value = None
+            if key == "trace_level":
+                if value is not None and not (
+                        isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                    raise InvalidArgument(
+                        f"'trace_level' must be an array of strings, got {_json_type(value)}")
+                if value == []:
+                    value = None
+            elif value is not None and not isinstance(value, str):
+                raise InvalidArgument(f"'{key}' must be a string, got {_json_type(value)}")
             if key == "trace_file":
                 if value is not None and value != self._global_values["file"]:
                     raise Unsupported(

@@ -194,14 +194,15 @@ def parse_infer_request(data: bytes) -> tuple[Any, Any]:
     A big message is split first (``grpc_raw.split_request``): its raw
     entries come back as views into ``data``, never copied; pass them to
     ``decode_infer_request(msg, shm, raw)``. Otherwise the message's own
-    repeated field is returned.
+    repeated field is returned. Bytes that do not parse are INVALID_ARGUMENT
+    (``parse_message``).
     """
     if len(data) >= grpc_raw.MIN_SPLIT_BYTES:
         split = grpc_raw.split_request(data)
         if split is not None:
             rest, raws = split
-            return ModelInferRequest.FromString(rest), raws
-    msg = ModelInferRequest.FromString(data)
+            return parse_message(ModelInferRequest, rest), raws
+    msg = parse_message(ModelInferRequest, data)
     return msg, msg.raw_input_contents
 
 
@@ -414,12 +415,55 @@ def fill_log_settings(target: Any, settings: dict[str, Any]) -> None:
             v.string_param = str(value)
 
 
-def trace_settings_dict(settings: Any) -> dict[str, list[str]]:
-    """TraceSettingRequest settings: each a list of strings (empty: reset)."""
-    return {key: list(value.value) for key, value in settings.items()}
+def trace_settings_dict(settings: Any) -> dict[str, Any]:
+    """TraceSettingRequest settings in the HTTP JSON shapes: ``trace_level`` a list of
+    strings, the others one string; no value resets the setting (None)."""
+    out: dict[str, Any] = {}
+    for key, setting in settings.items():
+        values = list(setting.value)
+        if key == "trace_level":
+            out[key] = values or None
+        elif len(values) > 1:
+            raise InvalidArgument(f"expect only 1 value for '{key}'")  # Triton's text
+        else:
+            out[key] = values[0] if values else None
+    return out
 
 
 def fill_trace_settings(target: Any, settings: dict[str, Any]) -> None:
     for key, value in settings.items():
         values = value if isinstance(value, (list, tuple)) else [value]
         target[key].value.extend(str(v) for v in values)
+
+
+def parse_message(cls: Any, data: bytes) -> Any:
+    """An RPC's request message from its bytes; bytes that do not parse as it are the
+    client's mistake (INVALID_ARGUMENT), never a server error."""
+    try:
+        return cls.FromString(data)
+    except Exception as exc:
+        raise InvalidArgument(
+            f"Unable to parse request: not a valid {cls.DESCRIPTOR.full_name} message "
+            f"({exc or type(exc).__name__})") from None
+
+
+class Unparsable:
+    """What a lenient deserializer hands the handler for bytes that did not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: NaiadError):
+        self.error = error
+
+
+def lenient_parser(cls: Any) -> Any:
+    """A grpcio request deserializer that never raises (grpcio would answer INTERNAL):
+    bytes that do not parse become an ``Unparsable`` for the handler to refuse."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return parse_message(cls, data)
+        except NaiadError as exc:
+            return Unparsable(exc)
+
+    return parse

@@ -47,8 +47,9 @@ from naiad.core.model import Model
 from naiad.options import parse_bool
 from naiad.protocol import model_config_pb2 as mc
 from naiad.repository import config as cfg
-from naiad.repository import storage
+from naiad.repository import overrides, storage
 from naiad.repository.dependencies import DependencyGraph
+from naiad.repository.memory import LoadMeter
 from naiad.scheduling import create_scheduler, ensemble, make_scheduling_context, warm_up
 
 if TYPE_CHECKING:
@@ -104,6 +105,8 @@ class ModelEntry:
         self.lock = asyncio.Lock()
         # the repository it was found in (None: files sent with a load request)
         self.source: storage.RepositorySource | None = None
+        # (config override, fingerprint of the files then) a plain load keeps (Triton does)
+        self.kept_override: tuple[mc.ModelConfig, Any] | None = None
         # a folder written from a load request's files, removed when no longer served
         self.override_dir = ""
         # the repository's files as the last load attempt saw them (poll mode compares)
@@ -298,8 +301,11 @@ class ModelRepositoryManager:
             if config_override is None:
                 raise InvalidArgument(
                     "Load parameter 'config' must be specified for model file override")
-            override_dir = await asyncio.get_running_loop().run_in_executor(
-                None, storage.write_override_files, name, files)
+            try:
+                override_dir = await asyncio.get_running_loop().run_in_executor(
+                    None, storage.write_override_files, name, files)
+            except (NaiadError, OSError) as exc:
+                raise overrides.file_error(name, exc) from None
         else:
             found = _found if _found is not None else await self._discover()
             if name in self.duplicates:
@@ -317,11 +323,31 @@ class ModelRepositoryManager:
             if source is None:
                 raise InvalidArgument(
                     f"failed to load '{name}', failed to poll from model repository")
+            if config_override is None:
+                config_override = await self._kept_override(name, source)
         entry = self._entry(name)
         async with entry.lock:
             error = await self._load_locked(entry, source, override_dir, config_override)
+            if not error:
+                # a config-only override is what a plain load keeps while nothing changes
+                entry.kept_override = (config_override, entry.polled) if (
+                    config_override is not None and not files) else None
         if error:
             raise InvalidArgument(error)
+
+    async def _kept_override(self, name: str,
+                             source: storage.RepositorySource) -> mc.ModelConfig | None:
+        """The config override a plain load of ``name`` keeps, as Triton does: the one the
+        serving versions were loaded with, while the model's files have not changed."""
+        entry = self.models.get(name)
+        if entry is None or entry.kept_override is None or not entry.ready:
+            return None
+        config, polled = entry.kept_override
+        current = await asyncio.get_running_loop().run_in_executor(
+            None, source.fingerprint, name)
+        if entry.source is not source or current != polled:
+            return None  # the repository changed: its files (and config) win
+        return config
 
     def _entry(self, name: str, repo: str = "", model_dir: str = "") -> ModelEntry:
         entry = self.models.get(name)
@@ -347,7 +373,7 @@ class ModelRepositoryManager:
             else:
                 log.exception("failed to load '%s'", name)
                 reason = f"failed to load model '{name}': {as_naiad_error(exc).message}"
-            log.error("failed to load '%s': %s", name, reason)
+            log.error("failed to load '%s': %s", name, reason, extra={"model": name})
             entry.reason = reason
             if not entry.ready:
                 # keep records of unloaded versions; nothing serves
@@ -377,7 +403,7 @@ class ModelRepositoryManager:
             if override_dir:
                 shutil.rmtree(override_dir, ignore_errors=True)
             entry.reason = missing
-            log.error("failed to load '%s': %s", name, missing)
+            log.error("failed to load '%s': %s", name, missing, extra={"model": name})
             if not entry.ready:
                 entry.publish({v: VersionState(v, UNAVAILABLE, missing) for v in prep.versions})
             self._notify(name)
@@ -398,6 +424,8 @@ class ModelRepositoryManager:
                     keep[v] = s
         to_load = [v for v in versions if v not in keep]
 
+        for v in to_load:
+            log.info("loading: %s:%d", name, v, extra={"model": name})
         # show the new versions as LOADING beside the ones serving
         if to_load:
             staged = dict(old)
@@ -408,7 +436,7 @@ class ModelRepositoryManager:
             self._notify(name)
 
         results = await asyncio.gather(
-            *[loop.run_in_executor(self._pool, self._load_version, entry, config, v)
+            *[loop.run_in_executor(self._pool, self._load_version_measured, entry, config, v)
               for v in to_load],
             return_exceptions=True,
         )
@@ -420,7 +448,8 @@ class ModelRepositoryManager:
                 continue
             err = as_naiad_error(res) if isinstance(res, BaseException) else NaiadError(str(res))
             reason = err.message
-            log.error("failed to load '%s' version %d: %s", name, v, reason)
+            log.error("failed to load '%s' version %d: %s", name, v, reason,
+                      extra={"model": name})
             errors.append(f"version {v} is at UNAVAILABLE state: {reason};\n")
             prev = old.get(v)
             if prev is not None and prev.state == READY:
@@ -441,6 +470,10 @@ class ModelRepositoryManager:
                     retiring[v] = VersionState(v, UNLOADING, model=s.model)
             elif s.state == UNAVAILABLE and s.reason == UNLOADED:
                 new[v] = s  # Triton keeps the record of an unloaded version
+        if errors:
+            log.info("failed to load '%s'", name, extra={"model": name})
+        elif to_load:
+            log.info("successfully loaded '%s'", name, extra={"model": name})
         entry.reason = "" if not errors else "".join(errors)
         if not errors or entry.config is None:
             entry.config = config
@@ -554,6 +587,14 @@ class ModelRepositoryManager:
         merged = dict(self.options.backend_config.get("", {}))
         merged.update(self.options.backend_config.get(backend, {}))
         return merged
+
+    def _load_version_measured(self, entry: ModelEntry, config: mc.ModelConfig,
+                               version: int) -> Model:
+        """``_load_version``, with what the load cost in memory in the version's statistics."""
+        with LoadMeter() as meter:
+            model = self._load_version(entry, config, version)
+        model.stats.memory_usage = meter.usage()
+        return model
 
     def _load_version(self, entry: ModelEntry, config: mc.ModelConfig, version: int) -> Model:
         """Build one version: backend model, instances, scheduler (runs on the load pool)."""
@@ -697,7 +738,11 @@ class ModelRepositoryManager:
         try:
             await model.stop()
         except Exception:
-            log.exception("unloading '%s' version %d failed", model.name, model.version)
+            log.exception("unloading '%s' version %d failed", model.name, model.version,
+                          extra={"model": model.name})
+            return
+        log.info("successfully unloaded '%s' version %d", model.name, model.version,
+                 extra={"model": model.name})
 
     # -- unloading ---------------------------------------------------------------------------
 
@@ -757,6 +802,7 @@ class ModelRepositoryManager:
                   if s.model is not None and s.state == READY else s
                   for v, s in entry.versions.items()}
         entry.wanted = False
+        entry.kept_override = None  # after an unload, a plain load reads the repository
         entry.versions = staged
         entry.ready = {}
         entry.default = None

@@ -66,7 +66,7 @@ class RepositoryPoller:
             try:
                 fp = source.fingerprint(name)
             except Exception as exc:  # noqa: BLE001
-                log.error("unable to poll model '%s': %s", name, exc)
+                log.error("unable to poll model '%s': %s", name, exc, extra={"model": name})
                 continue
             if entry is None or entry.polled != fp or entry.source is not source:
                 to_load.append(name)
@@ -83,9 +83,10 @@ class RepositoryPoller:
             try:
                 await mgr.load_model(name, _found=found)
             except NaiadError as exc:
-                log.error("poll: %s", exc.message)
+                log.error("poll: %s", exc.message, extra={"model": name})
 
         for name in gone:
-            log.info("poll: model '%s' left the repository; unloading it", name)
+            log.info("poll: model '%s' left the repository; unloading it", name,
+                     extra={"model": name})
         await asyncio.gather(*[load(n) for n in to_load],
                              *[mgr.forget(n) for n in gone], return_exceptions=True)

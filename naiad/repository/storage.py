@@ -29,6 +29,7 @@ import threading
 from typing import Any
 
 from naiad.core.errors import InvalidArgument, NaiadError
+from naiad.core.extras import install_hint
 
 log = logging.getLogger("naiad.repository")
 
@@ -215,7 +216,7 @@ def _open_filesystem(url: str) -> tuple[Any, str]:
     except ImportError:
         raise InvalidArgument(
             f"model repository '{url}' needs the '{module}' package: "
-            f"pip install 'naiad[{extra}]'") from None
+            f"{install_hint(extra)}") from None
     creds = _credentials(scheme, url)
     # listings are never cached: polling must see new files
     common: dict[str, Any] = {"use_listings_cache": False, "skip_instance_cache": True}
@@ -479,7 +480,7 @@ def write_override_files(name: str, files: dict[str, bytes]) -> str:
 
     folder = tempfile.mkdtemp(prefix=f"naiad-model-{_safe_name(name)}-")
     try:
-        targets: list[tuple[str, bytes]] = []
+        targets: list[tuple[str, bytes, str]] = []
         for rel, data in files.items():
             key = f"file:{rel}"
             norm = os.path.normpath(os.path.join(folder, rel))
@@ -488,11 +489,16 @@ def write_override_files(name: str, files: dict[str, bytes]) -> str:
                 raise InvalidArgument(
                     f"Invalid file parameter '{key}' with normalized path '{norm}' must stay "
                     "within model directory.")
-            targets.append((norm, data))
-        for path, data in targets:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(data)
+            targets.append((norm, data, key))
+        for path, data, key in targets:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(data)
+            except OSError as exc:  # too long, a file where a folder must be, ...
+                shown = key if len(key) <= 100 else key[:100] + "..."
+                raise InvalidArgument(
+                    f"Invalid file parameter '{shown}': {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

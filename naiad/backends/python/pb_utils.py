@@ -656,30 +656,42 @@ class LogLevel:
 
 
 class Logger:
-    """``pb_utils.Logger``: writes through the server's logging."""
+    """``pb_utils.Logger``: writes through the server's logging.
+
+    An entry names the model file's line that logged it (as Triton's does) and,
+    inside ``execute``, the model (the json log format's ``model`` field).
+    """
 
     _LEVELS = {LogLevel.INFO: logging.INFO, LogLevel.WARNING: logging.WARNING,
                LogLevel.ERROR: logging.ERROR, LogLevel.VERBOSE: logging.DEBUG}
 
     @staticmethod
+    def _write(level: int, message: str) -> None:
+        if not _model_log.isEnabledFor(level):
+            return
+        instance = getattr(_context, "instance", None)
+        model = getattr(getattr(instance, "model", None), "name", None)
+        _model_log.log(level, "%s", message, extra={"model": model}, stacklevel=3)
+
+    @staticmethod
     def log(message: str, level: int = LogLevel.INFO) -> None:
-        _model_log.log(Logger._LEVELS.get(level, logging.INFO), "%s", message)
+        Logger._write(Logger._LEVELS.get(level, logging.INFO), message)
 
     @staticmethod
     def log_info(message: str) -> None:
-        _model_log.info("%s", message)
+        Logger._write(logging.INFO, message)
 
     @staticmethod
     def log_warn(message: str) -> None:
-        _model_log.warning("%s", message)
+        Logger._write(logging.WARNING, message)
 
     @staticmethod
     def log_error(message: str) -> None:
-        _model_log.error("%s", message)
+        Logger._write(logging.ERROR, message)
 
     @staticmethod
     def log_verbose(message: str) -> None:
-        _model_log.debug("%s", message)
+        Logger._write(logging.DEBUG, message)
 
 
 # -- server access (BLS helpers) ---------------------------------------------------------------

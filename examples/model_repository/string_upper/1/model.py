@@ -18,7 +18,9 @@ class TritonPythonModel:
             try:
                 texts = [item.decode("utf-8") for item in data.reshape(-1)]
             except UnicodeDecodeError as exc:
-                error = pb_utils.TritonError(f"INPUT0 must hold UTF-8 text: {exc}")
+                # the client's mistake: INVALID_ARG (HTTP 400), not the default INTERNAL
+                error = pb_utils.TritonError(f"INPUT0 must hold UTF-8 text: {exc}",
+                                             pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
             upper = np.array([t.upper().encode("utf-8") for t in texts],
