@@ -134,3 +134,18 @@ def test_big_tensors_round_trip_through_tritonclient(server):
                 np.testing.assert_array_equal(result.as_numpy(f"OUT_{t}"), arr)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("version,rid", [(1, ""), (-1, "req-é-42"), (12345, "x" * 300)])
+def test_plain_responses_are_written_byte_for_byte_as_protobuf_does(version, rid):
+    outputs = [Tensor("OUT_FP32", "FP32", np.arange(6, dtype=np.float32).reshape(2, 3)),
+               Tensor("OUT_EMPTY", "INT64", np.zeros((0, 4), dtype=np.int64)),
+               Tensor("OUT_BYTES", "BYTES", np.array([b"ab", b"", "ü".encode()], dtype=object)),
+               Tensor("OUT_SCALAR", "UINT8", np.array(7, dtype=np.uint8)),
+               Tensor("OUT_BIG_DIM", "BOOL", np.ones((1, 300), dtype=np.bool_)),
+               Tensor("ÜNICODE", "FP16", np.ones(2, dtype=np.float16))]
+    request = InferenceRequest("m-ü", {}, id=rid)
+    response = InferenceResponse(outputs, model_name="m-ü", model_version=version, id=rid)
+    want = codec.encode_infer_response(response, request).SerializeToString()
+    for _ in range(2):  # the second time from the cached output descriptions
+        assert codec.serialize_infer_response(response, request) == want

@@ -18,7 +18,11 @@ fields, each a key (field number, wire type) and a value, and a repeated
 * ``join_response(head, raws)`` serializes a response whose
   ``raw_output_contents`` are appended by hand after the message protobuf
   serialized without them: each output is copied once, into the frame grpc
-  sends.
+  sends;
+* ``encode_response(...)`` writes a whole plain response (no parameters, no
+  shared-memory outputs: the usual ModelInfer answer) without building a
+  message at all: the encoded output descriptions (name, datatype, shape)
+  are cached, since a model answers with the same few again and again.
 
 Fields may appear in any order on the wire and a parser concatenates repeated
 fields in order, so both forms are exactly what protobuf reads and writes.
@@ -102,6 +106,50 @@ def join_response(head: Any, raws: list) -> bytes:
     """``head`` (a message without raw_output_contents) serialized, then each raw entry."""
     parts: list = [head.SerializeToString()]
     for raw in raws:
+        parts.append(_RAW_OUTPUT_KEY + _encode_varint(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def _string_field(key: bytes, text: str) -> bytes:
+    if not text:
+        return b""  # proto3: a default value is not written
+    data = text.encode("utf-8")
+    return key + _encode_varint(len(data)) + data
+
+
+_OUTPUT_ENTRIES: dict[tuple, bytes] = {}
+_OUTPUT_ENTRIES_MAX = 4096
+
+
+def _output_entry(name: str, datatype: str, shape: tuple) -> bytes:
+    """``outputs`` (field 5): one InferOutputTensor{name, datatype, packed shape}."""
+    key = (name, datatype, shape)
+    entry = _OUTPUT_ENTRIES.get(key)
+    if entry is None:
+        body = _string_field(b"\x0a", name) + _string_field(b"\x12", datatype)
+        if shape:
+            dims = b"".join(_encode_varint(d) for d in shape)
+            body += b"\x1a" + _encode_varint(len(dims)) + dims
+        entry = b"\x2a" + _encode_varint(len(body)) + body
+        if len(_OUTPUT_ENTRIES) >= _OUTPUT_ENTRIES_MAX:
+            _OUTPUT_ENTRIES.clear()
+        _OUTPUT_ENTRIES[key] = entry
+    return entry
+
+
+def encode_response(model_name: str, model_version: str, request_id: str,
+                    outputs: list[tuple[str, str, tuple, Any]]) -> bytes:
+    """A ModelInferResponse without parameters: (name, datatype, shape, raw) per output.
+
+    Byte for byte what protobuf writes for the same message (fields in number
+    order, the shape packed, every raw entry written even when empty).
+    """
+    parts = [_string_field(b"\x0a", model_name), _string_field(b"\x12", model_version),
+             _string_field(b"\x1a", request_id)]
+    for name, datatype, shape, _ in outputs:
+        parts.append(_output_entry(name, datatype, shape))
+    for *_, raw in outputs:
         parts.append(_RAW_OUTPUT_KEY + _encode_varint(len(raw)))
         parts.append(raw)
     return b"".join(parts)
