@@ -203,13 +203,13 @@ def _ort_python() -> tuple[str | None, str]:
 
 
 def _inprocess(ctx: Ctx, py: str, onnx_path: Path, so: dict, duration, warmup,
-               batch: int | None = None, seq: int | None = None) -> dict:
+               batch: int | None = None, seq: int | None = None, mix: str = "") -> dict:
     cmd = ([] if not ctx.server_cpus else ["taskset", "-c", ctx.server_cpus]) + [
         py, "-m", "harness.ort_inprocess", "--model", str(onnx_path),
         "--batch", str(batch or models.MINILM_BATCH), "--seq", str(seq or models.MINILM_SEQ),
         "--intra", str(so["intra_op_threads"]), "--inter", str(so["inter_op_threads"]),
         "--opt-level", so["graph_optimization"],
-        "--duration", str(duration), "--warmup", str(warmup)]
+        "--duration", str(duration), "--warmup", str(warmup)] + (["--mix", mix] if mix else [])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 120,
                        check=False, cwd=HERE)
     line = next((x for x in r.stdout.splitlines() if x.startswith("NAIAD_ORT_JSON ")), None)
