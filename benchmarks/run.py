@@ -211,6 +211,7 @@ def _inprocess(ctx: Ctx, py: str, onnx_path: Path, so: dict, duration, warmup,
         "--opt-level", so["graph_optimization"],
         "--duration", str(duration), "--warmup", str(warmup)] + (["--mix", mix] if mix else [])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 120,
+                       start_new_session=True,
                        check=False, cwd=HERE)
     line = next((x for x in r.stdout.splitlines() if x.startswith("NAIAD_ORT_JSON ")), None)
     if r.returncode != 0 or line is None:

@@ -77,7 +77,7 @@ class _Reference(ReferenceTriton):
             str(self.grpc_port), str(self.metrics_port), *self.flags]
         self.info["cmd"] = cmd
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                           stdin=subprocess.DEVNULL, check=False)
+                           stdin=subprocess.DEVNULL, check=False, start_new_session=True)
         out = r.stdout.strip().splitlines()
         if r.returncode != 0 or not out or not out[-1].strip().isdigit():
             raise ServerUnavailable(f"triton.sh start failed (rc {r.returncode}): "

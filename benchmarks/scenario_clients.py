@@ -76,7 +76,7 @@ def run_client(python: str, cpus: str | None, client: str, port: int, req: Infer
                concurrency: int, duration: float, requests: int = 0, procs: int = 1,
                cwd: Path | None = None) -> dict:
     cmd = client_cmd(python, cpus, client, port, req, concurrency, duration, requests, procs)
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, start_new_session=True,
                        timeout=(duration or 600) + 180, check=False)
     line = next((x for x in r.stdout.splitlines() if x.startswith("NAIAD_PYCLIENT_JSON ")),
                 None)
