@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import statistics
 
+import scenario_clients as sc
 from harness.servers import NaiadServer, ReferenceTriton, pin_prefix
 from harness.v2 import InferRequest, Tensor, http_infer
-
-import scenario_clients as sc
 
 SIZES_MB = (4, 64)
 CLIENTS = ("aiohttp", "grpc-aio", "aiohttp-shm")

@@ -31,7 +31,6 @@ import json
 import os
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 from harness import models, wire

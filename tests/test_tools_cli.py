@@ -41,8 +41,8 @@ def test_anything_else_is_the_server_command_line():
 def test_help_names_the_tools_and_each_tool_has_help():
     r = subprocess.run([sys.executable, "-m", "naiad", "--help"], capture_output=True,
                        text=True, cwd=str(ROOT))
-    assert r.returncode == 0 and "naiad {perf,analyze,validate,import}" in r.stdout
-    for name in ("perf", "analyze", "validate", "import"):
+    assert r.returncode == 0 and "naiad {perf,analyze,validate,import,ray}" in r.stdout
+    for name in ("perf", "analyze", "validate", "import", "ray"):
         r = subprocess.run([sys.executable, "-m", "naiad", name, "--help"],
                            capture_output=True, text=True, cwd=str(ROOT))
         assert r.returncode == 0 and f"naiad {name}" in r.stdout, name
