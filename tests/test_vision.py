@@ -21,7 +21,7 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import NaiadProcess
+from tests.conftest import NaiadProcess, example_script
 from tests.vision_models import (
     SCENE,
     SCENE_SIZE,
@@ -38,10 +38,9 @@ pytest.importorskip("rapidocr_onnxruntime")
 pytest.importorskip("torch")
 pytest.importorskip("openvino")
 
-sys.path.insert(0, str(VISION))
-import client as vision_client  # noqa: E402
-import setup_models  # noqa: E402
-from inprocess import Pipeline  # noqa: E402
+vision_client = example_script("vision", "client")
+setup_models = example_script("vision", "setup_models")
+Pipeline = example_script("vision", "inprocess").Pipeline
 
 WORDS = "HELLO NAIAD"
 

@@ -9,19 +9,17 @@ rapidocr-onnxruntime.
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, example_script
 
 VISION = ROOT / "examples" / "vision"
 GATEWAY = ROOT / "examples" / "gateway"
-sys.path.insert(0, str(VISION))
 
-import pictures  # noqa: E402
-import setup_models  # noqa: E402
+pictures = example_script("vision", "pictures")
+setup_models = example_script("vision", "setup_models")
 
 SCENE, SCENE_SIZE = pictures.SCENE, pictures.SCENE_SIZE
 png, scene, text_image, page = pictures.png, pictures.scene, pictures.text_line, pictures.page

@@ -13,19 +13,15 @@ and the benchmark uses it as the ceiling (the same work, without serving).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
-import threading
 
 import numpy as np
 from google.protobuf import text_format
 
+from naiad.backends.python import isolation
 from naiad.protocol import model_config_pb2 as mc
 from naiad.protocol.config_json import config_to_dict
-
-_IMPORT_LOCK = threading.Lock()
 
 
 def read_config(model_dir: str) -> mc.ModelConfig:
@@ -41,15 +37,10 @@ class PythonStep:
 
         self.pb_utils = pb_utils
         vdir = os.path.join(model_dir, "1")
-        with _IMPORT_LOCK:  # its helpers (imagelib, ocrlib) import from beside it
-            sys.path.insert(0, vdir)
-            try:
-                spec = importlib.util.spec_from_file_location(
-                    f"inprocess_{config.name}", os.path.join(vdir, "model.py"))
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-            finally:
-                sys.path.remove(vdir)
+        # imported as naiad's python backend imports it: in a scope of its own, where its
+        # helpers (imagelib, ocrlib) are its own modules, not ones shared by name
+        module, _cls, self.scope = isolation.import_model_file(
+            os.path.join(vdir, "model.py"), f"inprocess_{config.name}", vdir, model_dir)
         self.model = module.TritonPythonModel()
         if hasattr(self.model, "initialize"):
             self.model.initialize({

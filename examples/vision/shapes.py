@@ -48,9 +48,11 @@ STRIDE = 4
 GRID = SIZE // STRIDE
 PROTOS = 8
 SEED = 17
+TRAIN_SIZE = 64  # training crops: the network is fully convolutional
 TRAIN_IMAGES = 3000
-TRAIN_STEPS = 1000
+TRAIN_STEPS = 2000
 BATCH = 16
+SHAPE_SIZES = (15.0, 40.0)  # long side in network-input pixels
 
 
 # ---------------------------------------------------------------------------
@@ -73,15 +75,15 @@ def polygon(cls: int, cx: float, cy: float, w: float, h: float, theta: float) ->
     return local @ rot.T + np.array([cx, cy])
 
 
-def random_shapes(rng: np.random.Generator, width: int, height: int, count: int) -> list[dict]:
+def random_shapes(rng: np.random.Generator, width: int, height: int, count: int,
+                  sizes: tuple[float, float] = SHAPE_SIZES) -> list[dict]:
     """Up to ``count`` shapes that do not touch each other (and stay inside the image)."""
     shapes: list[dict] = []
-    side = min(width, height)
     for _ in range(count * 20):
         if len(shapes) == count:
             break
         cls = int(rng.integers(0, len(CLASSES)))
-        w = float(rng.uniform(0.16, 0.42) * side)
+        w = float(rng.uniform(*sizes))
         h = w / float(rng.uniform(1.35, 2.2))
         r = w / 2 + 2
         cx, cy = float(rng.uniform(r, width - r)), float(rng.uniform(r, height - r))
@@ -136,11 +138,12 @@ def render_scene(shapes: list[dict], width: int = SIZE, height: int = SIZE,
 def training_set(n: int, seed: int = SEED):
     """``n`` rendered scenes (uint8 [n, S, S, 3]) and their annotations."""
     rng = np.random.default_rng(seed)
-    images = np.zeros((n, SIZE, SIZE, 3), dtype=np.uint8)
+    size = TRAIN_SIZE
+    images = np.zeros((n, size, size, 3), dtype=np.uint8)
     annotations = []
     for i in range(n):
-        shapes = random_shapes(rng, SIZE, SIZE, int(rng.integers(1, 5)))
-        img, ann = render_scene(shapes, rng=rng)
+        shapes = random_shapes(rng, size, size, int(rng.integers(1, 4)))
+        img, ann = render_scene(shapes, size, size, rng=rng)
         arr = np.asarray(img, dtype=np.float32)
         arr += rng.normal(0, 6, arr.shape)  # a little sensor noise
         images[i] = np.clip(arr, 0, 255).astype(np.uint8)
@@ -153,11 +156,12 @@ def training_set(n: int, seed: int = SEED):
 # ---------------------------------------------------------------------------
 
 
-def targets(annotations: list[dict]) -> dict[str, np.ndarray]:
-    """CenterNet-style targets on the 32x32 grid for one image."""
+def targets(annotations: list[dict], size: int = TRAIN_SIZE) -> dict[str, np.ndarray]:
+    """CenterNet-style targets on the stride-4 grid of one image."""
     c = len(CLASSES)
+    grid = size // STRIDE
     t = {
-        "heat": np.zeros((c, GRID, GRID), np.float32),
+        "heat": np.zeros((c, grid, grid), np.float32),
         "ind": np.zeros((8,), np.int64),  # grid cell of each object (up to 8)
         "valid": np.zeros((8,), np.float32),
         "off": np.zeros((8, 2), np.float32),
@@ -165,19 +169,19 @@ def targets(annotations: list[dict]) -> dict[str, np.ndarray]:
         "rbox": np.zeros((8, 4), np.float32),
         "kps": np.zeros((8, 6), np.float32),
         "is_tri": np.zeros((8,), np.float32),
-        "masks": np.zeros((8, GRID, GRID), np.float32),
+        "masks": np.zeros((8, grid, grid), np.float32),
         "mask_box": np.zeros((8, 4), np.float32),
-        "semantic": np.zeros((SIZE, SIZE), np.int64),
+        "semantic": np.zeros((size, size), np.int64),
     }
-    ys, xs = np.mgrid[0:GRID, 0:GRID]
+    ys, xs = np.mgrid[0:grid, 0:grid]
     for k, a in enumerate(annotations[:8]):
         cx, cy = a["cx"] / STRIDE, a["cy"] / STRIDE
-        gx, gy = min(GRID - 1, int(cx)), min(GRID - 1, int(cy))
+        gx, gy = min(grid - 1, int(cx)), min(grid - 1, int(cy))
         x1, y1, x2, y2 = a["box"]
         sigma = max(0.6, 0.12 * math.sqrt((x2 - x1) * (y2 - y1)) / STRIDE)
         g = np.exp(-((xs - gx) ** 2 + (ys - gy) ** 2) / (2 * sigma ** 2))
         t["heat"][a["cls"]] = np.maximum(t["heat"][a["cls"]], g)
-        t["ind"][k], t["valid"][k] = gy * GRID + gx, 1.0
+        t["ind"][k], t["valid"][k] = gy * grid + gx, 1.0
         t["off"][k] = (cx - gx, cy - gy)
         px, py = a["cx"], a["cy"]
         t["ltrb"][k] = np.log(np.maximum([px - x1, py - y1, x2 - px, y2 - py], 1.0))
@@ -187,7 +191,7 @@ def targets(annotations: list[dict]) -> dict[str, np.ndarray]:
         if a["cls"] == 2:
             t["kps"][k] = ((a["keypoints"] - [px, py]) / 32.0).reshape(-1)
             t["is_tri"][k] = 1.0
-        m = a["mask"].reshape(GRID, STRIDE, GRID, STRIDE).mean(axis=(1, 3))
+        m = a["mask"].reshape(grid, STRIDE, grid, STRIDE).mean(axis=(1, 3))
         t["masks"][k] = m
         t["mask_box"][k] = [v / STRIDE for v in a["box"]]
         t["semantic"][a["mask"]] = a["cls"] + 1
@@ -284,7 +288,7 @@ def loss_fn(out: dict, t: dict):
     coef = _gather(out["coef"], t["ind"])  # [B, K, P]
     protos = out["protos"]  # [B, P, 32, 32]
     logits = torch.einsum("bkp,bphw->bkhw", coef, protos)
-    g = GRID
+    g = protos.shape[-1]
     yy = torch.arange(g, dtype=torch.float32).view(1, 1, g, 1)
     xx = torch.arange(g, dtype=torch.float32).view(1, 1, 1, g)
     mb = t["mask_box"]
@@ -473,7 +477,8 @@ def export(net, out_dir: str) -> dict[str, str]:
 def build(out_dir: str, steps: int = TRAIN_STEPS, log=say) -> dict[str, str]:
     """Train and export, or reuse the files of an earlier build with the same settings."""
     stamp = os.path.join(out_dir, "trained.json")
-    settings = {"steps": steps, "images": TRAIN_IMAGES, "seed": SEED, "version": 1}
+    settings = {"steps": steps, "images": TRAIN_IMAGES, "seed": SEED, "size": TRAIN_SIZE,
+                "batch": BATCH, "version": 2}
     if os.path.isfile(stamp):
         with open(stamp, encoding="utf-8") as f:
             done = json.load(f)

@@ -396,6 +396,14 @@ class ModelScope:
             prefix = self.package + "."
             for key in [k for k in sys.modules if k == self.package or k.startswith(prefix)]:
                 sys.modules.pop(key, None)
+            # stand-ins for names no open scope has any more: a later import of that name
+            # by code outside any model (a tool, a script beside the server) is its own
+            live = {name for scope in _scopes.values()
+                    for name, owned in scope._owned.items() if owned}
+            for key, module in list(sys.modules.items()):
+                if isinstance(module, _StandIn) and key.partition(".")[0] not in live:
+                    sys.modules.pop(key, None)
+            _owned_names.intersection_update(live)
 
 
 def import_model_file(path: str, label: str, version_dir: str | None = None,
