@@ -68,8 +68,6 @@ def picture_for(name: str) -> str:
 
 def _inprocess(repo: str, name: str, image: str, concurrency: int, duration: float,
                warmup: float) -> dict:
-    import threading
-
     import numpy as np
 
     sys.path.insert(0, str(VISION))
@@ -78,30 +76,8 @@ def _inprocess(repo: str, name: str, image: str, concurrency: int, duration: flo
     pipe = Pipeline(repo, name)
     data = np.frombuffer(Path(image).read_bytes(), dtype=np.uint8)
     pipe({"IMAGE": data})
-    lat: list[float] = []
-    lock = threading.Lock()
-    record = [False]
-    stop_at = time.monotonic() + warmup + duration
-
-    def worker():
-        while time.monotonic() < stop_at:
-            t0 = time.perf_counter()
-            pipe({"IMAGE": data})
-            took = time.perf_counter() - t0
-            with lock:
-                if record[0]:
-                    lat.append(took)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    time.sleep(warmup)
-    with lock:
-        record[0] = True
-    t0 = time.monotonic()
-    for t in threads:
-        t.join()
-    return {**pipelines._stats(lat, time.monotonic() - t0), "concurrency": concurrency}
+    return pipelines.threaded_closed_loop(lambda: pipe({"IMAGE": data}), concurrency,
+                                          warmup, duration)
 
 
 def child_main(argv: list[str]) -> int:
