@@ -50,8 +50,8 @@ PROTOS = 8
 PEAK_WINDOW = 5  # cells: one detection per object within it (in the export)
 SEED = 17
 TRAIN_SIZE = 64  # training crops: the network is fully convolutional
-TRAIN_IMAGES = 3000
-TRAIN_STEPS = 2000
+TRAIN_IMAGES = 4000
+TRAIN_STEPS = 3200
 BATCH = 16
 LR = 8e-3
 HEAT_WEIGHT = 1.0  # the heatmap focal loss against the other heads
@@ -511,7 +511,7 @@ def build(out_dir: str, steps: int = TRAIN_STEPS, log=say) -> dict[str, str]:
     """Train and export, or reuse the files of an earlier build with the same settings."""
     stamp = os.path.join(out_dir, "trained.json")
     settings = {"steps": steps, "images": TRAIN_IMAGES, "seed": SEED, "size": TRAIN_SIZE,
-                "batch": BATCH, "version": 4}
+                "batch": BATCH, "version": 5}
     if os.path.isfile(stamp):
         with open(stamp, encoding="utf-8") as f:
             done = json.load(f)
