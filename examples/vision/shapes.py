@@ -48,6 +48,8 @@ STRIDE = 4
 GRID = SIZE // STRIDE
 PROTOS = 8
 PEAK_WINDOW = 5  # cells: one detection per object within it (in the export)
+SEMANTIC_OBJECTS = 8  # detected objects the semantic export takes classes from
+SEMANTIC_MIN_SCORE = 0.3  # and the score they need
 SEED = 17
 TRAIN_SIZE = 64  # training crops: the network is fully convolutional
 TRAIN_IMAGES = 4000
@@ -446,15 +448,46 @@ def _heads():
             return torch.cat([cx, cy, r[:, 0:1].exp(), r[:, 1:2].exp(), scores, angle],
                              dim=1).permute(0, 2, 1)
 
-    class Semantic(nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
+    class Semantic(Decode):
+        """Background or object per pixel from the semantic head; which class an object
+        pixel has from the detected object whose mask is strongest there (a network this
+        small is surer of an object's class at its centre than at each of its pixels), the
+        semantic head's own class where no detected object covers the pixel."""
 
         def forward(self, images):
-            sem = self.net(images)["semantic"]
-            return nn.functional.interpolate(sem, scale_factor=float(STRIDE), mode="bilinear",
-                                             align_corners=False)
+            out, scores, _, _, box = self.common(images)
+            b = images.shape[0]
+            sem = out["semantic"]  # [B, 1 + classes, G, G]
+            best, cls = scores.max(dim=1)  # [B, N]
+            top, idx = best.topk(SEMANTIC_OBJECTS, dim=1)  # [B, K]
+            coef = torch.gather(out["coef"].reshape(b, PROTOS, -1), 2,
+                                idx.unsqueeze(1).expand(-1, PROTOS, -1))  # [B, P, K]
+            masks = torch.einsum("bpk,bphw->bkhw", coef, out["protos"])  # [B, K, G, G]
+            k_box = torch.gather(box, 2, idx.unsqueeze(1).expand(-1, 4, -1)) / STRIDE
+            x1 = (k_box[:, 0] - k_box[:, 2] / 2)[..., None, None]
+            x2 = (k_box[:, 0] + k_box[:, 2] / 2)[..., None, None]
+            y1 = (k_box[:, 1] - k_box[:, 3] / 2)[..., None, None]
+            y2 = (k_box[:, 1] + k_box[:, 3] / 2)[..., None, None]
+            g = masks.shape[-1]
+            yy = torch.arange(g, dtype=torch.float32).view(1, 1, g, 1)
+            xx = torch.arange(g, dtype=torch.float32).view(1, 1, 1, g)
+            usable = ((xx >= x1) & (xx <= x2) & (yy >= y1) & (yy <= y2)
+                      & (top[..., None, None] >= SEMANTIC_MIN_SCORE))
+            masks = torch.where(usable, masks, torch.full_like(masks, -1e4))
+            strongest, which = masks.max(dim=1)  # [B, G, G]
+            k_cls = torch.gather(cls, 1, idx)  # [B, K]
+            object_cls = torch.gather(k_cls, 1, which.reshape(b, -1)).reshape(which.shape)
+            chosen = torch.where(strongest > -1e4, object_cls, sem[:, 1:].argmax(dim=1))
+            # object or background as the semantic head has it (its logits upsampled as they
+            # are), the whole object probability on the chosen class (upsampled as a label)
+            up = nn.functional.interpolate(sem, scale_factor=float(STRIDE), mode="bilinear",
+                                           align_corners=False)
+            chosen = nn.functional.interpolate(chosen.unsqueeze(1).float(),
+                                               scale_factor=float(STRIDE), mode="nearest")
+            ids = torch.arange(len(CLASSES), dtype=torch.float32).view(1, -1, 1, 1)
+            onehot = (chosen == ids).float()
+            foreground = torch.logsumexp(up[:, 1:], dim=1, keepdim=True)
+            return torch.cat([up[:, :1], foreground + (onehot - 1.0) * 50.0], dim=1)
 
     return {"detection": Detection, "instance_segmentation": InstanceSegmentation,
             "keypoints": Keypoints, "oriented_detection": Oriented,
@@ -511,7 +544,7 @@ def build(out_dir: str, steps: int = TRAIN_STEPS, log=say) -> dict[str, str]:
     """Train and export, or reuse the files of an earlier build with the same settings."""
     stamp = os.path.join(out_dir, "trained.json")
     settings = {"steps": steps, "images": TRAIN_IMAGES, "seed": SEED, "size": TRAIN_SIZE,
-                "batch": BATCH, "version": 5}
+                "batch": BATCH, "version": 6}
     if os.path.isfile(stamp):
         with open(stamp, encoding="utf-8") as f:
             done = json.load(f)
