@@ -54,7 +54,8 @@ COMMANDS = [
      "--max-batch-size 8"),
     ("segmentation", "shapes_semantic",
      "{models}/shapes_semseg.onnx --task segmentation --labels {models}/classes.txt "
-     "--max-batch-size 8 --task-option mean=0 --task-option std=1"),
+     "--max-batch-size 8 --task-option mean=0 --task-option std=1 "
+     "--task-option resize=letterbox"),
     ("keypoints", "shapes_keypoints",
      "{models}/shapes_pose.pt --task keypoints --labels {models}/triangle.txt "
      "--max-batch-size 0 --input images:FP32:1,3,{size},{size} "

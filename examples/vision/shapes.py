@@ -23,9 +23,9 @@ oriented detection     ``output0`` [B, N, 4+3+1]: YOLOv8-obb (cx, cy, w, h,     
                        class scores, angle in radians)
 =====================  =======================================================  ===========
 
-Every box score is kept only at a 3x3 local maximum of the class heatmap
-(CenterNet's peak extraction, in the graph), so the templates' NMS sees one
-candidate per object.
+Every box score is kept only at a local maximum (5x5 cells) of the heatmap's
+best class (CenterNet's peak extraction, in the graph, across classes), so the
+templates' class-wise NMS sees one candidate per object.
 
     python examples/vision/shapes.py --out /tmp/shapes      # train + export (about 1-2 min)
 """
@@ -47,12 +47,19 @@ SIZE = 96  # the network input (square)
 STRIDE = 4
 GRID = SIZE // STRIDE
 PROTOS = 8
+PEAK_WINDOW = 5  # cells: one detection per object within it (in the export)
+SEMANTIC_OBJECTS = 8  # detected objects the semantic export takes classes from
+SEMANTIC_MIN_SCORE = 0.3  # and the score they need
 SEED = 17
 TRAIN_SIZE = 64  # training crops: the network is fully convolutional
-TRAIN_IMAGES = 3000
-TRAIN_STEPS = 2000
+TRAIN_IMAGES = 4000
+TRAIN_STEPS = 3200
 BATCH = 16
-SHAPE_SIZES = (15.0, 40.0)  # long side in network-input pixels
+LR = 8e-3
+HEAT_WEIGHT = 1.0  # the heatmap focal loss against the other heads
+MAX_SHAPES = 4  # per training image (0 to this many)
+SHAPE_SIZES = (20.0, 36.0)  # long side in network-input pixels
+PAD_FRACTION = 0.5  # training images with a band of letterbox grey at an edge
 
 
 # ---------------------------------------------------------------------------
@@ -135,18 +142,43 @@ def render_scene(shapes: list[dict], width: int = SIZE, height: int = SIZE,
     return img, out
 
 
+def training_scene(rng: np.random.Generator, size: int = TRAIN_SIZE):
+    """One training image (uint8 [size, size, 3]) and its annotations, made the way the
+    task pipelines see a picture: shapes drawn on a larger canvas, then shrunk (Pillow's
+    bilinear resize, as the pre-processing's letterbox does), with sometimes a band of the
+    letterbox's grey (114) at an edge, where a picture of another aspect would be padded."""
+    left, top, right, bottom = 0, 0, size, size
+    if rng.random() < PAD_FRACTION:  # the letterbox padding at one or two opposite edges
+        band = int(rng.integers(3, size // 4))
+        if rng.random() < 0.5:
+            top, bottom = (band, size) if rng.random() < 0.5 else (0, size - band)
+        else:
+            left, right = (band, size) if rng.random() < 0.5 else (0, size - band)
+    w, h = right - left, bottom - top
+    found = random_shapes(rng, w, h, int(rng.integers(0, MAX_SHAPES + 1)))
+    for shape in found:
+        shape["cx"] += left
+        shape["cy"] += top
+    bg, fills = _colors(rng, len(found))
+    zoom = float(rng.uniform(1.0, 3.0))  # the picture's pixels per network-input pixel
+    big = [{**a, "cx": a["cx"] * zoom, "cy": a["cy"] * zoom, "w": a["w"] * zoom,
+            "h": a["h"] * zoom} for a in found]
+    canvas = round(size * zoom)
+    img, _ = render_scene(big, canvas, canvas, rng=rng, background=bg, fills=fills)
+    arr = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32).copy()
+    _, annotations = render_scene(found, size, size, rng=rng, background=bg, fills=fills)
+    arr += rng.normal(0, float(rng.uniform(0, 6)), arr.shape)  # a little sensor noise
+    arr[:top], arr[bottom:], arr[:, :left], arr[:, right:] = 114, 114, 114, 114
+    return np.clip(arr, 0, 255).astype(np.uint8), annotations
+
+
 def training_set(n: int, seed: int = SEED):
     """``n`` rendered scenes (uint8 [n, S, S, 3]) and their annotations."""
     rng = np.random.default_rng(seed)
-    size = TRAIN_SIZE
-    images = np.zeros((n, size, size, 3), dtype=np.uint8)
+    images = np.zeros((n, TRAIN_SIZE, TRAIN_SIZE, 3), dtype=np.uint8)
     annotations = []
     for i in range(n):
-        shapes = random_shapes(rng, size, size, int(rng.integers(1, 4)))
-        img, ann = render_scene(shapes, size, size, rng=rng)
-        arr = np.asarray(img, dtype=np.float32)
-        arr += rng.normal(0, 6, arr.shape)  # a little sensor noise
-        images[i] = np.clip(arr, 0, 255).astype(np.uint8)
+        images[i], ann = training_scene(rng)
         annotations.append(ann)
     return images, annotations
 
@@ -273,7 +305,7 @@ def loss_fn(out: dict, t: dict):
               + torch.log(1 - heat) * heat ** 2 * (1 - gt) ** 4 * neg).sum()
     valid = t["valid"]
     n = valid.sum().clamp(min=1)
-    focal = focal / n
+    focal = focal / n * HEAT_WEIGHT
     v = valid[..., None]
 
     def l1(name, target, mask=v, weight=1.0):
@@ -318,8 +350,8 @@ def train(steps: int = TRAIN_STEPS, images: int = TRAIN_IMAGES, log=say):
     stacked = {k: torch.from_numpy(np.stack([t[k] for t in tg])) for k in tg[0]}
     log(f"rendered {images} training images in {time.monotonic() - t0:.1f} s")
     net = build_network()
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps,
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps,
                                                 pct_start=0.15)
     rng = np.random.default_rng(SEED)
     net.train()
@@ -370,7 +402,10 @@ def _heads():
             out = self.net(x)
             b = x.shape[0]
             heat = out["heat"].sigmoid()
-            peaks = nn.functional.max_pool2d(heat, 3, 1, 1)
+            # one peak per object whatever its class: a class's score is kept only where
+            # it is the best of all classes over the cell's neighbourhood
+            best = heat.amax(dim=1, keepdim=True)
+            peaks = nn.functional.max_pool2d(best, PEAK_WINDOW, 1, PEAK_WINDOW // 2)
             scores = (heat * (heat >= peaks).float()).reshape(b, len(CLASSES), -1)
             off = out["off"].reshape(b, 2, -1)
             cx = (self.gx + off[:, 0:1]) * STRIDE
@@ -413,15 +448,46 @@ def _heads():
             return torch.cat([cx, cy, r[:, 0:1].exp(), r[:, 1:2].exp(), scores, angle],
                              dim=1).permute(0, 2, 1)
 
-    class Semantic(nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
+    class Semantic(Decode):
+        """Background or object per pixel from the semantic head; which class an object
+        pixel has from the detected object whose mask is strongest there (a network this
+        small is surer of an object's class at its centre than at each of its pixels), the
+        semantic head's own class where no detected object covers the pixel."""
 
         def forward(self, images):
-            sem = self.net(images)["semantic"]
-            return nn.functional.interpolate(sem, scale_factor=float(STRIDE), mode="bilinear",
-                                             align_corners=False)
+            out, scores, _, _, box = self.common(images)
+            b = images.shape[0]
+            sem = out["semantic"]  # [B, 1 + classes, G, G]
+            best, cls = scores.max(dim=1)  # [B, N]
+            top, idx = best.topk(SEMANTIC_OBJECTS, dim=1)  # [B, K]
+            coef = torch.gather(out["coef"].reshape(b, PROTOS, -1), 2,
+                                idx.unsqueeze(1).expand(-1, PROTOS, -1))  # [B, P, K]
+            masks = torch.einsum("bpk,bphw->bkhw", coef, out["protos"])  # [B, K, G, G]
+            k_box = torch.gather(box, 2, idx.unsqueeze(1).expand(-1, 4, -1)) / STRIDE
+            x1 = (k_box[:, 0] - k_box[:, 2] / 2)[..., None, None]
+            x2 = (k_box[:, 0] + k_box[:, 2] / 2)[..., None, None]
+            y1 = (k_box[:, 1] - k_box[:, 3] / 2)[..., None, None]
+            y2 = (k_box[:, 1] + k_box[:, 3] / 2)[..., None, None]
+            g = masks.shape[-1]
+            yy = torch.arange(g, dtype=torch.float32).view(1, 1, g, 1)
+            xx = torch.arange(g, dtype=torch.float32).view(1, 1, 1, g)
+            usable = ((xx >= x1) & (xx <= x2) & (yy >= y1) & (yy <= y2)
+                      & (top[..., None, None] >= SEMANTIC_MIN_SCORE))
+            masks = torch.where(usable, masks, torch.full_like(masks, -1e4))
+            strongest, which = masks.max(dim=1)  # [B, G, G]
+            k_cls = torch.gather(cls, 1, idx)  # [B, K]
+            object_cls = torch.gather(k_cls, 1, which.reshape(b, -1)).reshape(which.shape)
+            chosen = torch.where(strongest > -1e4, object_cls, sem[:, 1:].argmax(dim=1))
+            # object or background as the semantic head has it (its logits upsampled as they
+            # are), the whole object probability on the chosen class (upsampled as a label)
+            up = nn.functional.interpolate(sem, scale_factor=float(STRIDE), mode="bilinear",
+                                           align_corners=False)
+            chosen = nn.functional.interpolate(chosen.unsqueeze(1).float(),
+                                               scale_factor=float(STRIDE), mode="nearest")
+            ids = torch.arange(len(CLASSES), dtype=torch.float32).view(1, -1, 1, 1)
+            onehot = (chosen == ids).float()
+            foreground = torch.logsumexp(up[:, 1:], dim=1, keepdim=True)
+            return torch.cat([up[:, :1], foreground + (onehot - 1.0) * 50.0], dim=1)
 
     return {"detection": Detection, "instance_segmentation": InstanceSegmentation,
             "keypoints": Keypoints, "oriented_detection": Oriented,
@@ -478,7 +544,7 @@ def build(out_dir: str, steps: int = TRAIN_STEPS, log=say) -> dict[str, str]:
     """Train and export, or reuse the files of an earlier build with the same settings."""
     stamp = os.path.join(out_dir, "trained.json")
     settings = {"steps": steps, "images": TRAIN_IMAGES, "seed": SEED, "size": TRAIN_SIZE,
-                "batch": BATCH, "version": 2}
+                "batch": BATCH, "version": 6}
     if os.path.isfile(stamp):
         with open(stamp, encoding="utf-8") as f:
             done = json.load(f)

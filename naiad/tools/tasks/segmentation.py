@@ -32,6 +32,9 @@ class Segmentation(tasks.Task):
         "threshold": "one-channel outputs: foreground at or above this (default 0.5)",
         "class_ids": "the output already holds class ids (default false)",
         "output_layout": "NCHW (default) or NHWC: where the class scores are in the output",
+        "resize": "stretch (default: to the network's size, as MMSegmentation's Resize "
+                  "without keep_ratio) or letterbox (keep the aspect ratio, pad with grey; "
+                  "the mask is cropped back)",
     }
 
     def build(self, ctx: TaskContext) -> list[str]:
@@ -42,13 +45,17 @@ class Segmentation(tasks.Task):
         layout = ctx.option("output_layout", "NCHW")
         if layout not in ("NCHW", "NHWC"):
             raise TaskError(f"output_layout={layout}: expected NCHW or NHWC")
+        resize = ctx.option("resize", "stretch")
+        if resize not in ("stretch", "letterbox"):
+            raise TaskError(f"resize={resize}: expected stretch or letterbox")
         pre, post = f"{ctx.name}_preprocess", f"{ctx.name}_postprocess"
         tasks.python_model(
             ctx.repository, pre, "segmentation_pre.py",
             [tasks.tensor("IMAGE", "TYPE_UINT8", [-1])],
             [tasks.tensor(image.name, image.data_type, image.dims(height, width), output=True),
              tasks.tensor("IMAGE_SIZE", "TYPE_INT64", [2], output=True)],
-            pre_settings(ctx, image, height, width, IMAGENET_MEAN, IMAGENET_STD),
+            {**pre_settings(ctx, image, height, width, IMAGENET_MEAN, IMAGENET_STD),
+             "resize": resize},
             comment=f"Decodes and resizes images for {ctx.model_name} (naiad import --task "
                     "segmentation).")
         tasks.python_model(
@@ -60,7 +67,7 @@ class Segmentation(tasks.Task):
              tasks.tensor("LABELS", "TYPE_STRING", [-1], output=True)],
             {"threshold": str(ctx.option("threshold", 0.5, float)),
              "class_ids": str(ctx.option("class_ids", False, bool)).lower(),
-             "layout": layout}, labels_files(ctx),
+             "layout": layout, "resize": resize}, labels_files(ctx),
             comment=f"Class mask at the image's size from {ctx.model_name}'s output.")
         tasks.ensemble(
             ctx.repository, ctx.name,

@@ -4,7 +4,7 @@ The network's per-pixel output for one image (LOGITS: [1, C, H, W] or
 [C, H, W] class scores, argmax taken; C = 1: a probability, thresholded at
 ``threshold``; or [1, H, W] class ids when ``class_ids=true``) -> MASK
 (INT32 [height, width] class ids at the original image's size, nearest
-neighbour), CLASS_IDS (INT64 [K], the classes present) and LABELS (BYTES
+neighbour; with ``resize=letterbox`` the padding is cut off first), CLASS_IDS (INT64 [K], the classes present) and LABELS (BYTES
 [K], labels.txt beside this file).
 """
 
@@ -22,6 +22,7 @@ class TritonPythonModel:
         self.threshold = float(s["threshold"])
         self.class_ids = s["class_ids"] == "true"
         self.layout = s["layout"]
+        self.letterbox = s.get("resize") == "letterbox"
         here = os.path.dirname(os.path.abspath(__file__))
         self.labels = imagelib.read_labels(os.path.join(here, "labels.txt"))
 
@@ -41,6 +42,12 @@ class TritonPythonModel:
                     mask = (x[0] >= self.threshold).astype(np.int32)
                 else:
                     mask = x.argmax(axis=0).astype(np.int32)
+            if self.letterbox:  # the picture's part of the letterboxed input
+                mh, mw = mask.shape
+                scale = min(mh / h, mw / w)
+                nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+                top, left = (mh - nh) // 2, (mw - nw) // 2
+                mask = mask[top:top + nh, left:left + nw]
             # nearest neighbour back to the image's size
             rows = (np.arange(h) * mask.shape[0] // h).clip(0, mask.shape[0] - 1)
             cols = (np.arange(w) * mask.shape[1] // w).clip(0, mask.shape[1] - 1)
