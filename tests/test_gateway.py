@@ -25,6 +25,10 @@ pytest.importorskip("starlette")
 pytest.importorskip("multipart")
 pytest.importorskip("torch")
 
+# the first test here may train the shapes network (about 2-3 minutes on an idle 2-core
+# machine, more on a busy one) before its own work: more than the suite's 300 s default
+pytestmark = pytest.mark.timeout(900)
+
 MAPPING = {"0": "box", "1": "oval", "2": "wedge"}  # not the pipeline's own labels
 
 

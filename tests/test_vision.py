@@ -38,6 +38,10 @@ pytest.importorskip("rapidocr_onnxruntime")
 pytest.importorskip("torch")
 pytest.importorskip("openvino")
 
+# the first test here may train the shapes network (about 2-3 minutes on an idle 2-core
+# machine, more on a busy one) before its own work: more than the suite's 300 s default
+pytestmark = pytest.mark.timeout(900)
+
 vision_client = example_script("vision", "client")
 setup_models = example_script("vision", "setup_models")
 Pipeline = example_script("vision", "inprocess").Pipeline

@@ -3,7 +3,7 @@
 No PyPI package ships an object detector, an instance segmenter, a keypoint
 detector or an oriented detector that installs beside torch 2.13 (see the
 README), so the setup script builds one: a CenterNet-style network with one
-shared trunk and a head per task, trained for a minute or two on images of
+shared trunk and a head per task, trained for two or three minutes on images of
 rectangles, ellipses and isosceles triangles that :func:`render_scene` draws
 with Pillow (random sizes, angles and colours, several per image). From the
 one trained network, :func:`export` writes a model file per task in the
@@ -11,12 +11,12 @@ output format real exports of that task use, so the task templates of
 ``naiad import`` treat them exactly as they would a real model's:
 
 =====================  =======================================================  ===========
-task                   outputs (N = 32 x 32 grid cells, stride 4)                  written as
+task                   outputs (N = 24 x 24 grid cells, stride 4)                  written as
 =====================  =======================================================  ===========
 detection              ``output0`` [B, N, 4+3]: YOLO (cx, cy, w, h, class scores)  ONNX
-instance segmentation  ``output0`` [B, N, 4+3+8] + ``output1`` [B, 8, 32, 32]:      ONNX
+instance segmentation  ``output0`` [B, N, 4+3+8] + ``output1`` [B, 8, 24, 24]:      ONNX
                        YOLOv8-seg (mask coefficients, prototypes)
-semantic segmentation  ``logits`` [B, 4, 128, 128]: background + 3 classes          ONNX
+semantic segmentation  ``logits`` [B, 4, 96, 96]: background + 3 classes            ONNX
 keypoints              ``output0`` [B, N, 4+1+3*3]: YOLOv8-pose (triangle, its      TorchScript
                        apex and two base corners, each x, y, confidence)
 oriented detection     ``output0`` [B, N, 4+3+1]: YOLOv8-obb (cx, cy, w, h,         OpenVINO IR
@@ -25,9 +25,11 @@ oriented detection     ``output0`` [B, N, 4+3+1]: YOLOv8-obb (cx, cy, w, h,     
 
 Every box score is kept only at a local maximum (5x5 cells) of the heatmap's
 best class (CenterNet's peak extraction, in the graph, across classes), so the
-templates' class-wise NMS sees one candidate per object.
+templates' class-wise NMS sees one candidate per object. The semantic logits
+take object-or-background from the semantic head and an object pixel's class
+from the detected object whose mask is strongest there.
 
-    python examples/vision/shapes.py --out /tmp/shapes      # train + export (about 1-2 min)
+    python examples/vision/shapes.py --out /tmp/shapes      # train + export (about 2-3 min)
 """
 
 from __future__ import annotations
