@@ -10,9 +10,11 @@
   100 small python models of the startup scenario.
 * **soak** (``--soak``, ``--soak-seconds``, 600 by default): naiad serving
   add_sub at concurrency 64, alternating HTTP (wrk) and gRPC (h2load) in
-  60 s turns, RSS sampled every 5 s. Reported: RSS after the first minute
-  (the baseline, once caches and pools have grown), at the end, the maximum,
-  and the drift end / baseline - 1; the target is within ±5 %.
+  60 s turns, RSS sampled every 5 s. Reported: RSS after one turn of each
+  transport (the baseline, once both transports' caches, pools and threads
+  have grown), at the end, the maximum, and the drift end / baseline - 1; the
+  target is within ±5 %. The drift from the first minute (HTTP only) is
+  kept in the data too.
 """
 
 from __future__ import annotations
@@ -155,13 +157,19 @@ def soak(ctx, env, naiad_exe: str, seconds: int) -> dict:
         sampler.join(10)
         server.stop()
     samples = out["samples"]
-    base = next((s for s in samples if s["t_s"] >= 60), samples[0] if samples else None)
+    # the baseline: once a turn of each transport has run (the first minute is HTTP only)
+    warm_s = 2 * SOAK_TURN_S
+    base = next((s for s in samples if s["t_s"] >= warm_s), samples[0] if samples else None)
+    first_minute = next((s for s in samples if s["t_s"] >= SOAK_TURN_S), base)
     if base and samples:
         rss = [s["rss_mib"] for s in samples if s["t_s"] >= base["t_s"]]
         out.update({"rss_start_mib": samples[0]["rss_mib"], "rss_baseline_mib": base["rss_mib"],
                     "rss_end_mib": samples[-1]["rss_mib"], "rss_max_mib": max(rss),
                     "rss_min_mib": min(rss),
                     "drift": round(samples[-1]["rss_mib"] / base["rss_mib"] - 1, 4),
+                    "baseline_s": base["t_s"],
+                    "drift_from_first_minute": round(
+                        samples[-1]["rss_mib"] / first_minute["rss_mib"] - 1, 4),
                     "requests": sum(t["requests"] for t in out["turns"]),
                     "errors": sum(t["errors"] for t in out["turns"])})
     return out
@@ -184,7 +192,8 @@ def render(scn: dict) -> list[str]:
         out += ["", f"Soak: naiad, add_sub at concurrency 64 for {s['seconds']} s (HTTP with wrk "
                 f"and gRPC with h2load in {s['turn_s']} s turns, ~{s['requests']:,} requests, "
                 f"{s['errors']} errors): RSS {s['rss_start_mib']} MiB at start, "
-                f"{s['rss_baseline_mib']} MiB after the first minute, {s['rss_end_mib']} MiB at "
+                f"{s['rss_baseline_mib']} MiB after a turn of each transport, "
+                f"{s['rss_end_mib']} MiB at "
                 f"the end (min {s['rss_min_mib']}, max {s['rss_max_mib']}): drift "
                 f"{s['drift'] * 100:+.1f} % (target within ±5 %)."]
     elif s:
