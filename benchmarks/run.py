@@ -46,8 +46,8 @@ REFERENCE_SCRIPT = Path(os.environ.get("NAIAD_REFERENCE_SCRIPT") or
 PROJECT_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 EXPORT_VENV_PYTHON = WORK / "venv-export" / "bin" / "python"
 
-SCENARIOS = ("add_sub", "minilm", "startup", "metrics_overhead", "batching", "backends") + \
-    tuple(pipelines.RUNNERS)
+SCENARIOS = ("add_sub", "clients", "big_tensors", "memory", "minilm", "startup",
+             "metrics_overhead", "batching", "backends") + tuple(pipelines.RUNNERS)
 
 
 def log(msg: str) -> None:
@@ -203,14 +203,15 @@ def _ort_python() -> tuple[str | None, str]:
 
 
 def _inprocess(ctx: Ctx, py: str, onnx_path: Path, so: dict, duration, warmup,
-               batch: int | None = None, seq: int | None = None) -> dict:
+               batch: int | None = None, seq: int | None = None, mix: str = "") -> dict:
     cmd = ([] if not ctx.server_cpus else ["taskset", "-c", ctx.server_cpus]) + [
         py, "-m", "harness.ort_inprocess", "--model", str(onnx_path),
         "--batch", str(batch or models.MINILM_BATCH), "--seq", str(seq or models.MINILM_SEQ),
         "--intra", str(so["intra_op_threads"]), "--inter", str(so["inter_op_threads"]),
         "--opt-level", so["graph_optimization"],
-        "--duration", str(duration), "--warmup", str(warmup)]
+        "--duration", str(duration), "--warmup", str(warmup)] + (["--mix", mix] if mix else [])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 120,
+                       start_new_session=True,
                        check=False, cwd=HERE)
     line = next((x for x in r.stdout.splitlines() if x.startswith("NAIAD_ORT_JSON ")), None)
     if r.returncode != 0 or line is None:
@@ -361,6 +362,26 @@ def run_backends(ctx: Ctx) -> dict:
     return scenario_backends.run(ctx, sys.modules[__name__])
 
 
+# ------------------------------------------------------------------ real clients, big tensors, memory
+
+def run_clients(ctx: Ctx) -> dict:
+    import scenario_clients  # benchmarks/scenario_clients.py
+
+    return scenario_clients.run(ctx, sys.modules[__name__])
+
+
+def run_big_tensors(ctx: Ctx) -> dict:
+    import scenario_big  # benchmarks/scenario_big.py
+
+    return scenario_big.run(ctx, sys.modules[__name__])
+
+
+def run_memory(ctx: Ctx) -> dict:
+    import scenario_memory  # benchmarks/scenario_memory.py
+
+    return scenario_memory.run(ctx, sys.modules[__name__])
+
+
 # ------------------------------------------------------------------ main
 
 def parse_args(argv=None):
@@ -380,6 +401,11 @@ def parse_args(argv=None):
     ap.add_argument("--client-cpus", default="1", help="taskset CPU list for wrk (1)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin anything")
     ap.add_argument("--results-dir", type=Path, default=RESULTS)
+    ap.add_argument("--repeats", type=int, help="repeats per cell in the clients and "
+                    "big_tensors scenarios (default 3; quick 1)")
+    ap.add_argument("--soak", action="store_true",
+                    help="memory scenario: add the 10-minute soak at concurrency 64")
+    ap.add_argument("--soak-seconds", type=int, default=600, help="length of the soak (600)")
     a = ap.parse_args(argv)
     a.duration = a.duration or (4 if a.quick else 15)
     a.warmup = a.warmup if a.warmup is not None else (2 if a.quick else 5)
@@ -439,7 +465,9 @@ def main(argv=None) -> int:
                     runner = {"add_sub": run_add_sub, "minilm": run_minilm,
                               "startup": run_startup,
                               "metrics_overhead": run_metrics_overhead,
-                              "batching": run_batching, "backends": run_backends}[name]
+                              "batching": run_batching, "backends": run_backends,
+                              "clients": run_clients, "big_tensors": run_big_tensors,
+                              "memory": run_memory}[name]
                     res["scenarios"][name] = runner(ctx)
             except Exception as e:  # noqa: BLE001 - keep the other scenario's numbers
                 traceback.print_exc()

@@ -127,9 +127,12 @@ def run(ctx, env) -> dict:
 
     inproc_cache: dict[tuple[int, int], dict] = {}
 
-    def inprocess(batch: int, seq: int) -> dict | None:
+    def inprocess(batch: int, seq: int, mix: str = "") -> dict | None:
         if py is None:
             return None
+        if mix:  # a mix of batch sizes is measured each time (not cached)
+            return env._inprocess(ctx, py, onnx_path, em.SESSION_OPTIONS, ctx.args.duration,
+                                  ctx.args.warmup, seq=seq, mix=mix)
         if (batch, seq) not in inproc_cache:
             d = env._inprocess(ctx, py, onnx_path, em.SESSION_OPTIONS, ctx.args.duration,
                                ctx.args.warmup, batch=batch, seq=seq)
@@ -202,6 +205,24 @@ def _measure_level(ctx, env, server, tr, c, seq, scn, inprocess) -> None:
         rate = row.get("infer_per_s")
         ratio[f"{name}_over_inprocess_at_reached"] = (
             round(rate / ip["infer_per_s"], 3) if ip and rate else None)
+        hist = row["batching"].get("batch_histogram") or {}
+        if len(hist) > 1 and ip:
+            # the batcher executed a mix of sizes: onnxruntime replays the same mix
+            mix = ",".join(f"{b}:{n}" for b, n in sorted(hist.items()))
+            try:
+                d = inprocess(0, seq, mix)
+                row["inprocess_at_served_mix"] = {
+                    "mix": mix, **{k: d.get(k) for k in ("infer_per_s", "cpu_ms_per_infer")}}
+                ratio[f"{name}_over_inprocess_at_mix"] = (
+                    round(rate / d["infer_per_s"], 3) if rate and d.get("infer_per_s") else None)
+                served_cpu = row.get("cpu_ms_per_infer")
+                ratio[f"{name}_cpu_efficiency_vs_mix"] = (
+                    round(d["cpu_ms_per_infer"] / served_cpu, 3)
+                    if d.get("cpu_ms_per_infer") and served_cpu else None)
+                log(f"  onnxruntime in-process at {name}'s mix of {sum(hist.values())} batches: "
+                    f"{d['infer_per_s']:.1f} infer/s, {d['cpu_ms_per_infer']} CPU ms/inference")
+            except Exception as e:  # noqa: BLE001
+                row["inprocess_at_served_mix"] = {"mix": mix, "failure": str(e)[:300]}
         # CPU efficiency: in-process CPU per inference / served CPU per inference
         served_cpu = row.get("cpu_ms_per_infer")
         ratio[f"{name}_cpu_efficiency_vs_inprocess"] = (
@@ -230,12 +251,15 @@ def render(scn: dict) -> list[str]:
         out += [f"- scenario error: {scn['error']}", ""]
     out += ["| transport | tokens | model | concurrency | infer/s | p50 ms | p99 ms | reached batch "
             "| in-process infer/s at that batch | served / in-process "
-            "| CPU ms per inference: served / in-process | vs unbatched |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| in-process at the served mix of batch sizes | served / in-process mix "
+            "| CPU ms per inference: served / in-process (mix) | vs unbatched |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     ratios = {(r["transport"], r["concurrency"], r.get("seq")): r
               for r in scn.get("ratios", [])}
     for row in scn.get("results", []):
         ip = row.get("inprocess_at_reached_batch") or {}
+        mixd = row.get("inprocess_at_served_mix") or {}
+        mix_cpu = mixd.get("cpu_ms_per_infer")
         r = ratios.get((row.get("transport"), row.get("concurrency"), row.get("seq")), {})
         name = row.get("model")
         vs = r.get(f"{name}_over_unbatched")
@@ -247,7 +271,9 @@ def render(scn: dict) -> list[str]:
             f"| {row.get('batching', {}).get('mean_batch', '–')} "
             f"| {ip.get('infer_per_s', '–')} (batch {ip.get('batch', '–')}) "
             f"| {r.get(f'{name}_over_inprocess_at_reached', '–')} "
-            f"| {row.get('cpu_ms_per_infer', '–')} / {ip.get('cpu_ms_per_infer', '–')} "
+            f"| {mixd.get('infer_per_s', '–')} | {r.get(f'{name}_over_inprocess_at_mix', '–')} "
+            f"| {row.get('cpu_ms_per_infer', '–')} / {ip.get('cpu_ms_per_infer', '–')}"
+            f"{f' ({mix_cpu})' if mix_cpu else ''} "
             f"| {vs if vs is not None else '–'} |")
     if scn.get("inprocess"):
         out += ["", "onnxruntime in-process, same CPU: " + ", ".join(

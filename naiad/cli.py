@@ -4,6 +4,9 @@
 ``tritonserver --model-repository=./models``. Flags take ``--flag=value`` or
 ``--flag value``; booleans accept what tritonserver accepts: true/false, on/off,
 1/0, in any case.
+
+``naiad <sub-command> ...`` runs a tool instead (``naiad perf``, ``naiad
+analyze``, ``naiad validate``, ``naiad import``, ``naiad ray``): see ``SUBCOMMANDS``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,28 @@ log = logging.getLogger("naiad.server")
 
 class CliError(Exception):
     pass
+
+
+# Sub-commands: ``naiad NAME ARGS...`` calls ``module:function(ARGS)`` (a list of
+# strings; it returns the exit code). Adding one is one line here; the module is
+# imported only when its sub-command runs. Anything else starts the server.
+SUBCOMMANDS: dict[str, str] = {
+    "perf": "naiad.tools.perf:main",
+    "analyze": "naiad.tools.analyze:main",
+    "validate": "naiad.tools.validate:main",
+    "import": "naiad.tools.importer:main",
+    "ray": "naiad.ray.cli:main",  # deploy on a Ray cluster (Ray Serve)
+}
+
+
+def run_subcommand(argv: list[str]) -> int | None:
+    """Run ``argv[0]``'s sub-command if it names one; None when it does not."""
+    if not argv or argv[0] not in SUBCOMMANDS:
+        return None
+    import importlib
+
+    module, _, function = SUBCOMMANDS[argv[0]].partition(":")
+    return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
 
 
 def bool_option(text: str) -> bool:
@@ -87,6 +112,15 @@ _FLAGS: list[tuple[str, str, Any, Any, str]] = [
      "Retries of a failed model load."),
     ("--model-namespacing", "model_namespacing", _B, False,
      "Allow the same model name in several repositories."),
+    ("--model-load-on-demand", "model_load_on_demand", _B, False,
+     "Load a model on its first request (explicit mode, or none: nothing loads at start)."),
+    ("--model-memory-limit", "model_memory_limit", _S, "",
+     "Memory for loaded models, in bytes or N% of the machine's; least recently used idle "
+     "models are unloaded to stay under it (needs --model-load-on-demand)."),
+    ("--model-idle-unload-secs", "model_idle_unload_secs", _F, 0.0,
+     "Unload a model unused for this long (0: never; needs --model-load-on-demand)."),
+    ("--model-load-on-demand-timeout-secs", "model_load_on_demand_timeout_secs", _F, 120.0,
+     "How long a request waits for its model's on-demand load before it fails."),
     ("--enable-peer-access", "enable_peer_access", _B, True, "GPU peer access (no effect)."),
     ("--allow-http", "allow_http", _B, True, "Serve HTTP/REST."),
     ("--http-address", "http_address", _S, "0.0.0.0", "HTTP bind address."),
@@ -208,7 +242,8 @@ def _shown_default(value: Any) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="naiad", description="naiad: a Triton-compatible inference server",
-                add_help=True)
+                add_help=True, formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="tools: naiad {" + ",".join(SUBCOMMANDS) + "} --help")
     p.add_argument("--version", action="version", version=f"naiad {__version__}")
     p.add_argument("--model-repository", "--model-store", dest="model_repositories",
                    action="append", default=[], metavar="PATH",
@@ -218,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, dest, typ, default, help_ in _FLAGS:
         if "(default:" not in help_:
             help_ = f"{help_} (default: {_shown_default(default)})"
-        p.add_argument(flag, dest=dest, type=typ, default=default, metavar="VALUE", help=help_)
+        p.add_argument(flag, dest=dest, type=typ, default=default, metavar="VALUE",
+                       help=help_.replace("%", "%%"))
     for flag, dest, typ, help_ in _LISTS:
         p.add_argument(flag, dest=dest, type=typ, action="append", default=[], help=help_,
                        metavar="VALUE")
@@ -341,6 +377,9 @@ def _creating_server_error(exc: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    code = run_subcommand(argv)
+    if code is not None:
+        return code
     try:
         options = options_from_args(argv)
     except CliError as exc:

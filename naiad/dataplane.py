@@ -48,11 +48,14 @@ from naiad.core.types import (
     successful,
 )
 from naiad.observability.metrics import ServerMetrics
+from naiad.observability.model_loading import ModelLoadingMetrics
 from naiad.observability.tracing import Tracer
 from naiad.options import MODE_EXPLICIT, MODE_NONE, MODE_POLL, ServerOptions
 from naiad.protocol.config_json import config_to_dict
 from naiad.repository.manager import ModelRepositoryManager
+from naiad.repository.ondemand import OnDemandLoader, check_on_demand_options
 from naiad.repository.overrides import parse_config_override
+from naiad.repository.residency import Residency, parse_memory_limit
 from naiad.scheduling import make_scheduling_context
 from naiad.version import __version__
 
@@ -119,6 +122,28 @@ class DataPlane:
 
         self.tracer = Tracer(options.trace_config, model_exists=model_exists)
         self.metrics = ServerMetrics(self) if options.allow_metrics else None
+        # --model-load-on-demand: models load on their first request (None: off)
+        self.on_demand: OnDemandLoader | None = None
+        if options.model_load_on_demand:
+            self.on_demand = self._on_demand_loader()
+
+    def _on_demand_loader(self) -> OnDemandLoader:
+        opts = self.options
+        loading = ModelLoadingMetrics()
+        if self.metrics is not None:
+            self.metrics.registry.register(loading)
+        pinned = list(opts.load_models) if opts.model_control_mode == MODE_EXPLICIT else []
+        try:
+            limit = parse_memory_limit(opts.model_memory_limit)
+        except InvalidArgument:
+            limit = 0  # check() refuses it before anything starts
+        residency = Residency(self.manager, limit=limit,
+                              idle_secs=opts.model_idle_unload_secs,
+                              wait_secs=opts.model_load_on_demand_timeout_secs,
+                              pinned=pinned, metrics=loading)
+        return OnDemandLoader(self.manager, submit=self.submit, loop=lambda: self.loop,
+                              timeout_secs=opts.model_load_on_demand_timeout_secs,
+                              pinned=pinned, residency=residency, metrics=loading)
 
     # -- threads ---------------------------------------------------------------------------
 
@@ -160,6 +185,7 @@ class DataPlane:
         if opts.load_models and mode != MODE_EXPLICIT:
             raise InvalidArgument(
                 "--load-model can only be used with --model-control-mode=explicit")
+        check_on_demand_options(opts)
         self._checked = True
 
     async def start(self) -> None:
@@ -179,11 +205,14 @@ class DataPlane:
                 await self.manager.load_all()
             elif names:
                 await self.manager.load_all(names)
-        else:
+        elif self.on_demand is None:
             await self.manager.load_all()
+        # (none mode with --model-load-on-demand: nothing loads before its first request)
         if self.shutting_down:
             return
         self.started = True
+        if self.on_demand is not None:
+            self.on_demand.start()
         if mode == MODE_POLL:
             from naiad.repository.poll import RepositoryPoller
 
@@ -205,7 +234,7 @@ class DataPlane:
         await self.stop_polling()
         clean = True
         try:
-            await asyncio.wait_for(self.manager.unload_all(), timeout=max(0.1, timeout))
+            await asyncio.wait_for(self._unload_everything(), timeout=max(0.1, timeout))
         except asyncio.TimeoutError:
             clean = False
         try:
@@ -216,6 +245,11 @@ class DataPlane:
         self.started = False
         self.stopped = True
         return clean
+
+    async def _unload_everything(self) -> None:
+        if self.on_demand is not None:
+            await self.on_demand.stop()  # answers the requests waiting for a load
+        await self.manager.unload_all()
 
     # -- health and metadata --------------------------------------------------------------
 
@@ -228,6 +262,8 @@ class DataPlane:
         if not self.started or self.shutting_down:
             return False
         if self.options.strict_readiness:
+            if self.on_demand is not None:  # lazily loaded models do not count
+                return self.on_demand.ready()
             return self.manager.all_ready()
         return True
 
@@ -297,6 +333,11 @@ class DataPlane:
         try:
             model = self.manager.get_model(name, request.model_version)
         except NaiadError:
+            if self.on_demand is not None:  # a model not loaded loads now
+                pending = self.on_demand.park(request, on_response, stream, caller,
+                                              parent_trace)
+                if pending is not None:
+                    return pending
             if caller == "bls":
                 raise NaiadError(_BLS_NOT_READY.format(name=name)) from None
             raise
@@ -313,8 +354,18 @@ class DataPlane:
             except Unavailable:
                 if model.accepting:
                     raise
-                # the version retired between lookup and submit (a reload): the new one serves
-                model = self.manager.get_model(name, request.model_version)
+                # the version retired between lookup and submit (a reload): the new one
+                # serves; or it was unloaded (evicted), and loads again on demand
+                try:
+                    model = self.manager.get_model(name, request.model_version)
+                except NaiadError:
+                    pending = None if self.on_demand is None else self.on_demand.park(
+                        request, on_response, stream, caller, parent_trace)
+                    if pending is None:
+                        raise
+                    if child is not None:
+                        self.tracer.finish(child, request)
+                    return pending
                 model.submit(request)
         except NaiadError:
             if child is not None:
@@ -344,6 +395,13 @@ class DataPlane:
             if watcher is not None:
                 watcher.cancel()
         return successful(response, model.name)
+
+    async def ensure_loaded(self, name: str) -> None:
+        """With --model-load-on-demand, load ``name`` now if it is in a repository and not
+        loaded (for frontends that look a model up before they submit); raises NaiadError
+        (UNAVAILABLE) if that load fails. Does nothing otherwise."""
+        if self.on_demand is not None:
+            await self.on_demand.ensure_loaded(name)
 
     async def infer_stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
         """Every response of a request (several for decoupled models), as they come.
@@ -388,7 +446,10 @@ class DataPlane:
             raise Unavailable("explicit model load / unload is not allowed if polling is enabled")
 
     def repository_index(self, ready_only: bool = False) -> list[dict]:
-        return self.manager.index(ready_only)
+        items = self.manager.index(ready_only)
+        if self.on_demand is not None:
+            return self.on_demand.index(items)
+        return items
 
     async def load_model(self, name: str, config: Any = None,
                          files: dict[str, bytes] | None = None) -> None:

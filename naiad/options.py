@@ -47,6 +47,13 @@ class ServerOptions:
     exit_timeout_secs: int = 30
     exit_on_error: bool = True
     model_namespacing: bool = False
+    # many models per server (naiad's own flags; docs/model-management.md): load a
+    # model on its first request, keep the loaded ones under a memory budget
+    # (bytes, or "N%" of the machine's memory; "" for none), unload idle ones
+    model_load_on_demand: bool = False
+    model_memory_limit: str = ""
+    model_idle_unload_secs: float = 0.0
+    model_load_on_demand_timeout_secs: float = 120.0
 
     # backends: {backend name or "" for global: {setting: value}}
     backend_config: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)

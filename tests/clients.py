@@ -4,18 +4,21 @@ Raw HTTP with requests (``post``) or the standard library (``call``, ``infer``,
 the repository ``index`` and ``states``), one tritonclient request
 (``http_infer``), polling (``wait_for``), background traffic with tritonclient
 (``Traffic``) and the scheduling probe's async client (``infer_probe``,
-``staggered``). The models they talk to are
-``tests/models.py``.
+``staggered``); the naiad tools run as a user runs them (``naiad_tool``). The
+models they talk to are ``tests/models.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import requests
@@ -24,6 +27,19 @@ import tritonclient.http.aio as aioclient
 from tritonclient.utils import np_to_triton_dtype
 
 NOT_ALLOWED_MESSAGE = "explicit model load / unload is not allowed if polling is enabled"
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def naiad_tool(tool: str, *args: str, check: bool = False,
+               timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python -m naiad <tool> ARGS`` (import, validate, perf, analyze) from the checkout;
+    with ``check``, a non-zero exit fails the test with the tool's output."""
+    r = subprocess.run([sys.executable, "-m", "naiad", tool, *args], capture_output=True,
+                       text=True, timeout=timeout, cwd=str(CHECKOUT))
+    if check and r.returncode != 0:
+        raise AssertionError(f"naiad {tool} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
 
 
 def call(base: str, method: str, path: str, body=None, timeout: float = 30.0):

@@ -192,6 +192,31 @@ def copy_example(repo: Path, name: str) -> Path:
     return dest
 
 
+def example_script(example: str, name: str):
+    """``examples/<example>/<name>.py`` imported as ``<example>_<name>``.
+
+    The examples' scripts share file names (``setup_models``, ``client``), so a test that
+    imported them by plain name would get whichever example's module came first. The
+    script's folder goes on ``sys.path`` for its own sibling modules."""
+    import importlib.util
+
+    key = f"{example}_{name}"
+    if key in sys.modules:
+        return sys.modules[key]
+    folder = ROOT / "examples" / example
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(key, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
+    return module
+
+
 @pytest.fixture(scope="session")
 def example_server():
     """One naiad serving examples/model_repository for the whole session."""

@@ -250,6 +250,18 @@ def lightgbm_model(path: Path, objective: str = "binary", classes: int = 2, tree
     return booster
 
 
+def treelite_forest(path: Path, trees: int = 10, features: int = 8):
+    """A scikit-learn random forest (binary classifier) saved as a Treelite checkpoint."""
+    import treelite
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = tree_data(features=features)
+    forest = RandomForestClassifier(n_estimators=trees, max_depth=4, random_state=0).fit(x, y)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    treelite.sklearn.import_model(forest).serialize(str(path))
+    return forest
+
+
 # ---------------------------------------------------------------------------
 # tritonclient helpers: one call over HTTP and over gRPC
 # ---------------------------------------------------------------------------

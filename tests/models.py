@@ -746,3 +746,7 @@ instance_group [ {{ count: {count} kind: KIND_CPU }} ]
 
 def write_probe(repo: Path, name: str, **kw) -> Path:
     return write_model(repo, name, probe_config(name, **kw), {"model.py": PROBE_MODEL})
+
+
+# a python model's instances in worker processes (append to a config)
+PROCESS_PARAMETER = 'parameters { key: "EXECUTION_MODE" value: { string_value: "process" } }'

@@ -74,13 +74,7 @@ def fil_repo(tmp_path_factory) -> dict:
                                      objective="multi:softprob", classes=3)
     fm.write_config(repo / "xgb_auto", 'backend: "fil"\n' + _param("predict_proba", "true"))
     # a scikit-learn forest through a Treelite checkpoint
-    from sklearn.ensemble import RandomForestClassifier
-
-    x, y = fm.tree_data()
-    forest = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0).fit(x, y)
-    (repo / "sk_forest" / "1").mkdir(parents=True)
-    treelite.sklearn.import_model(forest).serialize(str(repo / "sk_forest" / "1" / "checkpoint.tl"))
-    b["sk_forest"] = forest
+    b["sk_forest"] = fm.treelite_forest(repo / "sk_forest" / "1" / "checkpoint.tl")
     fm.write_config(repo / "sk_forest", _config(
         "treelite_checkpoint", 2, _param("is_classifier", "true") + _param("predict_proba", "true")))
     # wrong feature count in the config

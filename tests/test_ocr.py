@@ -15,14 +15,13 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from tests.clients import http_infer
-from tests.conftest import ROOT, NaiadProcess
+from tests.conftest import ROOT, NaiadProcess, example_script
 
 pytest.importorskip("rapidocr_onnxruntime")
 PIL = pytest.importorskip("PIL")
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "examples" / "ocr"))
-import setup_models  # noqa: E402
+setup_models = example_script("ocr", "setup_models")
 
 LINES = [((30, 30), "HELLO NAIAD"), ((30, 130), "inference 2024"), ((360, 200), "Triton")]
 

@@ -128,7 +128,7 @@ class HttpWrk:
             "wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{int(duration_s)}s",
             "--timeout", f"{self.timeout_s}s", "-s", str(LUA), base_url,
             "--", str(body_file), str(hlen), req.http_path]
-        r = subprocess.run(cmd, capture_output=True, text=True,
+        r = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True,
                            timeout=duration_s + self.timeout_s + 60, check=False)
         line = next((x for x in r.stdout.splitlines() if x.startswith("NAIAD_WRK_JSON ")), None)
         if r.returncode != 0 or line is None:
@@ -203,7 +203,7 @@ class GrpcH2load:
         for h in grpc_wire.GRPC_HEADERS:
             cmd += ["-H", h]
         cmd.append(f"http://127.0.0.1:{server.grpc_port}{grpc_wire.GRPC_PATH}")
-        r = subprocess.run(cmd, capture_output=True, text=True,
+        r = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True,
                            timeout=duration_s + self.timeout_s + 60, check=False)
         out = r.stdout
         fin = re.search(r"finished in ([\d.]+)(m?s)", out)

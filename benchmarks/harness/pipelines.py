@@ -112,6 +112,37 @@ def _child(python: str, cpus: str | None, args: list[str], timeout: float) -> di
     return json.loads(line)
 
 
+def threaded_closed_loop(call, concurrency: int, warmup: float, duration: float) -> dict:
+    """``concurrency`` threads calling ``call()`` back to back for ``warmup + duration``
+    seconds; the statistics of the calls that started after the warm-up."""
+    import threading
+
+    lat: list[float] = []
+    lock = threading.Lock()
+    record = [False]
+    stop_at = time.monotonic() + warmup + duration
+
+    def worker():
+        while time.monotonic() < stop_at:
+            t0 = time.perf_counter()
+            call()
+            took = time.perf_counter() - t0
+            with lock:
+                if record[0]:
+                    lat.append(took)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    time.sleep(warmup)
+    with lock:
+        record[0] = True
+    t0 = time.monotonic()
+    for t in threads:
+        t.join()
+    return {**_stats(lat, time.monotonic() - t0), "concurrency": concurrency}
+
+
 def _stats(latencies: list[float], elapsed: float, unit_per_req: int = 1) -> dict:
     lat = sorted(latencies)
     n = len(lat)
@@ -188,9 +219,8 @@ def _loadgen(url: str, model: str, inputs_path: str, concurrency: int, duration:
 def _ocr_inprocess(models: str, image: str, concurrency: int, duration: float,
                    warmup: float) -> dict:
     """The ceiling: the same ONNX models and ocrlib code, no server."""
-    import threading
 
-    sys.path.insert(0, str(OCR_DIR))
+    sys.path.insert(0, str(ROOT / "naiad" / "tools" / "tasks" / "templates" / "ocr"))
     import ocrlib
 
     repo = Path(models)
@@ -200,30 +230,8 @@ def _ocr_inprocess(models: str, image: str, concurrency: int, duration: float,
                               str(repo / "ocr_rec_post/1/ppocr_keys.txt"))
     data = Path(image).read_bytes()
     texts = ocr(data)[0]
-    lat: list[float] = []
-    lock = threading.Lock()
-    record = [False]
-    stop_at = time.monotonic() + warmup + duration
-
-    def worker():
-        while time.monotonic() < stop_at:
-            t0 = time.perf_counter()
-            ocr(data)
-            dt = time.perf_counter() - t0
-            with lock:
-                if record[0]:
-                    lat.append(dt)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    time.sleep(warmup)
-    with lock:
-        record[0] = True
-    t0 = time.monotonic()
-    for t in threads:
-        t.join()
-    return {**_stats(lat, time.monotonic() - t0), "texts": texts, "concurrency": concurrency}
+    return {**threaded_closed_loop(lambda: ocr(data), concurrency, warmup, duration),
+            "texts": texts}
 
 
 def _ensemble_inprocess(repo: str, steps: list[int], iterations: int) -> dict:

@@ -267,8 +267,10 @@ class ReferenceTriton(Server):
             "bash", str(self.script), "start", str(self.repo),
             str(self.http_port), str(self.grpc_port), str(self.metrics_port)]
         self.info["cmd"] = cmd
+        # its own session, as naiad's: with autogroup scheduling each session shares a
+        # busy core as one group, so both servers must be in groups of their own
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                           stdin=subprocess.DEVNULL, check=False)
+                           stdin=subprocess.DEVNULL, check=False, start_new_session=True)
         out = r.stdout.strip().splitlines()
         if r.returncode != 0 or not out or not out[-1].strip().isdigit():
             raise ServerUnavailable(f"triton.sh start failed (rc {r.returncode}): "

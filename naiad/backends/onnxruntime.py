@@ -85,6 +85,7 @@ from naiad.core.errors import (
     Unavailable,
     Unsupported,
 )
+from naiad.core.files import folder_bytes
 from naiad.protocol import model_config_pb2 as mc
 
 log = logging.getLogger("naiad.backends.onnxruntime")
@@ -636,10 +637,17 @@ class OnnxRuntimeModel(BackendModel):
         batch_io = BatchIO(config)
         self.batch_io: BatchIO | None = batch_io if batch_io.active else None
         self.model = None
+        self.sessions = 0
+
+    def memory_bytes(self) -> int:
+        """The weights every session holds (the ONNX file and its external data, copied
+        or mapped; onnxruntime's API reports no sizes itself), per session."""
+        return folder_bytes(os.path.dirname(self.path)) * self.sessions
 
     def _new_session(self, spec: InstanceSpec | None) -> tuple[ort.InferenceSession, SessionIO]:
         providers = self.settings.providers_for(self.config, spec)
         session = create_session(self.path, self.settings.options, providers, self.name)
+        self.sessions += 1
         io = SessionIO.of(session)
         check_config(self.config, io)
         return session, io

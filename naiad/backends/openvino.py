@@ -44,6 +44,7 @@ import logging
 import os
 import queue
 import threading
+from xml.etree import ElementTree
 
 import numpy as np
 import openvino as ov
@@ -117,14 +118,39 @@ def resolve_model_path(version_dir: str, filename: str) -> str:
     return os.path.join(version_dir, filename or DEFAULT_MODEL_FILENAME)
 
 
+def model_files(path: str) -> list[str]:
+    """The files reading ``path`` needs: an IR's ``.xml`` and, when it has weights, its ``.bin``.
+
+    OpenVINO reads the weights of ``model.xml`` from ``model.bin`` beside it; an IR
+    without constants reads without one.
+    """
+    if not path.endswith(".xml") or not os.path.isfile(path):
+        return [path]
+    weights = os.path.splitext(path)[0] + ".bin"
+    try:
+        for _, elem in ElementTree.iterparse(path):
+            if elem.tag == "layer" and elem.get("type") == "Const":
+                data = elem.find("data")
+                if data is not None and data.get("size", "0") not in ("", "0"):
+                    return [path, weights]
+            if elem.tag == "layer":
+                elem.clear()
+    except (ElementTree.ParseError, OSError):
+        return [path, weights]  # OpenVINO says what is wrong with it
+    return [path]
+
+
 def _read(model: str, path: str, extension: str | None) -> ov.Model:
-    if not os.path.exists(path):
-        raise Unavailable(f"unable to find '{path}' for model '{model}'")
+    for needed in model_files(path):
+        if not os.path.exists(needed):
+            raise Unavailable(f"unable to find '{needed}' for model '{model}'")
     try:
         return _get_core(extension).read_model(path)
     except Exception as exc:
+        # OpenVINO's text starts with where it was thrown; the reason is its last line
+        lines = [line for line in str(exc).splitlines() if line.strip()]
         raise Unavailable(f"unable to load model '{model}': OpenVINO failed to read '{path}': "
-                          f"{str(exc).strip().splitlines()[0] if str(exc) else exc!r}") from None
+                          f"{lines[-1].strip() if lines else repr(exc)}") from None
 
 
 class OpenVINOBackend(Backend):
@@ -145,6 +171,9 @@ class OpenVINOBackend(Backend):
         outs = [_spec(p) for p in model.outputs]
         complete_io(config, ins, outs, backend_config, what="OpenVINO model")
 
+    def model_files(self, config: mc.ModelConfig, version_dir: str) -> list[str]:
+        return model_files(resolve_model_path(version_dir, config.default_model_filename))
+
     def load(self, ctx: ModelLoadContext) -> "OpenVINOModel":
         return OpenVINOModel(ctx)
 
@@ -164,6 +193,10 @@ class OpenVINOModel(BackendModel):
         model = _read(self.name, path, param(config, "CPU_EXTENSION_PATH") or None)
         self._reshape(model)
         self._check(model)
+        # the weights OpenVINO says the model holds (its constants); its CPU plugin
+        # reports no memory use itself
+        self.weights = sum(op.get_byte_size() for op in model.get_ops()
+                           if op.get_type_name() == "Constant")
         try:
             self.compiled = _get_core().compile_model(model, self.device, properties)
         except Exception as exc:
@@ -272,6 +305,10 @@ class OpenVINOModel(BackendModel):
 
     def create_instance(self, spec: InstanceSpec) -> "OpenVINOInstance":
         return OpenVINOInstance(self, spec)
+
+    def memory_bytes(self) -> int:
+        """The model's constants (compiled once per version, shared by its instances)."""
+        return self.weights
 
     def finalize(self) -> None:
         self.compiled = None

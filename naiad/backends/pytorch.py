@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -594,8 +595,31 @@ class PyTorchBackend(Backend):
         ins, outs = runner.signature
         complete_io(config, ins, outs, backend_config, what="torch.export program")
 
+    def model_files(self, config: mc.ModelConfig, version_dir: str) -> list[str]:
+        """The file the version loads: ``model.pt``, ``model.pt2`` or the runtime's module
+        (its state_dict ``model.pt`` is optional)."""
+        return [_model_path(version_dir, config)]
+
     def load(self, ctx: ModelLoadContext) -> "PyTorchModel":
         return PyTorchModel(ctx)
+
+
+def _runner_bytes(runner: _Runner, path: str) -> int:
+    module = getattr(runner, "module", None)
+    if module is None or not hasattr(module, "parameters"):
+        try:
+            return os.path.getsize(path)
+        except OSError:
+            return 0
+    seen: set[int] = set()
+    total = 0
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
+    return total
 
 
 class PyTorchModel(BackendModel):
@@ -623,6 +647,7 @@ class PyTorchModel(BackendModel):
                 mc.DataType.Name(st.data_type))
         self._check_strings()
         self._shared: _Runner | None = None
+        self._runners: list[_Runner] = []  # the instances' modules (memory_bytes)
         self._lock = threading.Lock()
         # load once now: a broken file fails the load, and the bindings are checked
         first = _load_runner(self.name, self.path, config)
@@ -712,11 +737,22 @@ class PyTorchModel(BackendModel):
         return _load_runner(self.name, self.path, self.config)
 
     def create_instance(self, spec: InstanceSpec) -> "PyTorchInstance":
-        return PyTorchInstance(self, spec, self.runner())
+        runner = self.runner()
+        if all(r is not runner for r in self._runners):
+            self._runners.append(runner)
+        return PyTorchInstance(self, spec, runner)
+
+    def memory_bytes(self) -> int:
+        """What torch says the loaded modules hold: their parameters' and buffers'
+        storages (each counted once), one module per instance unless
+        ENABLE_WEIGHT_SHARING; an AOTInductor package, whose weights torch does not
+        list, counts as its file's size."""
+        return sum(_runner_bytes(r, self.path) for r in self._runners)
 
     def finalize(self) -> None:
         self._shared = None
         self._first = None
+        self._runners = []
 
 
 class PyTorchInstance(BatchingInstance):

@@ -16,7 +16,9 @@ thread, and inline runs start only while the moving average of execution time
 stays under ``INLINE_MAX_AVG_NS`` (so a model that sleeps or blocks never
 holds the loop, not even once: its thread runs are timed by the wall clock).
 Inline runs feed the average with their CPU time, which a busy core's
-preemption does not inflate; two inline runs slower than ``INLINE_SLOW_NS`` by
+preemption does not inflate (a fast run's wall time bounds it; the thread's
+CPU clock, a system call, is read only on the runs after one that looked
+slow); two inline runs slower than ``INLINE_SLOW_NS`` by
 the wall clock close together (one may be the machine preempting us) send the
 instance back to its thread for a back-off period that doubles on each repeat. Batches
 already queued for the instance run first when it goes inline, so order is
@@ -49,6 +51,9 @@ WARMUP_EXECUTIONS = 3
 INLINE_DRAIN = 8
 # slow inline runs (within a short history) that stop inline execution for a while
 INLINE_SLOW_STRIKES = 2
+# inline runs whose CPU time is measured after one looked slow by the wall clock
+# (reading a thread's CPU clock is a system call: fast runs skip it)
+CPU_CHECK_RUNS = 16
 
 
 class ModelInstance:
@@ -70,6 +75,7 @@ class ModelInstance:
         self._backoff_ns = INLINE_BACKOFF_START_NS
         self._strikes = 0
         self._fast_runs = 0
+        self._cpu_checks = 0  # inline runs left whose CPU time is measured
         # --rate-limit: this instance's claim on the server's resources (an
         # InstanceSlot of naiad.scheduling.rate_limiter), held while it executes
         self.rate_slot = None
@@ -160,7 +166,7 @@ class ModelInstance:
                 break
         model = self.model
         start = time.monotonic_ns()
-        cpu_start = time.thread_time_ns() if inline else 0
+        cpu_start = time.thread_time_ns() if inline and self._cpu_checks else 0
         for r in requests:
             r.compute_start_ns = start
         error: NaiadError | None = None
@@ -175,10 +181,17 @@ class ModelInstance:
         end = time.monotonic_ns()
         self.executions += 1
         if self.inline_enabled:
-            if inline:
-                self._observe(end - start, time.thread_time_ns() - cpu_start, end)
-            else:
+            if not inline:
                 self._observe_threaded(end - start)
+            elif cpu_start:
+                self._cpu_checks -= 1
+                self._observe(end - start, time.thread_time_ns() - cpu_start, end)
+            elif end - start > INLINE_MAX_AVG_NS:
+                # slow by the clock: preempted, or slow indeed? The next runs' CPU time tells
+                self._cpu_checks = CPU_CHECK_RUNS
+                self._observe(end - start, None, end)
+            else:  # fast: the wall time bounds the CPU time, no clock call needed
+                self._observe(end - start, end - start, end)
         first = requests[0]
         input_end = first.compute_input_end_ns or start
         output_start = first.compute_output_start_ns or end
@@ -210,7 +223,7 @@ class ModelInstance:
         avg = self._avg_ns
         self._avg_ns = wall_ns if avg == 0.0 else avg * 0.9 + wall_ns * 0.1
 
-    def _observe(self, wall_ns: int, cpu_ns: int, now_ns: int) -> None:
+    def _observe(self, wall_ns: int, cpu_ns: int | None, now_ns: int) -> None:
         """Track an inline run for the inline decision.
 
         The average takes the run's CPU time: on a busy core the wall time of
@@ -220,8 +233,9 @@ class ModelInstance:
         (sleeps, waits on I/O) shows it there, and so does a thread preempted
         long, which is why one strike alone is forgiven.
         """
-        avg = self._avg_ns
-        self._avg_ns = cpu_ns if avg == 0.0 else avg * 0.9 + cpu_ns * 0.1
+        if cpu_ns is not None:  # None: not measured this time
+            avg = self._avg_ns
+            self._avg_ns = cpu_ns if avg == 0.0 else avg * 0.9 + cpu_ns * 0.1
         if wall_ns <= INLINE_SLOW_NS:
             self._fast_runs += 1
             if self._fast_runs >= 8:  # strikes fade after a run of fast executions

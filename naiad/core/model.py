@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from naiad.core import classification, datatypes
 from naiad.core.errors import InvalidArgument, NaiadError, Unavailable
 from naiad.core.statistics import ModelStatistics
-from naiad.core.types import InferenceRequest, InferenceResponse
+from naiad.core.types import DEFERRED, InferenceRequest, InferenceResponse
 
 if TYPE_CHECKING:
     from naiad.backends.base import BackendModel
@@ -302,9 +302,9 @@ class Model:
                 resp = InferenceResponse(error=error)
             else:
                 resp = responses[i] if responses is not None else None
-                if resp is None:
-                    if responses is None:
-                        continue  # the model answers this request itself
+                if resp is None or resp is DEFERRED:
+                    if responses is None or resp is DEFERRED:
+                        continue  # the model answers this request itself (or it runs again)
                     resp = InferenceResponse(
                         error=NaiadError(f"model '{self.name}' returned no response")
                     )

@@ -74,6 +74,15 @@ class Scheduler(abc.ABC):
         """Requests accepted and not yet executing (what the pending-request metric shows)."""
         return 0
 
+    def busy(self) -> bool:
+        """Whether requests are queued or executing (an eviction never picks a busy model).
+
+        Default: a request waits in the queue or an instance is executing a batch.
+        """
+        if self.queue_size() > 0:
+            return True
+        return any(inst.lock.locked() for inst in self.instances)
+
     def cancel(self, request: InferenceRequest) -> None:
         """Drop a cancelled request still waiting (answering it CANCELLED); one already
         executing is left to notice ``request.cancelled``. Default: nothing waits."""

@@ -23,6 +23,7 @@ from naiad.core import datatypes
 from naiad.core.errors import InvalidArgument
 
 _U32 = struct.Struct("<I")
+_BIG_ENDIAN_HOST = not np.little_endian
 
 
 def element_count(shape) -> int:
@@ -88,9 +89,9 @@ def decode_raw(buf, datatype: str, shape: tuple[int, ...], name: str) -> np.ndar
             f"{list(shape)} of {datatype}, got {len(buf)}"
         )
     arr = np.frombuffer(buf, dtype=datatypes.WIRE_NUMPY[datatype], count=n)
-    if arr.dtype.byteorder == "<" and np.little_endian is False:  # pragma: no cover
+    if _BIG_ENDIAN_HOST:  # pragma: no cover
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    return arr.reshape(shape)
+    return arr if len(shape) == 1 else arr.reshape(shape)
 
 
 def decode_bytes_elements(buf, shape: tuple[int, ...], name: str) -> np.ndarray:

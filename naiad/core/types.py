@@ -49,6 +49,21 @@ class Tensor:
         return f"Tensor({self.name!r}, {self.datatype}, shape={list(self.data.shape)})"
 
 
+class _Deferred:
+    """See :data:`DEFERRED`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFERRED"
+
+
+# An entry of the list a backend instance's ``execute`` returns: the backend
+# answers this request itself, later, through ``Model.deliver`` (a python model's
+# response sender), or the request runs again (``InferenceRequest.reschedule``).
+DEFERRED = _Deferred()
+
+
 class RequestedOutput:
     """An output the client asked for, with its per-output parameters.
 
@@ -152,6 +167,9 @@ class InferenceRequest:
         "trace",
         "state",
         "origin",
+        # set by a backend: run the request again (iterative sequences); its
+        # scheduler re-enqueues it instead of considering it done
+        "reschedule",
     )
 
     def __init__(
@@ -191,6 +209,7 @@ class InferenceRequest:
         self.trace = None
         self.state = None
         self.origin = None
+        self.reschedule = False
 
     # -- response delivery -------------------------------------------------
 

@@ -67,6 +67,10 @@ def _status_line(code: int) -> bytes:
     return line
 
 
+# bodies from this size on are written beside their head instead of joined to it
+_SEPARATE_WRITE_BYTES = 64 * 1024
+
+
 class _Request:
     __slots__ = ("scope", "body", "keep_alive")
 
@@ -469,7 +473,11 @@ class _Cycle:
         else:
             data = body
         if self.head:
-            data = self.head + data if data else self.head
+            if len(data) >= _SEPARATE_WRITE_BYTES:  # a big body is not copied behind its head
+                proto.transport.writelines((self.head, data))
+                data = b""
+            else:
+                data = self.head + data if data else self.head
             self.head = b""
         if data:
             proto.transport.write(data)

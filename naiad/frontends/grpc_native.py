@@ -22,7 +22,11 @@ directly from one polling thread:
 A model that blocks inline (its first calls run inline before the core knows
 it is slow; a BLS call waiting for another model) would stall every call
 behind it, so a watchdog adds a polling thread whenever the pollers have all
-been inside handlers for ``STALL_CHECK_S`` without taking a new event. An
+been inside handlers for ``STALL_CHECK_S`` without taking a new event while
+using no CPU (asleep in a handler). A poller that is working (computing, or
+slowed by a busy machine that preempts it) gets a helper only after
+``STALL_WORKING_CHECKS`` periods: sooner, the helper would only compete for
+the same CPU and GIL. An
 extra poller leaves as soon as no other poller is inside a handler (or after
 a second without work), so the usual state is one poller. The C core lets any
 number of threads poll one queue, and each call's events come one after
@@ -95,9 +99,34 @@ if cygrpc is not None:
 _NO_FLAGS = 0
 # the watchdog's period, and how long an extra poller stays without work
 STALL_CHECK_S = 0.005
+# a stuck poller that used more CPU than this in a period is working, not blocked;
+# it gets a helper only after this many periods
+CPU_PROGRESS_NS = 500_000
+STALL_WORKING_CHECKS = 10
 EXTRA_POLLER_IDLE_S = 1.0
 _FAST_RPCS = frozenset({"ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
                         "ModelMetadata", "ModelConfig", "Check"})
+
+
+def _cpu_clock(ident: int) -> int | None:
+    """The CPU-time clock of a thread of this process (None where there is none)."""
+    try:
+        return time.pthread_getcpuclockid(ident)
+    except (AttributeError, OSError):
+        return None
+
+
+def _cpu_ns(clocks: list) -> int | None:
+    """CPU time used so far by the threads of these clocks (None if any is unknown)."""
+    total = 0
+    for clock in clocks:
+        if clock is None:
+            return None
+        try:
+            total += time.clock_gettime_ns(clock)
+        except OSError:
+            return None
+    return total
 
 
 class _Abort(Exception):
@@ -181,8 +210,7 @@ class _Infer:
                 trace.response(response)
             if log.isEnabledFor(logging.DEBUG):
                 log_response_outputs(log, response)
-            body = codec.encode_infer_response(response, self.request,
-                                               self.shm).SerializeToString()
+            body = codec.serialize_infer_response(response, self.request, self.shm)
             ops: tuple = (_META(None, _NO_FLAGS), _SEND(body, _NO_FLAGS),
                           _STATUS(None, _OK, b"", _NO_FLAGS))
         except Exception as exc:
@@ -317,6 +345,7 @@ class NativeServer:
         self._destroyed = False
         self._pollers: dict[int, bool] = {}  # poller thread id -> waiting in poll()
         self._pollers_lock = threading.Lock()
+        self._cpu_clocks: dict[int, int | None] = {}  # poller thread id -> its CPU clock
         self._events = 0  # events handled so far (the watchdog's sign of progress)
         self._seq = 0
         # method path -> (handler(call, metadata, event), receives a message first)
@@ -432,6 +461,7 @@ class NativeServer:
         with self._pollers_lock:
             pollers.pop(placeholder, None)
             pollers[me] = True
+            self._cpu_clocks[me] = _cpu_clock(me)
         try:
             while True:
                 pollers[me] = True
@@ -462,6 +492,7 @@ class NativeServer:
             with self._pollers_lock:
                 if me is not None:
                     pollers.pop(me, None)
+                self._cpu_clocks.pop(threading.get_ident(), None)
                 last = not pollers
             if last and self._shutting_down:
                 self._stopped.set()
@@ -479,6 +510,8 @@ class NativeServer:
         """Add a poller when every poller is stuck in a handler."""
         pollers = self._pollers
         idle_checks = 0
+        stuck_checks = 0
+        cpu_seen = -1
         while not self._shutting_down:
             seen = self._events
             # every poller waiting for work: nothing can be stuck, look again later
@@ -488,8 +521,23 @@ class NativeServer:
             with self._pollers_lock:
                 busy = [t for t, polling in pollers.items() if not polling]
                 stuck = bool(pollers) and len(busy) == len(pollers)
+                clocks = [self._cpu_clocks.get(t) for t in busy]
             idle_checks = 0 if busy else idle_checks + 1
-            if stuck and self._events == seen:
+            if not stuck or self._events != seen:
+                stuck_checks, cpu_seen = 0, -1
+                continue
+            stuck_checks += 1
+            cpu = _cpu_ns(clocks)
+            if cpu is not None and cpu_seen < 0:
+                cpu_seen = cpu  # stuck for one period: the next tells asleep from working
+                continue
+            working = cpu is not None and cpu - cpu_seen > CPU_PROGRESS_NS
+            cpu_seen = -1 if cpu is None else cpu
+            # asleep in a handler (no CPU used): help at once; working (preempted on a
+            # busy machine, or computing): a helper would only compete for the same
+            # CPU and GIL, unless it has gone on for long
+            if not working or stuck_checks >= STALL_WORKING_CHECKS:
+                stuck_checks, cpu_seen = 0, -1
                 self._add_poller()
 
     # -- starting batches ---------------------------------------------------------------
@@ -566,9 +614,9 @@ class NativeServer:
             server.refuse_if_shutting_down()
             tracer = server.tracer
             received = time.monotonic_ns() if tracer.active else 0
-            msg = codec.parse_message(pb.ModelInferRequest, data)
+            msg, raw = codec.parse_infer_request(data)
             shm = server.shared_memory
-            request, _ = codec.decode_infer_request(msg, shm)
+            request, _ = codec.decode_infer_request(msg, shm, raw)
             if service.forward is not None:
                 service._forward_headers(request, metadata)
             trace = tracer.sample(request, "GRPC", received, received) if received else None

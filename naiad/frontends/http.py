@@ -43,8 +43,6 @@ JSON = (b"Content-Type", b"application/json")
 OCTET = (b"Content-Type", b"application/octet-stream")
 TEXT = (b"Content-Type", b"text/plain")
 
-# The answer to new inference once a graceful shutdown has begun (503)
-
 
 # how Triton's verbose log numbers HTTP methods (libevhtp's htp_method)
 _METHOD_CODES = {"GET": 0, "HEAD": 1, "POST": 2, "PUT": 3, "DELETE": 4, "OPTIONS": 8,

@@ -19,6 +19,7 @@ import numpy as np
 from naiad.core import tensor_bytes
 from naiad.core.errors import InvalidArgument, NaiadError
 from naiad.core.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
+from naiad.protocol import grpc_raw
 from naiad.protocol import grpc_service_pb2 as pb
 from naiad.protocol.http_codec import (
     SharedMemory,
@@ -187,7 +188,25 @@ def _requested_outputs(outputs: Any, shm: SharedMemory | None) -> dict[str, Requ
     return requested
 
 
-def decode_infer_request(msg: Any, shm: SharedMemory | None = None
+def parse_infer_request(data: bytes) -> tuple[Any, Any]:
+    """A ModelInferRequest from its bytes, and its raw_input_contents.
+
+    A big message is split first (``grpc_raw.split_request``): its raw
+    entries come back as views into ``data``, never copied; pass them to
+    ``decode_infer_request(msg, shm, raw)``. Otherwise the message's own
+    repeated field is returned. Bytes that do not parse are INVALID_ARGUMENT
+    (``parse_message``).
+    """
+    if len(data) >= grpc_raw.MIN_SPLIT_BYTES:
+        split = grpc_raw.split_request(data)
+        if split is not None:
+            rest, raws = split
+            return parse_message(ModelInferRequest, rest), raws
+    msg = parse_message(ModelInferRequest, data)
+    return msg, msg.raw_input_contents
+
+
+def decode_infer_request(msg: Any, shm: SharedMemory | None = None, raw: Any = None
                          ) -> tuple[InferenceRequest, bool]:
     """A core request from a ModelInferRequest.
 
@@ -197,11 +216,13 @@ def decode_infer_request(msg: Any, shm: SharedMemory | None = None
     As Triton: an input takes its data from a shared-memory region, from its
     ``contents``, or else from the next ``raw_input_contents`` entry (raw and
     typed data are never mixed in one request); raw entries left over are
-    ignored.
+    ignored. ``raw``: the raw entries when they were split off the message
+    (``parse_infer_request``), else the message's own.
     """
     model_name = msg.model_name
     version = parse_version(msg.model_version) if msg.model_version else -1
-    raw = msg.raw_input_contents
+    if raw is None:
+        raw = msg.raw_input_contents
     nraw = len(raw)
     used = 0
     inputs: dict[str, Tensor] = {}
@@ -209,7 +230,7 @@ def decode_infer_request(msg: Any, shm: SharedMemory | None = None
     for t in msg.inputs:
         name = t.name
         datatype = tensor_bytes.check_datatype(t.datatype, name)
-        shape = tensor_bytes.check_shape(tuple(t.shape), name)
+        shape = tensor_bytes.check_shape(t.shape[:], name)  # a slice: faster than tuple()
         if name in inputs:
             raise tensor_bytes.duplicate_input_error(name, msg.id)
         if t.parameters and "shared_memory_region" in t.parameters:
@@ -261,6 +282,39 @@ def encode_infer_response(response: InferenceResponse, request: InferenceRequest
     As Triton, each output has a ``raw_output_contents`` entry (empty when the
     output was written to shared memory), so entries line up with outputs.
     """
+    msg, raws = _response_parts(response, request, shm)
+    msg.raw_output_contents.extend(raw if type(raw) is bytes else bytes(raw) for raw in raws)
+    return msg
+
+
+def serialize_infer_response(response: InferenceResponse, request: InferenceRequest,
+                             shm: SharedMemory | None = None) -> bytes:
+    """``encode_infer_response(...).SerializeToString()``, copying outputs once.
+
+    A plain response (no parameters, no output in shared memory) is written
+    directly (``grpc_raw.encode_response``). Otherwise, outputs of ``grpc_raw.MIN_SPLIT_BYTES`` or more in all are appended to the
+    serialized message by hand (``grpc_raw.join_response``) straight from the
+    output arrays, instead of being copied into the message and out again.
+    """
+    requested = request.requested_outputs
+    if not response.parameters and (not requested or not any(
+            ro.parameters and "shared_memory_region" in ro.parameters
+            for ro in requested.values())):
+        raw_bytes = tensor_bytes.raw_bytes
+        return grpc_raw.encode_response(
+            response.model_name, str(response.model_version), response.id,
+            [(t.name, t.datatype, t.data.shape, raw_bytes(t.datatype, t.data))
+             for t in response.outputs])
+    msg, raws = _response_parts(response, request, shm)
+    if sum(len(r) for r in raws) >= grpc_raw.MIN_SPLIT_BYTES:
+        return grpc_raw.join_response(msg, raws)
+    msg.raw_output_contents.extend(raw if type(raw) is bytes else bytes(raw) for raw in raws)
+    return msg.SerializeToString()
+
+
+def _response_parts(response: InferenceResponse, request: InferenceRequest,
+                    shm: SharedMemory | None) -> tuple[Any, list]:
+    """The response message without its raw contents, and each output's bytes (views)."""
     requested = request.requested_outputs
     outs = []
     raws = []
@@ -278,14 +332,13 @@ def encode_infer_response(response: InferenceResponse, request: InferenceRequest
             raws.append(b"")
             continue
         outs.append(OutputTensor(name=t.name, datatype=t.datatype, shape=data.shape))
-        raw = raw_bytes(t.datatype, data)
-        raws.append(raw if type(raw) is bytes else bytes(raw))
+        raws.append(raw_bytes(t.datatype, data))
     msg = ModelInferResponse(model_name=response.model_name,
                              model_version=str(response.model_version), id=response.id,
-                             outputs=outs, raw_output_contents=raws)
+                             outputs=outs)
     if response.parameters:
         set_parameters(msg.parameters, response.parameters)
-    return msg
+    return msg, raws
 
 
 def stream_response(response: InferenceResponse | None, request: InferenceRequest,

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from naiad.backends import registry
-from naiad.core.errors import InvalidArgument
+from naiad.core.errors import InvalidArgument, NaiadError
 from naiad.protocol import model_config_pb2 as mc
 
 log = logging.getLogger("naiad.repository")
@@ -258,6 +258,65 @@ def resolve_backend(config: ModelConfig, model_dir: str, versions: list[int]) ->
         platform = registry.BACKEND_TO_PLATFORM.get(config.backend)
         if platform and config.backend == "onnxruntime":
             config.platform = platform
+
+
+def load_model_config(
+    model_dir: str, name: str, *, config_name: str = "", auto_complete: bool = True,
+    backend_config: Callable[[str], dict[str, str]] | None = None,
+    override: ModelConfig | None = None,
+) -> tuple[ModelConfig, str, str | None]:
+    """A model's configuration as loading it makes it: (config, path, text).
+
+    Reads the config file (or takes ``override``, a load request's config),
+    resolves the backend, runs its auto-complete, fills Triton's defaults and
+    validates everything but the inputs and outputs (``validate_io``: Triton
+    checks those per version, at load). Errors are ``ConfigError``/``NaiadError``
+    with the messages a load reports. The repository manager and ``naiad
+    validate`` both call this, so they say the same thing.
+    """
+    text = None
+    if override is not None:
+        config = ModelConfig()
+        config.CopyFrom(override)
+        path = "<load request config>"
+    else:
+        config, path, text = read_config(model_dir, config_name)
+        if text is None:
+            if not auto_complete:
+                raise ConfigError(
+                    "model configuration file not found (auto-complete is disabled by "
+                    "--strict-model-config/--disable-auto-complete-config)", path)
+            path = model_dir  # later errors name the folder, not a file that is not there
+    if not config.name:
+        config.name = name
+    if config.name != name:
+        validate(config, name, path, text)  # raises the name mismatch
+    available = available_versions(model_dir)
+    resolve_backend(config, model_dir, available)
+    if auto_complete and config.backend:
+        backend = registry.get_backend(config.backend)
+        versions = select_versions(config, available) or available
+        vdir = os.path.join(model_dir, str(versions[-1])) if versions else None
+        settings = backend_config(config.backend) if backend_config is not None else {}
+        try:
+            backend.auto_complete_config(config, model_dir, vdir, settings)
+        except NaiadError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"auto-complete failed: {exc}", path) from None
+    normalize(config)
+    validate(config, name, path, text, io=False)
+    return config, path, text
+
+
+def versions_to_load(config: ModelConfig, model_dir: str, name: str) -> list[int]:
+    """The versions the policy selects among the folders present; none is an error."""
+    versions = select_versions(config, available_versions(model_dir))
+    if not versions:
+        raise ConfigError(
+            f"at least one version must be available under the version policy of model "
+            f"'{name}'", model_dir)
+    return versions
 
 
 SEQUENCE_IDLE_DEFAULT_MICROSECONDS = 1_000_000

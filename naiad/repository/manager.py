@@ -30,6 +30,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -166,6 +167,12 @@ class ModelRepositoryManager:
         )
         self._listeners: list[Callable[[str], None]] = []
         self._tasks: set[asyncio.Future] = set()
+        # which models stay loaded (residency.Residency, --model-load-on-demand): every
+        # version load goes through its load_versions (memory budget, load metrics)
+        self.residency: Any = None
+        # model version -> the LoadMeter of its load (memory.py)
+        self.load_costs: weakref.WeakKeyDictionary[Model, LoadMeter] = \
+            weakref.WeakKeyDictionary()
 
     # -- lookups (hot path) --------------------------------------------------------
 
@@ -256,6 +263,11 @@ class ModelRepositoryManager:
     def model_dirs(self) -> dict[str, tuple[str, str]]:
         """name -> (repository, model folder) for every model folder (local listing)."""
         return {n: (s.url, s.location(n)) for n, s in self.discover().items()}
+
+    def in_repository(self, name: str) -> bool:
+        """Whether a repository holds a folder for ``name`` (local listings are read
+        again; remote ones as last listed)."""
+        return name in self._known_names()
 
     def _known_names(self) -> set[str]:
         names: set[str] = set()
@@ -435,11 +447,15 @@ class ModelRepositoryManager:
             entry.versions = staged
             self._notify(name)
 
-        results = await asyncio.gather(
-            *[loop.run_in_executor(self._pool, self._load_version_measured, entry, config, v)
-              for v in to_load],
-            return_exceptions=True,
-        )
+        def build(v: int) -> asyncio.Future:
+            return loop.run_in_executor(self._pool, self._load_version_measured, entry, config,
+                                        v)
+
+        if self.residency is not None and to_load:
+            results = await self.residency.load_versions(entry, config, to_load, build)
+        else:
+            results = await asyncio.gather(*[build(v) for v in to_load],
+                                           return_exceptions=True)
         new: dict[int, VersionState] = dict(keep)
         errors: list[str] = []
         for v, res in zip(to_load, results):
@@ -533,53 +549,17 @@ class ModelRepositoryManager:
         if source is not None:
             entry.polled = fingerprint if not source.remote else source.fingerprint(entry.name)
         config = self._read_config(entry, model_dir, override)
-        available = cfg.available_versions(model_dir)
-        versions = cfg.select_versions(config, available)
-        if not versions:
-            raise cfg.ConfigError(
-                f"at least one version must be available under the version policy of model "
-                f"'{entry.name}'", model_dir)
+        versions = cfg.versions_to_load(config, model_dir, entry.name)
         return _Prepared(config, versions, model_dir, repository, fingerprint,
                          _config_key(config))
 
     def _read_config(self, entry: ModelEntry, model_dir: str,
                      override: mc.ModelConfig | None) -> mc.ModelConfig:
         opts = self.options
-        name = entry.name
-        text = None
-        if override is not None:
-            config = mc.ModelConfig()
-            config.CopyFrom(override)
-            path = "<load request config>"
-        else:
-            config, path, text = cfg.read_config(model_dir, opts.model_config_name)
-            if text is None:
-                if not opts.auto_complete_config:
-                    raise cfg.ConfigError(
-                        "model configuration file not found (auto-complete is disabled by "
-                        "--strict-model-config/--disable-auto-complete-config)", path)
-                path = model_dir  # later errors name the folder, not a file that is not there
-        if not config.name:
-            config.name = name
-        if config.name != name:
-            cfg.validate(config, name, path, text)  # raises the name mismatch
-        available = cfg.available_versions(model_dir)
-        cfg.resolve_backend(config, model_dir, available)
-        if opts.auto_complete_config and config.backend:
-            backend = registry.get_backend(config.backend)
-            versions = cfg.select_versions(config, available) or available
-            vdir = os.path.join(model_dir, str(versions[-1])) if versions else None
-            try:
-                backend.auto_complete_config(
-                    config, model_dir, vdir, self._backend_config(config.backend)
-                )
-            except NaiadError:
-                raise
-            except Exception as exc:
-                raise cfg.ConfigError(f"auto-complete failed: {exc}", path) from None
-        cfg.normalize(config)
-        # inputs and outputs are checked per version (_load_version), as Triton does
-        cfg.validate(config, name, path, text, io=False)
+        config, path, text = cfg.load_model_config(
+            model_dir, entry.name, config_name=opts.model_config_name,
+            auto_complete=opts.auto_complete_config, backend_config=self._backend_config,
+            override=override)
         entry.config_source = (path, text)
         return config
 
@@ -591,9 +571,16 @@ class ModelRepositoryManager:
     def _load_version_measured(self, entry: ModelEntry, config: mc.ModelConfig,
                                version: int) -> Model:
         """``_load_version``, with what the load cost in memory in the version's statistics."""
-        with LoadMeter() as meter:
+        # a version with worker processes (EXECUTION_MODE: process) grows them too
+        with LoadMeter(children="EXECUTION_MODE" in config.parameters) as meter:
             model = self._load_version(entry, config, version)
+        if model.backend_model is not None:
+            try:
+                meter.reported = int(model.backend_model.memory_bytes() or 0)
+            except Exception:  # noqa: BLE001 - a backend's report is a hint
+                log.debug("model '%s': memory_bytes() failed", entry.name, exc_info=True)
         model.stats.memory_usage = meter.usage()
+        self.load_costs[model] = meter
         return model
 
     def _load_version(self, entry: ModelEntry, config: mc.ModelConfig, version: int) -> Model:
@@ -768,6 +755,26 @@ class ModelRepositoryManager:
         else:
             await staged.wait()
 
+    async def unload_idle(self, name: str, grace: float = 0.0) -> bool:
+        """Unload ``name`` now unless something holds it: a load or unload of it in
+        progress, or a loaded model that uses it (evictions and idle unloads); returns
+        whether it did. The caller has checked that nothing is queued or executing.
+
+        New requests stop reaching it at once; ``grace`` seconds later (a request that
+        looked the model up just before gets into its queue) it drains and is finalized.
+        """
+        entry = self.models.get(name)
+        if entry is None or entry.lock.locked() or not entry.has_models():
+            return False
+        if self.dependencies.users_of(name, self._loaded):
+            return False
+        async with entry.lock:  # free: taken without waiting; held until it is gone
+            models = self._stage_unload(entry)
+            if grace > 0:
+                await asyncio.sleep(grace)
+            await self._finish_unload_locked(entry, models)
+        return True
+
     def _loaded(self, name: str) -> bool:
         entry = self.models.get(name)
         return entry is not None and entry.has_models()
@@ -812,17 +819,21 @@ class ModelRepositoryManager:
 
     async def _finish_unload(self, entry: ModelEntry, models: list[tuple[int, Model]]) -> None:
         async with entry.lock:
-            await asyncio.gather(*[self._retire(m) for _, m in models])
-            final = dict(entry.versions)
-            for v, m in models:
-                cur = final.get(v)
-                if cur is not None and cur.model is m:
-                    final[v] = VersionState(v, UNAVAILABLE, UNLOADED)
-            entry.publish(final)
-            if not entry.wanted:
-                entry.config = None
-            self._drop_unused_override(entry)
-            self._notify(entry.name)
+            await self._finish_unload_locked(entry, models)
+
+    async def _finish_unload_locked(self, entry: ModelEntry,
+                                    models: list[tuple[int, Model]]) -> None:
+        await asyncio.gather(*[self._retire(m) for _, m in models])
+        final = dict(entry.versions)
+        for v, m in models:
+            cur = final.get(v)
+            if cur is not None and cur.model is m:
+                final[v] = VersionState(v, UNAVAILABLE, UNLOADED)
+        entry.publish(final)
+        if not entry.wanted:
+            entry.config = None
+        self._drop_unused_override(entry)
+        self._notify(entry.name)
 
     async def unload_all(self) -> None:
         """Unload everything, users before the models they use; then stop the pool."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from naiad.core.errors import NaiadError
 
@@ -22,16 +23,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("naiad.repository")
 
 
-class RepositoryPoller:
-    def __init__(self, manager: "ModelRepositoryManager", interval_s: float):
-        self.manager = manager
-        self.interval_s = max(0.1, float(interval_s))
+class PeriodicTask:
+    """``work()`` every ``interval_s`` seconds on the event loop until ``stop``; a round
+    that fails is logged (``failure``) and the next one runs. The poller uses it, and
+    so do idle unloads (``residency.py``)."""
+
+    def __init__(self, name: str, interval_s: float,
+                 work: Callable[[], Awaitable[Any]], failure: str):
+        self.name = name
+        self.interval_s = interval_s
+        self.work = work
+        self.failure = failure
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(),
-                                                                name="naiad-poll")
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -46,11 +53,25 @@ class RepositoryPoller:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                await self.poll_once()
+                await self.work()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("polling the model repositories failed")
+                log.exception(self.failure)
+
+
+class RepositoryPoller:
+    def __init__(self, manager: "ModelRepositoryManager", interval_s: float):
+        self.manager = manager
+        self.interval_s = max(0.1, float(interval_s))
+        self._periodic = PeriodicTask("naiad-poll", self.interval_s, self.poll_once,
+                                      "polling the model repositories failed")
+
+    def start(self) -> None:
+        self._periodic.start()
+
+    async def stop(self) -> None:
+        await self._periodic.stop()
 
     def _changes(self) -> tuple[dict, list[str], list[str]]:
         """(found, names to load, names to forget); blocking (lists and stats files)."""

@@ -424,7 +424,7 @@ class RemoteRepository(RepositorySource):
                 new_manifest[rel] = sig
                 continue
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = target + ".naiad-part"
+            tmp = f"{target}.naiad-part-{os.getpid()}"  # replicas may share a cache
             try:
                 self.fs.get_file(f"{root}/{rel}", tmp)
                 os.replace(tmp, target)
@@ -444,14 +444,14 @@ class RemoteRepository(RepositorySource):
                 path = os.path.join(dirpath, f)
                 rel = os.path.relpath(path, local).replace(os.sep, "/")
                 if rel not in new_manifest and not rel.endswith((".pyc", ".pyo")) \
-                        and "__pycache__" not in rel:
+                        and "__pycache__" not in rel and ".naiad-part-" not in f:
                     os.unlink(path)
             if dirpath != local and not os.listdir(dirpath):
                 os.rmdir(dirpath)
         # version folders exist locally even when their objects were folder markers only
         log.info("model '%s' from %s: %d file(s) downloaded, %d reused from the cache %s",
                  name, self.url, downloaded, reused, local)
-        tmp_manifest = manifest_path + ".tmp"
+        tmp_manifest = f"{manifest_path}.tmp-{os.getpid()}"
         with open(tmp_manifest, "w", encoding="utf-8") as f:
             json.dump(new_manifest, f)
         os.replace(tmp_manifest, manifest_path)

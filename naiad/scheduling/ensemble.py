@@ -412,6 +412,9 @@ class EnsembleScheduler(Scheduler):
             return branch.missing == 0
         return False
 
+    def busy(self) -> bool:
+        return self.active > 0
+
     async def stop(self) -> None:
         """Wait (bounded by the caller) for requests in flight to finish."""
         while self.active > 0:

@@ -43,6 +43,15 @@ returns); onnxruntime models have them as graph inputs/outputs.
 
 A sequence with no request for ``max_sequence_idle_microseconds`` (default
 1 s) is released: its slot and state are freed; its next request needs START.
+
+Iterative sequences (``iterative_sequence: true``, for iterative generation):
+a request without a correlation ID gets one of its own and the START flag, so
+each request is a sequence; a backend that sets ``request.reschedule`` (a
+python model calling ``request.set_release_flags(
+TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)``) has the request run again in a
+later batch, in its slot, with neither START nor END, beside the other
+sequences' requests (continuous batching); the sequence ends, freeing its slot,
+when a run finishes without rescheduling.
 """
 
 from __future__ import annotations
@@ -61,7 +70,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from naiad.core import datatypes
-from naiad.core.errors import Cancelled, InvalidArgument, Unavailable, Unsupported
+from naiad.core.errors import Cancelled, InvalidArgument, Unavailable
 from naiad.core.scheduler import Scheduler, SchedulingContext
 from naiad.core.types import SEQUENCE_END, SEQUENCE_START, InferenceRequest, Tensor
 from naiad.protocol import model_config_pb2 as mc
@@ -225,8 +234,6 @@ def _initial_data(init, dims, dtype, wire, model_dir, model_name) -> np.ndarray:
 
 def validate_sequence_batching(config: mc.ModelConfig) -> None:
     sb = config.sequence_batching
-    if sb.iterative_sequence:
-        raise Unsupported(f"iterative sequences (model '{config.name}') are not supported")
     if sb.HasField("oldest"):
         for size in sb.oldest.preferred_batch_size:
             if size <= 0:
@@ -253,7 +260,8 @@ def validate_sequence_batching(config: mc.ModelConfig) -> None:
 
 
 class _Sequence:
-    __slots__ = ("cid", "lane", "slot", "pending", "state", "last_ns", "busy", "released")
+    __slots__ = ("cid", "lane", "slot", "pending", "state", "last_ns", "busy", "released",
+                 "current")
 
     def __init__(self, cid):
         self.cid = cid
@@ -264,6 +272,7 @@ class _Sequence:
         self.last_ns = _monotonic_ns()
         self.busy = False  # a request of it is executing
         self.released = False
+        self.current: InferenceRequest | None = None  # the request executing
 
 
 class _Lane:
@@ -340,6 +349,14 @@ class SequenceBatcher(Scheduler):
             self.min_util = float(sb.direct.minimum_slot_utilization)
             self.order = None
         self.max_preferred = max(self.preferred)
+        # iterative sequences: each request is a sequence of its own, which the model
+        # may run again (request rescheduling) until it is done
+        self.iterative = bool(sb.iterative_sequence)
+        self._next_cid = 1
+        if self.iterative and self.order is not None:
+            log.warning("model '%s': preserve_ordering is not used with iterative sequences",
+                        model.name)
+            self.order = None
         self._shape_inputs, _ = batching_shape_inputs(model)
         self.lock = threading.Lock()
         self.lanes = [_Lane(inst, self.lock, nslots) for inst in instances]
@@ -357,6 +374,8 @@ class SequenceBatcher(Scheduler):
 
     def enqueue(self, request: InferenceRequest) -> None:
         cid = request.correlation_id
+        if self.iterative and (cid == 0 or cid == "" or cid is None):
+            cid = self._new_correlation_id(request)
         if cid == 0 or cid == "" or cid is None:
             raise InvalidArgument(
                 f"inference request to model '{self.name}' must specify a non-zero or "
@@ -382,17 +401,34 @@ class SequenceBatcher(Scheduler):
                 self._place(seq)
             seq.pending.append(request)
             seq.last_ns = _monotonic_ns()
-            if flags & SEQUENCE_END:
+            if flags & SEQUENCE_END and not self.iterative:
                 # the sequence ends with this request: a later one must START again
                 del self.sequences[cid]
             lane = seq.lane
             if lane is not None:
                 lane.cond.notify()
 
+    def _new_correlation_id(self, request: InferenceRequest) -> int:
+        """A request to an iterative model without a sequence: a sequence of its own."""
+        with self.lock:
+            cid = self._next_cid
+            while cid in self.sequences:
+                cid += 1
+            self._next_cid = cid + 1
+        request.correlation_id = cid
+        request.flags |= SEQUENCE_START
+        return cid
+
     def queue_size(self) -> int:
         with self.lock:
             return sum(len(s.pending) for lane in self.lanes for s in lane.slots if s) + \
                 sum(len(s.pending) for s in self.backlog)
+
+    def busy(self) -> bool:
+        """Queued or executing requests, or a sequence still open (its state lives here)."""
+        if self.sequences or self.backlog:
+            return True
+        return any(s is not None for lane in self.lanes for s in lane.slots) or super().busy()
 
     def cancel(self, request: InferenceRequest) -> None:
         removed = False
@@ -404,6 +440,11 @@ class SequenceBatcher(Scheduler):
                     continue
                 removed = True
                 break
+        if removed and self.iterative:
+            with self.lock:
+                seq = self.sequences.get(request.correlation_id)
+                if seq is not None and not seq.pending and not seq.busy:
+                    self._end_iterative(seq)
         if removed and request.respond_error(Cancelled("request was cancelled")):
             self.model.stats.record_request(request, False, _monotonic_ns())
 
@@ -436,6 +477,12 @@ class SequenceBatcher(Scheduler):
             lane.cond.notify()
         self._reaper_cond.notify()
 
+    def _end_iterative(self, seq: _Sequence) -> None:
+        """An iterative sequence's request is done (under the lock): free its slot."""
+        if self.sequences.get(seq.cid) is seq:
+            del self.sequences[seq.cid]
+        self._release(seq)
+
     def _release(self, seq: _Sequence) -> None:
         """Free a sequence's slot (and state) and give it to the oldest backlogged one."""
         if seq.released:
@@ -458,6 +505,8 @@ class SequenceBatcher(Scheduler):
             for seq in lane.inflight:  # the previous batch of this instance has finished
                 seq.busy = False
                 seq.last_ns = now
+                if self.iterative:
+                    self._after_iteration(seq)
             if lane.inflight:
                 lane.inflight = []
                 self._reaper_cond.notify()
@@ -478,6 +527,18 @@ class SequenceBatcher(Scheduler):
                 lane.cond.wait(wait_ns / 1e9)
         lane.instance.lock.acquire()  # ends idle: finalized only after its last batch
         return None
+
+    def _after_iteration(self, seq: _Sequence) -> None:
+        """(Under the lock.) Run a rescheduled request again, or end its sequence."""
+        request, seq.current = seq.current, None
+        if request is not None and request.reschedule and not request.responded \
+                and not seq.released:
+            request.reschedule = False
+            request.flags &= ~(SEQUENCE_START | SEQUENCE_END)  # neither, from now on
+            seq.pending.appendleft(request)
+            return
+        if not seq.pending:
+            self._end_iterative(seq)
 
     def _form_direct(self, lane: _Lane, ready: list, now: int) -> "tuple[list | None, int]":
         delay = self.delay_ns
@@ -545,8 +606,9 @@ class SequenceBatcher(Scheduler):
                 inputs[s.input_name] = Tensor(s.input_name, s.wire, state[s.input_name])
             request.state = _StateSink(seq, self._state_by_output, self._visible)
         seq.busy = True
+        seq.current = request
         lane.inflight.append(seq)
-        if flags & SEQUENCE_END:
+        if flags & SEQUENCE_END and not self.iterative:
             self._release(seq)
 
     def _control_tensor(self, c: ControlSpec, request: InferenceRequest | None, flags: int,

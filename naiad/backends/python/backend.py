@@ -9,12 +9,10 @@ server beats Triton's stub-process design.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import os
 import sys
-import threading
 import time
 
 from google.protobuf import json_format
@@ -25,7 +23,14 @@ from naiad.backends.base import (
     InstanceSpec,
     ModelLoadContext,
 )
-from naiad.backends.python import bls, common, pb_utils  # noqa: F401 - bls: serves pb_utils BLS calls
+from naiad.backends.python import (  # noqa: F401 - bls: serves pb_utils BLS calls
+    bls,
+    common,
+    environments,
+    execution,
+    isolation,
+    pb_utils,
+)
 from naiad.core import types as core
 from naiad.core.errors import InvalidArgument, NaiadError
 from naiad.protocol import model_config_pb2 as mc
@@ -48,20 +53,19 @@ class PythonBackend(Backend):
         path = os.path.join(version_dir, fname)
         if not os.path.isfile(path):
             return
-        module, cls = common.import_model_file(path, f"{config.name}_{os.path.basename(version_dir)}")
-        common.imported[os.path.abspath(path)] = (os.stat(path).st_mtime, module, cls)
-        hook = getattr(cls, "auto_complete_config", None)
-        if hook is None:
-            return
         from naiad.protocol.config_json import config_to_dict
 
-        wrapper = pb_utils.ModelConfig(config_to_dict(config))
-        try:
-            result = hook(wrapper)
-        except Exception as exc:
-            raise InvalidArgument(
-                f"auto_complete_config of model '{config.name}' failed: {exc}") from None
-        completed = (result if result is not None else wrapper).as_dict()
+        label = f"{config.name}_{os.path.basename(version_dir)}"
+        env_path = environments.requested(config)
+        if env_path:  # the model's own environment: its import belongs there, not here
+            env = environments.prepare(env_path, model_dir, config.name, backend_config)
+            completed = environments.auto_complete(env, path, label, config_to_dict(config))
+            if completed is None:
+                return
+        else:
+            completed = self._auto_complete_here(config, path, label)
+            if completed is None:
+                return
         new = mc.ModelConfig()
         try:
             json_format.ParseDict(completed, new)
@@ -71,16 +75,44 @@ class PythonBackend(Backend):
                 f"configuration: {exc}") from None
         config.CopyFrom(new)
 
+    @staticmethod
+    def _auto_complete_here(config: mc.ModelConfig, path: str, label: str) -> dict | None:
+        module, cls = common.import_model_file(path, label)
+        previous = common.imported.pop(os.path.abspath(path), None)
+        if previous is not None:  # imported for a load that did not happen
+            common.close_scope(previous[1])
+        common.imported[os.path.abspath(path)] = (os.stat(path).st_mtime, module, cls)
+        hook = getattr(cls, "auto_complete_config", None)
+        if hook is None:
+            return None
+        from naiad.protocol.config_json import config_to_dict
+
+        wrapper = pb_utils.ModelConfig(config_to_dict(config))
+        try:
+            result = hook(wrapper)
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() in model code included
+            raise InvalidArgument(
+                f"auto_complete_config of model '{config.name}' failed: "
+                f"{isolation.describe_exception(exc)}") from None
+        return (result if result is not None else wrapper).as_dict()
+
     def load(self, ctx: ModelLoadContext) -> "PythonModel":
         params = ctx.config.parameters
-        if "EXECUTION_ENV_PATH" in params:
-            log.warning(
-                "model '%s': EXECUTION_ENV_PATH is ignored; naiad runs python models in the "
-                "server's own environment", ctx.name)
-        if "EXECUTION_MODE" in params:
+        env_path = environments.requested(ctx.config)
+        if env_path or "EXECUTION_MODE" in params:
             from naiad.backends.python import process
 
-            if process.execution_mode(ctx.config) == "process":
+            mode = process.execution_mode(ctx.config)
+            if env_path:
+                if mode == "inprocess" and "EXECUTION_MODE" in params:
+                    raise InvalidArgument(
+                        f"model '{ctx.name}' sets EXECUTION_ENV_PATH, which runs it in worker "
+                        "processes with that environment's Python, and EXECUTION_MODE "
+                        f"'{params['EXECUTION_MODE'].string_value}'; drop one of them")
+                env = environments.prepare(env_path, ctx.model_dir, ctx.name,
+                                           ctx.backend_config)
+                return process.load(ctx, env)  # worker processes in the model's environment
+            if mode == "process":
                 return process.load(ctx)  # instances in worker processes
         return PythonModel(ctx)
 
@@ -90,6 +122,9 @@ class PythonModel(common.PythonModelBase):
 
     def __init__(self, ctx: ModelLoadContext):
         self.module, self.cls = common.import_once(ctx.model_file, f"{ctx.name}_{ctx.version}")
+        scope = isolation.scope_of(self.module)
+        if scope is not None:
+            scope.server = ctx.server  # BLS calls from threads the model starts
         super().__init__(ctx)
         # A model that makes BLS calls blocks in execute while they run: it must
         # never run inline on the submitting thread (which may be the event loop).
@@ -98,6 +133,10 @@ class PythonModel(common.PythonModelBase):
     def create_instance(self, spec: InstanceSpec) -> "PythonInstance":
         return PythonInstance(self, spec)
 
+    def finalize(self) -> None:
+        self.answer_open_senders()
+        common.close_scope(self.module)  # a later load imports the model's modules afresh
+
 
 class PythonInstance(BackendInstance):
     def __init__(self, model: PythonModel, spec: InstanceSpec):
@@ -105,76 +144,63 @@ class PythonInstance(BackendInstance):
         self.spec = spec
         self.name = spec.name
         ctx = model.ctx
-        self.obj = model.cls()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        server = ctx.server
+
+        def enter() -> None:  # on the loop's thread: BLS calls find the server
+            pb_utils._context.server = server
+            pb_utils._context.instance = self
+
+        # async models' coroutines: on a loop one thread runs all the time
+        self._loop = execution.ModelLoop(spec.name, enter)
         args = model.initialize_args(spec)
         pb_utils._context.server = ctx.server
-        init = getattr(self.obj, "initialize", None)
-        if init is not None:
-            try:
+        try:
+            self.obj = model.cls()
+            init = getattr(self.obj, "initialize", None)
+            if init is not None:
                 result = init(args)
                 if inspect.isawaitable(result):
                     self._run_coroutine(result)
-            except NaiadError:
-                raise
-            except Exception as exc:
-                log.exception("initialize of model '%s' failed", ctx.name)
-                raise InvalidArgument(
-                    f"failed to initialize model instance '{spec.name}': "
-                    f"{type(exc).__name__}: {exc}") from None
+        except NaiadError:
+            self._loop.close(drain_s=0)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() in initialize included
+            self._loop.close(drain_s=0)
+            log.error("initialize of model '%s' failed: %s", ctx.name,
+                      isolation.describe_exception(exc), exc_info=isinstance(exc, Exception))
+            raise InvalidArgument(
+                f"failed to initialize model instance '{spec.name}': "
+                f"{isolation.describe_exception(exc)}") from None
         self._execute = self.obj.execute
+        self._settler = execution.Settler(spec.name, model.name, model.decoupled,
+                                          model.iterative, model)
         self._is_async = inspect.iscoroutinefunction(self._execute)
         # async execute runs on the instance's own event loop: never on the server's;
         # a model making BLS calls waits on them inside execute: never inline either
         self.inline_capable = not self._is_async and not model.uses_bls
         # decoupled async models run their executions concurrently on a loop thread
-        self._concurrent = self._is_async and model.decoupled
-        self._bg_loop: asyncio.AbstractEventLoop | None = None
-        self._bg_thread: threading.Thread | None = None
+        # (not with iterative sequences: a rescheduled request runs again after
+        # its execution, which must end first)
+        self._concurrent = self._is_async and model.decoupled and not model.iterative
 
     def _run_coroutine(self, coro):
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        return self._loop.run_until_complete(coro)
+        return self._loop.run(coro)
 
-    def _background_loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._bg_loop
-        if loop is None:
-            loop = self._bg_loop = asyncio.new_event_loop()
-            self._bg_thread = threading.Thread(target=loop.run_forever, daemon=True,
-                                               name=f"naiad-{self.name}-async")
-            self._bg_thread.start()
-        return loop
-
-    def _execute_concurrently(self, requests: list[core.InferenceRequest], wrapped) -> None:
+    def _execute_concurrently(self, wrapped: list) -> None:
         """A decoupled model's async execute: start it and return at once.
 
         Triton runs a decoupled model's coroutines concurrently; their
         responses go through the response senders whenever they are ready.
         """
-        server = self.model.ctx.server
-        instance = self
+        settler = self._settler
 
-        async def run():
-            pb_utils._context.server = server
-            pb_utils._context.instance = instance
-            return await self._execute(wrapped)
+        def done(ok: bool, value) -> None:
+            if ok:
+                settler.settle(wrapped, value)
+            else:
+                settler.settle(wrapped, None, value)
 
-        fut = asyncio.run_coroutine_threadsafe(run(), self._background_loop())
-        model = self.model
-
-        def done(f) -> None:
-            exc = f.exception()
-            if exc is None:
-                return
-            log.error("model instance '%s' execute failed: %s: %s", self.name,
-                      type(exc).__name__, exc)
-            err = common.model_error(self.name, exc)
-            for r in requests:
-                if not r.responded:
-                    model.deliver(r, core.InferenceResponse(error=err), True)
-
-        fut.add_done_callback(done)
+        self._loop.start(self._execute(wrapped), done)
 
     def execute(self, requests: list[core.InferenceRequest]):
         model = self.model
@@ -182,45 +208,35 @@ class PythonInstance(BackendInstance):
         pb_utils._context.instance = self
         wrap = pb_utils.InferenceRequest._wrap
         wrapped = [wrap(r, model) for r in requests]
+        kept = model.kept_senders
+        if kept:  # rescheduled requests: their senders carry over
+            for w in wrapped:
+                w._sender = kept.pop(id(w._core), None)
         t_in = time.monotonic_ns()
         for r in requests:
             r.compute_input_end_ns = t_in
         if self._concurrent:
-            self._execute_concurrently(requests, wrapped)
+            self._execute_concurrently(wrapped)
             return None
+        result = exc = None
         try:
-            result = self._execute(wrapped)
-            if self._is_async or inspect.isawaitable(result):
-                result = self._run_coroutine(result)
-        except BaseException as exc:  # noqa: BLE001
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            log.error("model instance '%s' execute failed: %s: %s", self.name,
-                      type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-            raise common.model_error(self.name, exc) from None
-        t_out = time.monotonic_ns()
-        for r in requests:
-            r.compute_output_start_ns = t_out
-        if model.decoupled:
-            if result is not None:
-                log.warning("decoupled model '%s' returned responses from execute(); they are "
-                            "ignored (use the response sender)", model.name)
-            return None
-        if not isinstance(result, (list, tuple)):
-            raise NaiadError(
-                f"Failed to process the request(s) for model instance '{self.name}', message: "
-                f"execute() must return a list of pb_utils.InferenceResponse, got "
-                f"{type(result).__name__}")
-        out: list[core.InferenceResponse | None] = []
-        for resp in result:
-            if resp is None:
-                out.append(None)
-                continue
             try:
-                out.append(pb_utils._response_to_core(resp))
-            except Exception as exc:
-                out.append(core.InferenceResponse(error=common.model_error(self.name, exc)))
-        return out
+                result = self._execute(wrapped)
+                if self._is_async or inspect.isawaitable(result):
+                    result = self._run_coroutine(result)
+            except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt too
+                exc = e
+            t_out = time.monotonic_ns()
+            for r in requests:
+                r.compute_output_start_ns = t_out
+            responses, again = self._settler.settle(wrapped, result, exc)
+        finally:
+            # the thread (a frontend's, when it ran inline) must not keep the instance,
+            # and with it the model's memory, once the model is unloaded
+            pb_utils._context.instance = None
+        for i in again:
+            requests[i].reschedule = True
+        return responses
 
     def finalize(self) -> None:
         fin = getattr(self.obj, "finalize", None)
@@ -229,29 +245,7 @@ class PythonInstance(BackendInstance):
                 result = fin()
                 if inspect.isawaitable(result):
                     self._run_coroutine(result)
-            except Exception:
-                log.exception("finalize of model instance '%s' failed", self.name)
-        if self._loop is not None:
-            self._loop.close()
-            self._loop = None
-        bg = self._bg_loop
-        if bg is not None:
-            self._bg_loop = None
-
-            async def drain():  # let executions still running finish (bounded)
-                current = asyncio.current_task()
-                pending = [t for t in asyncio.all_tasks() if t is not current]
-                if pending:
-                    await asyncio.wait(pending, timeout=30)
-
-            try:
-                asyncio.run_coroutine_threadsafe(drain(), bg).result(timeout=35)
-            except Exception:
-                log.warning("instance '%s': async executions still running at unload",
-                            self.name)
-            bg.call_soon_threadsafe(bg.stop)
-            if self._bg_thread is not None:
-                self._bg_thread.join(timeout=5)
-            if not bg.is_running():
-                bg.close()
-
+            except BaseException as exc:  # noqa: BLE001 - sys.exit() in finalize included
+                log.error("finalize of model instance '%s' failed: %s", self.name,
+                          isolation.describe_exception(exc), exc_info=isinstance(exc, Exception))
+        self._loop.close()

@@ -24,7 +24,7 @@ import asyncio
 import queue
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from naiad.backends.python import pb_utils
@@ -137,7 +137,7 @@ def execute(pb_request: pb_utils.InferenceRequest, decoupled: bool = False):
     if decoupled:
         stream = ResponseIterator(request)
         error = _submit(request, stream._on_response, True)
-        return iter([error]) if error is not None else stream
+        return _SingleResponse(error) if error is not None else stream
     waiter = ResponseWaiter()
     error = _submit(request, waiter, False)
     if error is not None:
@@ -157,7 +157,7 @@ async def async_execute(pb_request: pb_utils.InferenceRequest, decoupled: bool =
         stream = AsyncResponseIterator(request, asyncio.get_running_loop(),
                                        threading.get_ident())
         error = _submit(request, stream._on_response, True)
-        return _single_async(error) if error is not None else stream
+        return _SingleResponse(error) if error is not None else stream
     fut, on_response = final_response_future()
     error = _submit(request, on_response, False)
     if error is not None:
@@ -179,9 +179,9 @@ async def async_execute(pb_request: pb_utils.InferenceRequest, decoupled: bool =
     return _from_core(response)
 
 
-async def _single_async(response: pb_utils.InferenceResponse
-                        ) -> AsyncIterator[pb_utils.InferenceResponse]:
-    yield response
+def _resolve(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
 
 
 class ResponseIterator(Iterator):
@@ -209,36 +209,48 @@ class ResponseIterator(Iterator):
         try:
             response, final = self._queue.get(timeout=timeout if timeout > 0 else None)
         except queue.Empty:
-            self._done = True
-            self._request.cancelled = True
-            return _error_response(_RUN_ERROR.format(
-                name=self._request.model_name, message="Request timeout expired"),
-                pb_utils.TritonError.CANCELLED)
+            return self._timed_out()
         if final:
             self._done = True
         return _from_core(response)
+
+    def _timed_out(self) -> pb_utils.InferenceResponse:
+        """The request's timeout passed: cancel it; its last response says so."""
+        self._done = True
+        self._request.cancelled = True
+        return _error_response(_RUN_ERROR.format(
+            name=self._request.model_name, message="Request timeout expired"),
+            pb_utils.TritonError.CANCELLED)
 
     def cancel(self) -> None:
         """Ask the target to stop (it sees ``is_cancelled()``)."""
         self._request.cancelled = True
 
 
-class AsyncResponseIterator:
-    """The async counterpart of :class:`ResponseIterator` (``async for``)."""
+class AsyncResponseIterator(ResponseIterator):
+    """What ``await request.async_exec(decoupled=True)`` returns.
+
+    Triton returns its ordinary response iterator there, and models loop over
+    it with a plain ``for`` (each step waits for the next response, as it does
+    after ``exec``); naiad's also supports ``async for``, which waits without
+    blocking the model's event loop.
+    """
 
     def __init__(self, request: core.InferenceRequest, loop: asyncio.AbstractEventLoop,
                  loop_thread: int):
-        self._request = request
+        super().__init__(request)
         self._loop = loop
         self._loop_thread = loop_thread
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._done = False
+        self._waiter: asyncio.Future | None = None
 
     def _on_response(self, response: core.InferenceResponse | None, final: bool) -> None:
-        if threading.get_ident() == self._loop_thread:
-            self._queue.put_nowait((response, final))
-        else:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, (response, final))
+        self._queue.put((response, final))
+        waiter = self._waiter
+        if waiter is not None:
+            if threading.get_ident() == self._loop_thread:
+                _resolve(waiter, None)
+            else:
+                self._loop.call_soon_threadsafe(_resolve, waiter, None)
 
     def __aiter__(self) -> "AsyncResponseIterator":
         return self
@@ -246,13 +258,56 @@ class AsyncResponseIterator:
     async def __anext__(self) -> pb_utils.InferenceResponse:
         if self._done:
             raise StopAsyncIteration
-        response, final = await self._queue.get()
+        timeout = _timeout_s(self._request)
+        while True:
+            try:
+                response, final = self._queue.get_nowait()
+                break
+            except queue.Empty:
+                pass
+            waiter = self._waiter = self._loop.create_future()
+            if not self._queue.empty():  # arrived before the waiter was set
+                self._waiter = None
+                continue
+            try:
+                if timeout > 0:
+                    await asyncio.wait_for(waiter, timeout)
+                else:
+                    await waiter
+            except asyncio.TimeoutError:
+                return self._timed_out()
+            finally:
+                self._waiter = None
         if final:
             self._done = True
         return _from_core(response)
 
+
+class _SingleResponse(ResponseIterator):
+    """A call that failed before it started: one error response, for ``for`` and
+    ``async for`` alike."""
+
+    def __init__(self, response: pb_utils.InferenceResponse):
+        self._response = response
+        self._done = False
+
+    def __next__(self) -> pb_utils.InferenceResponse:
+        if self._done:
+            raise StopIteration
+        self._done = True
+        return self._response
+
+    def __aiter__(self) -> "_SingleResponse":
+        return self
+
+    async def __anext__(self) -> pb_utils.InferenceResponse:
+        try:
+            return self.__next__()
+        except StopIteration:
+            raise StopAsyncIteration from None
+
     def cancel(self) -> None:
-        self._request.cancelled = True
+        pass
 
 
 # -- model management from BLS -------------------------------------------------------

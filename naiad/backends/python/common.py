@@ -1,62 +1,36 @@
 """What the in-process and the worker-process python backends share.
 
-Importing a ``model.py`` (each under its own module name), telling whether it
-makes BLS calls, turning a model's exception into the request's error, and
-the model-level delivery path its response senders use.
+Importing a ``model.py`` (each in its own import scope: ``isolation.py``),
+telling whether it makes BLS calls, turning a model's exception into the
+request's error (``execution.py``), and the model-level delivery path its
+response senders use. Worker processes import this module too, without
+protobuf.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import json
 import logging
 import os
-import sys
 
 from naiad.backends.base import BackendModel, InstanceSpec, ModelLoadContext
-from naiad.backends.python import pb_utils
+from naiad.backends.python import execution, isolation, pb_utils
 from naiad.core import types as core
-from naiad.core.errors import ErrorKind, InvalidArgument, NaiadError
-from naiad.protocol.config_json import config_to_dict
 
 log = logging.getLogger("naiad.backends.python")
 
-_module_ids = itertools.count()
-
 
 def import_model_file(path: str, label: str):
-    """Import a model.py as a uniquely named module (several models, one process)."""
-    if not os.path.isfile(path):
-        raise InvalidArgument(f"python model file '{path}' not found")
-    folder = os.path.dirname(os.path.abspath(path))
-    name = f"_naiad_model_{next(_module_ids)}_{label}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise InvalidArgument(f"unable to import python model file '{path}'")
-    module = importlib.util.module_from_spec(spec)
-    # Helper modules beside model.py import the way they do under Triton.
-    sys.path.insert(0, folder)
-    try:
-        spec.loader.exec_module(module)
-    except NaiadError:
-        raise
-    except Exception as exc:
-        log.exception("importing '%s' failed", path)
-        raise InvalidArgument(
-            f"failed to import python model file '{path}': {type(exc).__name__}: {exc}"
-        ) from None
-    finally:
-        try:
-            sys.path.remove(folder)
-        except ValueError:
-            pass
-    if folder not in sys.path:
-        sys.path.append(folder)
-    cls = getattr(module, "TritonPythonModel", None)
-    if cls is None:
-        raise InvalidArgument(f"python model file '{path}' does not define class TritonPythonModel")
+    """Import a model.py in its own import scope (``isolation``): (module, class)."""
+    module, cls, _scope = isolation.import_model_file(path, label)
     return module, cls
+
+
+def close_scope(module) -> None:
+    """Forget the import scope of a model module (a later load imports afresh)."""
+    scope = isolation.scope_of(module)
+    if scope is not None:
+        scope.close()
 
 
 _BLS_MARKERS = ("exec(", "InferenceRequest(", "load_model(", "unload_model(")
@@ -80,16 +54,7 @@ def source_uses_bls(path: str) -> bool:
     return False
 
 
-def model_error(instance_name: str, exc: BaseException) -> NaiadError:
-    if isinstance(exc, NaiadError):
-        return exc
-    if isinstance(exc, pb_utils.TritonModelException):
-        kind = pb_utils.TritonError._KINDS.get(exc.code(), ErrorKind.INTERNAL)
-        return NaiadError(exc.message(), kind)
-    return NaiadError(
-        f"Failed to process the request(s) for model instance '{instance_name}', message: "
-        f"{type(exc).__name__}: {exc}"
-    )
+model_error = execution.model_error
 
 
 # model.py modules imported for auto-complete, handed to the load that follows
@@ -103,9 +68,16 @@ def import_once(path: str, label: str):
     except OSError:
         mtime = -1.0
     cached = imported.pop(os.path.abspath(path), None)
-    if cached is not None and cached[0] == mtime:
-        return cached[1], cached[2]
+    if cached is not None:
+        if cached[0] == mtime:
+            return cached[1], cached[2]
+        close_scope(cached[1])
     return import_model_file(path, label)
+
+
+def iterative_sequence(config) -> bool:
+    """``sequence_batching { iterative_sequence: true }``: requests may be rescheduled."""
+    return config.HasField("sequence_batching") and config.sequence_batching.iterative_sequence
 
 
 class PythonModelBase(BackendModel):
@@ -113,12 +85,28 @@ class PythonModelBase(BackendModel):
     path its response senders use."""
 
     def __init__(self, ctx: ModelLoadContext):
+        # (imported here: worker processes import this module without protobuf)
+        from naiad.protocol.config_json import config_to_dict
+
         self.ctx = ctx
         self.name = ctx.name
         self.decoupled = bool(ctx.config.model_transaction_policy.decoupled)
+        self.iterative = iterative_sequence(ctx.config)
         self.output_names = [o.name for o in ctx.config.output]
         self.config_json = json.dumps(config_to_dict(ctx.config))
         self.model = None  # the core Model, set by the repository manager
+        # response senders of rescheduled requests, until their next execution
+        self.kept_senders: dict[int, pb_utils.InferenceResponseSender] = {}
+        # response senders not closed yet (pb_utils keeps it)
+        self.open_senders: dict[int, pb_utils.InferenceResponseSender] = {}
+
+    request_key = staticmethod(id)
+
+    def answer_open_senders(self) -> None:
+        """At unload: what the model never completed is answered (see execution)."""
+        execution.answer_open_senders(
+            self, f"model '{self.name}' version {self.ctx.version} was unloaded before it "
+                  "completed the response")
 
     def initialize_args(self, spec: InstanceSpec) -> dict[str, str]:
         """The ``args`` an instance's ``initialize`` receives (Triton's keys)."""

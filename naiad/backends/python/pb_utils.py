@@ -146,8 +146,12 @@ class TritonError(_MessageAndCode):
     }
     _CODES = {v: k for k, v in _KINDS.items()}
 
-    def __init__(self, msg: str, code: int = INTERNAL):
-        self._msg = msg
+    def __init__(self, message: str | None = None, code: int = INTERNAL, *,
+                 msg: str | None = None):
+        # Triton's keyword is ``message``; ``msg`` is naiad's older spelling
+        if message is None:
+            message = msg if msg is not None else ""
+        self._msg = str(message)
         self._code = code
 
     def __repr__(self) -> str:
@@ -298,6 +302,23 @@ class _CapsuleHolder:
 # -- responses ---------------------------------------------------------------------------
 
 
+def _checked_parameters(parameters: Any) -> dict:
+    """Request/response ``parameters`` as Triton checks them: None or a dict of str
+    keys and bool/int/str values (TritonModelException otherwise)."""
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise TritonModelException(f"Expect <dict>, got {type(parameters)}")
+    for key, value in parameters.items():
+        if not isinstance(key, str):
+            raise TritonModelException(
+                f"Expect parameters keys to have type str, found type {type(key)}")
+        if not isinstance(value, (bool, int, str)):
+            raise TritonModelException(
+                f"Expect parameters values to have type bool/int/str, found type {type(value)}")
+    return parameters
+
+
 class InferenceResponse:
     """What ``execute`` returns for each request (``pb_utils.InferenceResponse``)."""
 
@@ -311,9 +332,7 @@ class InferenceResponse:
             raise TritonModelException('"output_tensors" must be a list.')
         self._output_tensors = output_tensors
         self._error = error
-        if isinstance(parameters, str):
-            parameters = json.loads(parameters) if parameters else {}
-        self._parameters = parameters or {}
+        self._parameters = _checked_parameters(parameters)
 
     def output_tensors(self) -> list:
         return self._output_tensors
@@ -325,7 +344,7 @@ class InferenceResponse:
         return self._error
 
     def parameters(self) -> str:
-        return json.dumps(self._parameters, separators=(",", ":"))
+        return json.dumps(self._parameters)
 
     def _to_core(self) -> _core.InferenceResponse:
         err = self._error
@@ -347,8 +366,11 @@ class InferenceResponse:
     def _from_core(cls, resp: _core.InferenceResponse) -> "InferenceResponse":
         if resp.error is not None:
             return cls([], TritonError._from_core(resp.error))
-        tensors = [Tensor._wrap(t.name, t.datatype, t.data) for t in resp.outputs]
-        return cls(tensors, None, resp.parameters)
+        self = cls.__new__(cls)
+        self._output_tensors = [Tensor._wrap(t.name, t.datatype, t.data) for t in resp.outputs]
+        self._error = None
+        self._parameters = dict(resp.parameters or {})
+        return self
 
 
 def get_input_tensor_by_name(inference_request, name: str):
@@ -386,6 +408,13 @@ def using_decoupled_model_transaction_policy(model_config: dict) -> bool:
 # -- requests -----------------------------------------------------------------------------
 
 
+def _text(value: Any) -> Any:
+    """bytes as text (UTF-8); anything else unchanged."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return value
+
+
 def _response_to_core(response: Any) -> _core.InferenceResponse:
     """What a model returned or sent, as the core response (a model's mistake raises)."""
     if not isinstance(response, InferenceResponse):
@@ -395,30 +424,93 @@ def _response_to_core(response: Any) -> _core.InferenceResponse:
 
 
 class InferenceResponseSender:
-    """Sends a decoupled model's responses (``request.get_response_sender()``)."""
+    """Sends a request's responses (``request.get_response_sender()``).
 
-    __slots__ = ("_request", "_closed", "_runner")
+    Triton's rules: a decoupled model sends any number of responses and ends
+    with ``TRITONSERVER_RESPONSE_COMPLETE_FINAL`` (with the last response or
+    alone); a model that is not decoupled sends exactly one response, with the
+    final flag or followed by it (the client receives it once the final flag
+    is sent). Anything else raises with Triton's messages.
+    """
+
+    __slots__ = ("_request", "_runner", "_decoupled", "_closed", "_sent", "_held", "_lock",
+                 "_done", "_open")
 
     def __init__(self, request: _core.InferenceRequest, runner: Any):
         self._request = request
         self._runner = runner
+        self._decoupled = bool(runner.decoupled)
         self._closed = False
+        self._sent = 0
+        self._held: _core.InferenceResponse | None = None  # not decoupled: until final
+        self._lock = threading.Lock()
+        self._done = False  # the final flag went out through this sender
+        # the runner's senders not closed yet (answered at unload if the model never does)
+        self._open = getattr(runner, "open_senders", None)
+        if self._open is not None:
+            self._open[id(self)] = self
 
     def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
-        if self._closed:
+        if flags != TRITONSERVER_RESPONSE_COMPLETE_FINAL and flags != 0:
+            raise TritonModelException("Unable to send response. Unsupported flag provided.")
+        if flags == 0 and response is None:
             raise TritonModelException(
-                "Unable to send response. Response sender has been closed.")
-        final = bool(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        if response is None and not final:
-            raise TritonModelException(
-                "response must be set unless the final flag is sent")
+                "Inference Response object must be provided when the response flags is set "
+                "to zero.")
+        final = flags == TRITONSERVER_RESPONSE_COMPLETE_FINAL
         core = None if response is None else _response_to_core(response)
-        if final:
-            self._closed = True
+        with self._lock:
+            if not self._decoupled:
+                if response is not None and self._sent > 0:
+                    raise TritonModelException(
+                        "Unable to send response. Non-decoupled model cannot send more than "
+                        "one response.")
+                if response is None and final and self._sent == 0:
+                    raise TritonModelException(
+                        "Unable to send response. Non-decoupled model cannot send complete "
+                        "final before sending a response.")
+            if self._closed:
+                raise TritonModelException(
+                    "Unable to send response. Response sender has been closed.")
+            if final:
+                self._closed = True
+                self._done = True
+                if self._open is not None:
+                    self._open.pop(id(self), None)
+            self._sent += 1
+            if not self._decoupled:
+                if not final:
+                    self._held = core
+                    return
+                if core is None:
+                    core, self._held = self._held, None
         self._runner.deliver(self._request, core, final)
 
     def is_cancelled(self) -> bool:
         return self._request.cancelled
+
+    # -- for the backend: what execute() left behind ---------------------------------
+
+    def _close(self) -> "tuple[bool, _core.InferenceResponse | None]":
+        """Close for good (the execution failed): (whether the final flag went out
+        already, the response still held if any)."""
+        with self._lock:
+            held, self._held = self._held, None
+            self._closed = True
+            if self._open is not None:
+                self._open.pop(id(self), None)
+            return self._done, held
+
+    def _claim_final(self) -> bool:
+        """Count a response execute() returned (not decoupled): False if one was sent."""
+        with self._lock:
+            if self._sent > 0 or self._closed:
+                return False
+            self._sent = 1
+            self._closed = True
+            if self._open is not None:
+                self._open.pop(id(self), None)
+            return True
 
 
 class InferenceTrace:
@@ -455,20 +547,25 @@ class InferenceRequest:
     ):
         self._core: _core.InferenceRequest | None = None
         self._runner = None
-        self._model_name = model_name
+        # Triton takes bytes for its string arguments (the bls example passes
+        # ``in_tensor.as_numpy()[0]``, a numpy bytes value, as the model name)
+        self._model_name = _text(model_name)
         self._inputs = list(inputs or [])
-        self._requested_output_names = list(requested_output_names or [])
+        self._requested_output_names = [_text(n) for n in requested_output_names or []]
         self._model_version = model_version
+        if isinstance(correlation_id, (bytes, bytearray)):
+            correlation_id = _text(correlation_id)
         self._correlation_id = correlation_id
-        self._request_id = request_id
+        self._request_id = _text(request_id)
         self._flags = flags
         self._timeout = timeout
         self._preferred_memory = preferred_memory
-        if isinstance(parameters, str):
+        if isinstance(parameters, str):  # naiad accepts the JSON text too
             parameters = json.loads(parameters) if parameters else {}
-        self._parameters = dict(parameters or {})
+        self._parameters = dict(_checked_parameters(parameters))
         self._sender: InferenceResponseSender | None = None
         self._trace = trace
+        self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
 
     @classmethod
     def _wrap(cls, core: _core.InferenceRequest, runner: Any) -> "InferenceRequest":
@@ -479,6 +576,7 @@ class InferenceRequest:
         self._inputs = None
         self._sender = None
         self._trace = None
+        self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
         return self
 
     # accessors ----------------------------------------------------------------
@@ -527,20 +625,22 @@ class InferenceRequest:
         return InferenceTrace(core.trace if core is not None else None)
 
     def get_response_sender(self) -> InferenceResponseSender:
+        """The request's response sender (decoupled models, and since Triton 24.06 the
+        others too, for their one response)."""
         if self._core is None:
             raise TritonModelException("only requests a model received have a response sender")
-        if not self._runner.decoupled:
-            raise TritonModelException(
-                "get_response_sender() is only available for models with a decoupled "
-                "transaction policy")
-        if self._sender is None:
-            self._sender = InferenceResponseSender(self._core, self._runner)
-        return self._sender
+        sender = self._sender
+        if sender is None:
+            sender = self._sender = InferenceResponseSender(self._core, self._runner)
+        return sender
 
     def set_release_flags(self, flags: int) -> None:
+        """``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``: run this request again
+        (models with ``sequence_batching { iterative_sequence: true }``), read when
+        execute returns."""
         if self._core is None:
             raise TritonModelException("only requests a model received can be released")
-        self._core.parameters.setdefault("_release_flags", flags)
+        self._release_flags = int(flags)
 
     # BLS --------------------------------------------------------------------------
     def exec(self, decoupled: bool = False):
@@ -712,6 +812,12 @@ def _bls():
 
 def _current_server():
     server = getattr(_context, "server", None)
+    if server is None:
+        # a thread the model started: the server of the model whose code is calling
+        from naiad.backends.python import isolation
+
+        scope = isolation.current_scope()
+        server = getattr(scope, "server", None)
     return server if server is not None else _default_server[0]
 
 

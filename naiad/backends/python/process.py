@@ -25,7 +25,6 @@ response): BLS models run in-process.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import mmap
@@ -43,7 +42,10 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from naiad.backends.base import BackendInstance, InstanceSpec, ModelLoadContext
-from naiad.backends.python.common import PythonModelBase, import_model_file, model_error
+from naiad.backends.python.common import PythonModelBase
+from naiad.backends.python.environments import Environment, worker_command
+from naiad.backends.python.execution import ModelLoop, Settler, answer_open_senders, model_error
+from naiad.backends.python.isolation import describe_exception, import_model_file, server_path
 from naiad.core import datatypes
 from naiad.core import types as core
 from naiad.core.errors import ErrorKind, InvalidArgument, NaiadError, Unavailable
@@ -153,7 +155,31 @@ def unpack_tensors(descs: list, region: Region | None, copy: bool) -> list[core.
 
 
 def _pickled_tensors(tensors: list[core.Tensor]) -> list:
-    return [(t.name, t.datatype, t.data) for t in tensors]
+    """Tensors as plain values (no numpy objects: the two sides may run different
+    numpy versions when the model has its own environment)."""
+    out = []
+    for t in tensors:
+        arr = t.data
+        if t.datatype == "BYTES":
+            data = [x if isinstance(x, bytes) else bytes(x) if not isinstance(x, str)
+                    else x.encode() for x in arr.reshape(-1)]
+        else:
+            data = np.ascontiguousarray(arr).tobytes()
+        out.append((t.name, t.datatype, tuple(arr.shape), data))
+    return out
+
+
+def _unpickled_tensors(items: list) -> list[core.Tensor]:
+    out = []
+    for name, datatype, shape, data in items:
+        if datatype == "BYTES":
+            arr = np.empty(len(data), dtype=np.object_)
+            arr[:] = data
+            arr = arr.reshape(shape)
+        else:
+            arr = np.frombuffer(data, dtype=datatypes.numpy_dtype(datatype)).reshape(shape)
+        out.append(core.Tensor(name, datatype, arr))
+    return out
 
 
 # -- the server side ------------------------------------------------------------------------------
@@ -162,10 +188,11 @@ def _pickled_tensors(tensors: list[core.Tensor]) -> list:
 class ProcessPythonModel(PythonModelBase):
     """A python model whose instances are worker processes."""
 
-    def __init__(self, ctx: ModelLoadContext):
+    def __init__(self, ctx: ModelLoadContext, env: Environment | None = None):
         if not os.path.isfile(ctx.model_file):
             raise InvalidArgument(f"python model file '{ctx.model_file}' not found")
         super().__init__(ctx)
+        self.env = env  # EXECUTION_ENV_PATH: the model's own Python environment
 
     def create_instance(self, spec: InstanceSpec) -> "ProcessInstance":
         return ProcessInstance(self, spec)
@@ -201,21 +228,27 @@ class ProcessInstance(BackendInstance):
 
     def _start(self) -> None:
         parent, child = socket.socketpair()
-        env = dict(os.environ)
-        # the worker imports naiad from wherever the server did
-        paths = [p for p in sys.path if p]
-        env["PYTHONPATH"] = os.pathsep.join(paths)
+        python_env = self.model.env
+        if python_env is not None:  # EXECUTION_ENV_PATH: the environment's interpreter
+            command = worker_command(python_env, str(child.fileno()))
+            env = python_env.process_environ()
+        else:
+            command = [sys.executable, "-m", "naiad.backends.python.process",
+                       str(child.fileno())]
+            env = dict(os.environ)
+            # the worker imports naiad from wherever the server did (and no model's
+            # folder that a model put on the server's sys.path)
+            paths = [p for p in server_path() if p]
+            env["PYTHONPATH"] = os.pathsep.join(paths)
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "naiad.backends.python.process", str(child.fileno())],
-                pass_fds=[child.fileno()], env=env, close_fds=True,
-            )
+            self.proc = subprocess.Popen(command, pass_fds=[child.fileno()], env=env,
+                                         close_fds=True)
         finally:
             child.close()
         self.conn = Connection(parent.detach())
         self.conn.send(("init", self.init_args, self.model.ctx.model_file,
-                        f"{self.model.name}_v{self.model.ctx.version}",
-                        self.model.decoupled, self.model.output_names))
+                        f"{self.model.name}_{self.model.ctx.version}",
+                        self.model.decoupled, self.model.output_names, self.model.iterative))
         if not self.conn.poll(INIT_TIMEOUT_S):
             self._kill()
             raise InvalidArgument(f"model instance '{self.name}' worker did not start in time")
@@ -236,14 +269,18 @@ class ProcessInstance(BackendInstance):
         self.generation += 1
         self.dead = False
         self.results = queue.SimpleQueue()
-        if self.model.decoupled:
-            # responses arrive whenever the model sends them: a thread reads them all
-            self.reader = threading.Thread(target=self._read,
-                                           args=(self.conn, self.results, self.generation),
-                                           name=f"naiad-{self.name}-reader", daemon=True)
-            self.reader.start()
-        else:
-            self.reader = None  # execute() reads its result itself: one hand-off fewer
+        self.reader = None
+        if self.model.decoupled or self.streams:
+            self._start_reader()
+        # else execute() reads its result itself (one hand-off fewer) until a response
+        # sender answers a request after execute returned
+
+    def _start_reader(self) -> None:
+        """Responses arrive whenever the model sends them: a thread reads them all."""
+        self.reader = threading.Thread(target=self._read,
+                                       args=(self.conn, self.results, self.generation),
+                                       name=f"naiad-{self.name}-reader", daemon=True)
+        self.reader.start()
 
     def _kill(self) -> None:
         proc = self.proc
@@ -289,8 +326,7 @@ class ProcessInstance(BackendInstance):
         elif descs is None:
             response = None
         else:
-            tensors = [core.Tensor(n, d, a) for n, d, a in descs]
-            response = core.InferenceResponse(tensors, parameters=params)
+            response = core.InferenceResponse(_unpickled_tensors(descs), parameters=params)
         self.model.deliver(request, response, final)
 
     def _fail_streams(self) -> None:
@@ -307,7 +343,7 @@ class ProcessInstance(BackendInstance):
         code = None
         if self.proc is not None:
             try:
-                code = self.proc.wait(timeout=2)
+                code = self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 code = None
         how = f"was killed by signal {-code}" if code is not None and code < 0 else \
@@ -358,9 +394,8 @@ class ProcessInstance(BackendInstance):
             start = index[i]
             end = index[i + 1] if i + 1 < len(index) else len(tensors)
             rid = id(r)
-            if self.model.decoupled:
-                with self.streams_lock:
-                    self.streams[rid] = r
+            with self.streams_lock:  # responses its sender may send come back by its id
+                self.streams[rid] = r
             metas.append({
                 "rid": rid, "id": r.id, "model_name": r.model_name,
                 "model_version": r.model_version, "correlation_id": r.correlation_id,
@@ -372,15 +407,23 @@ class ProcessInstance(BackendInstance):
         try:
             self.conn.send(("exec", batch_id, metas, region_info))
         except (OSError, ValueError):
+            error = self._death_error()  # before the restart replaces the process
             self._after_death(requests)
-            raise self._death_error() from None
+            raise error from None
         t_in = time.monotonic_ns()
         for r in requests:
             r.compute_input_end_ns = t_in
-        msg = self.results.get() if self.reader is not None else self._recv()
+        if self.reader is not None:
+            msg = self.results.get()
+        else:
+            msg = self._recv()
+            while msg[0] == "response":  # a response sender's, before execute returned
+                self._on_stream_response(*msg[1:])
+                msg = self._recv()
         if msg[0] == "dead":
+            error = self._death_error()  # before the restart replaces the process
             self._after_death(requests)
-            raise self._death_error()
+            raise error
         _, _, status, payload, out_info = msg
         if out_info is not None:
             if self.out_region is not None:
@@ -390,13 +433,28 @@ class ProcessInstance(BackendInstance):
         for r in requests:
             r.compute_output_start_ns = t_out
         if status == "error":
+            self._forget(requests)
             raise NaiadError(payload[0], ErrorKind(payload[1]))
         if self.model.decoupled:
+            for i in payload:  # rescheduled: they come back with a later execution
+                requests[i].reschedule = True
+                with self.streams_lock:
+                    self.streams.pop(id(requests[i]), None)
             return None
-        out: list[core.InferenceResponse | None] = []
-        for item in payload:
-            if item is None:
-                out.append(None)
+        out: list = []
+        deferred = False
+        with self.streams_lock:
+            for r, item in zip(requests, payload):
+                if item.get("deferred") and not item.get("again"):
+                    # its response sender answers it; still open: it will, later
+                    deferred = deferred or id(r) in self.streams
+                else:
+                    self.streams.pop(id(r), None)
+        for r, item in zip(requests, payload):
+            if "deferred" in item:
+                if item["again"]:
+                    r.reschedule = True
+                out.append(core.DEFERRED)
             elif "error" in item:
                 msg_text, kind = item["error"]
                 out.append(core.InferenceResponse(error=NaiadError(msg_text, ErrorKind(kind))))
@@ -404,7 +462,14 @@ class ProcessInstance(BackendInstance):
                 out.append(core.InferenceResponse(
                     unpack_tensors(item["outputs"], self.out_region, copy=True),
                     parameters=item.get("parameters") or None))
+        if deferred and self.reader is None:
+            self._start_reader()
         return out
+
+    def _forget(self, requests: list[core.InferenceRequest]) -> None:
+        with self.streams_lock:
+            for r in requests:
+                self.streams.pop(id(r), None)
 
     def _recv(self):
         try:
@@ -431,6 +496,8 @@ class ProcessInstance(BackendInstance):
                 self.proc.wait(timeout=30)
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass
+        if self.reader is not None:  # the worker's last words: responses of open senders
+            self.reader.join(timeout=5)
         self._kill()
         if self.reader is not None:
             self.reader.join(timeout=5)
@@ -451,6 +518,13 @@ class _WorkerRunner:
         self.decoupled = decoupled
         self.output_names = output_names
         self.send_lock = threading.Lock()
+        # response senders of rescheduled requests, until their next execution
+        self.kept_senders: dict = {}
+        self.open_senders: dict = {}  # response senders not closed yet (pb_utils keeps it)
+
+    @staticmethod
+    def request_key(request: core.InferenceRequest):
+        return request.origin  # the server's id of the request: the same on each run
 
     def send(self, msg) -> None:
         with self.send_lock:
@@ -483,28 +557,31 @@ def worker_main(fd: int) -> int:
     conn = Connection(fd)
     from naiad.backends.python import pb_utils
 
+    sys.modules.setdefault("triton_python_backend_utils", pb_utils)
     msg = conn.recv()
-    _, args, model_file, label, decoupled, output_names = msg
+    _, args, model_file, label, decoupled, output_names, iterative = msg
     instance_name = args["model_instance_name"]
     runner = _WorkerRunner(conn, decoupled, output_names)
-    loop: asyncio.AbstractEventLoop | None = None
+    settler = Settler(instance_name, args["model_name"], decoupled, iterative, runner)
+    loop = ModelLoop(instance_name)  # async models' coroutines, on a thread of their own
     try:
-        _, cls = import_model_file(model_file, label)
+        _, cls, _scope = import_model_file(model_file, label)
         obj = cls()
         init = getattr(obj, "initialize", None)
         if init is not None:
             result = init(args)
             if inspect.isawaitable(result):
-                loop = asyncio.new_event_loop()
-                loop.run_until_complete(result)
+                loop.run(result)
     except BaseException as exc:  # noqa: BLE001 - reported to the server, which fails the load
         message = exc.message if isinstance(exc, NaiadError) else \
-            f"failed to initialize model instance '{instance_name}': {type(exc).__name__}: {exc}"
-        traceback.print_exc()
+            f"failed to initialize model instance '{instance_name}': {describe_exception(exc)}"
+        if isinstance(exc, Exception):
+            traceback.print_exc()
         conn.send(("error", message))
         return 1
     conn.send(("ready", os.getpid()))
     execute = obj.execute
+    kept = runner.kept_senders
     in_region: Region | None = None
     out_region: Region | None = None
     previous_out: Region | None = None
@@ -532,50 +609,38 @@ def worker_main(fd: int) -> int:
             req.origin = m["rid"]
             requests.append(req)
         wrapped = [pb_utils.InferenceRequest._wrap(r, runner) for r in requests]
+        if kept:  # rescheduled requests: their senders carry over
+            for w in wrapped:
+                w._sender = kept.pop(w._core.origin, None)
+        result = failure = None
         try:
             result = execute(wrapped)
             if inspect.isawaitable(result):
-                if loop is None:
-                    loop = asyncio.new_event_loop()
-                result = loop.run_until_complete(result)
-        except BaseException as exc:  # noqa: BLE001
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            traceback.print_exc()
-            runner.send(("result", batch_id, "error", _error_tuple(exc, instance_name), None))
-            continue
+                result = loop.run(result)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker lives on
+            if isinstance(exc, Exception):
+                traceback.print_exc()
+            failure = exc
+        responses, again = settler.settle(wrapped, result, failure)
         if decoupled:
-            runner.send(("result", batch_id, "ok", None, None))
-            continue
-        if not isinstance(result, (list, tuple)):
-            runner.send(("result", batch_id, "error", (
-                f"Failed to process the request(s) for model instance '{instance_name}', "
-                f"message: execute() must return a list of pb_utils.InferenceResponse, got "
-                f"{type(result).__name__}", ErrorKind.INTERNAL.value), None))
+            runner.send(("result", batch_id, "ok", again, None))
             continue
         items: list = []
         outputs_all: list[core.Tensor] = []
         spans = []
-        for i, resp in enumerate(result):
-            if resp is None:
-                items.append(None)
-                spans.append(None)
-                continue
-            try:
-                core_resp = pb_utils._response_to_core(resp)
-            except Exception as exc:
-                items.append({"error": _error_tuple(exc, instance_name)})
-                spans.append(None)
+        for i, core_resp in enumerate(responses):
+            spans.append(None)
+            if core_resp is core.DEFERRED:
+                items.append({"deferred": True, "again": i in again})
                 continue
             if core_resp.error is not None:
                 items.append({"error": (core_resp.error.message, core_resp.error.kind.value)})
-                spans.append(None)
                 continue
             outs = core_resp.outputs
-            wanted = requests[i].requested_outputs if i < len(requests) else None
+            wanted = requests[i].requested_outputs
             if wanted:
                 outs = [t for t in outs if t.name in wanted]
-            spans.append((len(outputs_all), len(outs)))
+            spans[i] = (len(outputs_all), len(outs))
             outputs_all.extend(outs)
             items.append({"parameters": core_resp.parameters})
         descs, out_region, grown = pack_tensors(outputs_all, out_region, "out")
@@ -592,14 +657,18 @@ def worker_main(fd: int) -> int:
         try:
             result = fin()
             if inspect.isawaitable(result):
-                (loop or asyncio.new_event_loop()).run_until_complete(result)
-        except Exception:
+                loop.run(result)
+        except BaseException:  # noqa: BLE001
             traceback.print_exc()
+    loop.close()
+    answer_open_senders(runner, f"model '{args['model_name']}' version "
+                                f"{args['model_version']} was unloaded before it completed "
+                                "the response")
     return 0
 
 
-def load(ctx: ModelLoadContext) -> ProcessPythonModel:
-    return ProcessPythonModel(ctx)
+def load(ctx: ModelLoadContext, env: Environment | None = None) -> ProcessPythonModel:
+    return ProcessPythonModel(ctx, env)
 
 
 if __name__ == "__main__":

@@ -164,6 +164,15 @@ class OpenAIApp:
         if getattr(self.server, "shutting_down", False):
             raise OpenAIError(503, "the server is shutting down", "service_unavailable_error")
 
+    async def _ensure_loaded(self, name: str) -> None:
+        """--model-load-on-demand: a request for a model that is not loaded loads it."""
+        from naiad.core.errors import NaiadError
+
+        try:
+            await self.server.ensure_loaded(name)
+        except NaiadError as exc:
+            raise OpenAIError(503, exc.message, "service_unavailable_error") from None
+
     # -- embeddings ---------------------------------------------------------------------------
 
     async def _embeddings(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -173,6 +182,7 @@ class OpenAIApp:
         body = await self._read_body(scope, receive)
         req = schemas.parse(schemas.EmbeddingRequest, body)
         self._check_serving()
+        await self._ensure_loaded(req.model)
         info = self.catalog.get(req.model)
         if info.kind != EMBEDDINGS:
             raise bad_request(f"model '{req.model}' is not an embedding model", "model")
@@ -193,6 +203,7 @@ class OpenAIApp:
         cls = schemas.ChatCompletionRequest if chat else schemas.CompletionRequest
         req = schemas.parse(cls, body)
         self._check_serving()
+        await self._ensure_loaded(req.model)
         info = self.catalog.get(req.model)
         if info.kind != GENERATE:
             raise bad_request(f"model '{req.model}' is an embedding model: use /v1/embeddings",

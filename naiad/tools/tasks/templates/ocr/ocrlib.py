@@ -110,6 +110,12 @@ def _sort_boxes(boxes: list[np.ndarray]) -> list[np.ndarray]:
 
 def db_boxes(prob: np.ndarray, shape: np.ndarray) -> np.ndarray:
     """Text boxes [N, 4, 2] (original image coordinates) from the probability map."""
+    return db_boxes_scores(prob, shape)[0]
+
+
+def db_boxes_scores(prob: np.ndarray, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Text boxes [N, 4, 2] (original image coordinates) and their scores (the mean
+    probability inside each box) from the probability map, in reading order."""
     prob = prob.reshape(prob.shape[-2:])
     orig_h, orig_w, det_h, det_w = (float(v) for v in shape)
     bitmap = (prob > DET_THRESH).astype(np.uint8)
@@ -122,7 +128,8 @@ def db_boxes(prob: np.ndarray, shape: np.ndarray) -> np.ndarray:
         box, side = _ordered_box(rect)
         if side < MIN_SIZE:
             continue
-        if _box_score(prob, box) < BOX_THRESH:
+        score = _box_score(prob, box)
+        if score < BOX_THRESH:
             continue
         # grow the rectangle by the DB unclip distance (area * ratio / perimeter) on every side
         (cx, cy), (rw, rh), angle = rect
@@ -134,10 +141,13 @@ def db_boxes(prob: np.ndarray, shape: np.ndarray) -> np.ndarray:
         box[:, 1] = np.clip(np.round(box[:, 1] * sy), 0, orig_h)
         if box[:, 0].max() - box[:, 0].min() <= 3 or box[:, 1].max() - box[:, 1].min() <= 3:
             continue
-        found.append(box)
+        found.append((box, score))
     if not found:
-        return np.zeros((0, 4, 2), dtype=np.float32)
-    return np.stack(_sort_boxes(found)).astype(np.float32)
+        return np.zeros((0, 4, 2), dtype=np.float32), np.zeros((0,), dtype=np.float32)
+    scores = {id(b): s for b, s in found}
+    boxes = _sort_boxes([b for b, _ in found])
+    return (np.stack(boxes).astype(np.float32),
+            np.array([scores[id(b)] for b in boxes], dtype=np.float32))
 
 
 def crop_boxes(img: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:

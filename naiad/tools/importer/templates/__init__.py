@@ -1,0 +1,1 @@
+"""Files ``naiad import`` copies into model repositories (not imported by naiad itself)."""
