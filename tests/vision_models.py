@@ -1,14 +1,19 @@
 """The vision examples' models and test pictures, shared by test_vision.py and test_gateway.py.
 
-The shapes network is trained once (a minute or two) into pytest's cache
+The shapes network is trained once (two or three minutes) into pytest's cache
 folder (``.pytest_cache/d/naiad-vision``) and reused by later runs while its
 training settings stay the same; the PP-OCR models come from
-rapidocr-onnxruntime.
+rapidocr-onnxruntime. Training and ``naiad import`` run in a child process: in
+the test process they would leave torch's threads and heap, and the importer's
+logging set-up, to the tests that run after them.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,15 +30,29 @@ SCENE, SCENE_SIZE = pictures.SCENE, pictures.SCENE_SIZE
 png, scene, text_image, page = pictures.png, pictures.scene, pictures.text_line, pictures.page
 
 
+def _setup(call: str):
+    """``setup_models.<call>`` in a child process; what it returns (JSON)."""
+    code = ("import json, sys\n"
+            f"sys.path.insert(0, {str(VISION)!r})\n"
+            "import setup_models\n"
+            f"print('RESULT=' + json.dumps(setup_models.{call}))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True,
+                         text=True, timeout=1500)
+    assert out.returncode == 0, out.stderr[-4000:]
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("RESULT=")]
+    return json.loads(line[len("RESULT="):])
+
+
 def models_folder(config) -> str:
     """The model files (shapes network trained once, PP-OCR copied), cached across runs."""
-    folder = config.cache.mkdir("naiad-vision")
-    setup_models.prepare_models(str(folder), with_shapes=True, log=lambda _m: None)
-    return str(folder)
+    folder = str(config.cache.mkdir("naiad-vision"))
+    _setup(f"prepare_models({folder!r}, with_shapes=True, log=lambda _m: None) and None")
+    return folder
 
 
 def build_repository(config, repo, tasks=None) -> list[str]:
-    return setup_models.build(str(repo), models_folder(config), tasks, log=lambda _m: None)
+    folder = models_folder(config)
+    return _setup(f"build({str(repo)!r}, {folder!r}, {tasks!r}, log=lambda _m: None)")
 
 
 def iou(a, b) -> float:
