@@ -350,7 +350,12 @@ def test_workers_split_the_load(server):
              "--concurrency-range", "2", *FAST)
     assert "  Using 2 load-generating processes\n" in r.stdout
     level = levels(r.stdout)[0]
-    assert abs(level["server_count"] - level["client_count"]) <= 2 * 3 * 2
+    # besides the requests in flight at the windows' edges, each worker process opens and
+    # closes its windows when the parent's message reaches it, a few milliseconds after the
+    # parent read the server's statistics: at ~1-3k requests/s, some 1 % of the count. A
+    # worker whose requests went uncounted (or counted twice) would be ~50 % off.
+    assert abs(level["server_count"] - level["client_count"]) <= \
+        2 * 3 * 2 + 0.01 * level["client_count"]
 
 
 def test_model_errors_stop_the_run(server):
