@@ -121,16 +121,8 @@ def run(ctx, env) -> dict:
         if out["OUTPUT0"].values() != [1.0, 2.0, 3.0, 4.0]:
             raise AssertionError(f"identity answered {out['OUTPUT0'].values()}")
 
-    running = []
     try:
-        for s in servers:
-            if s.name == "naiad" and not naiad_exe:
-                scn["servers"]["naiad"] = {"status": "unavailable", "error": why}
-                continue
-            st = env._start(s, ["identity_fp32"], check)
-            scn["servers"][s.name] = st
-            if st["status"] == "ok":
-                running.append(s)
+        running = sc.start_servers(env, scn, servers, naiad_exe, why, ["identity_fp32"], check)
         if not running:
             scn["error"] = "no server available"
             return scn

@@ -125,6 +125,22 @@ def wire_cost(env, ctx, server, client: str, req: InferRequest, c: int) -> dict:
             "total": summary, "per_call": wire.per_call(summary, d["ok"])}
 
 
+def start_servers(env, scn: dict, servers: list, naiad_exe, why: str, model_names: list[str],
+                  check) -> list:
+    """Start each server (naiad only when it was found), record its status in
+    ``scn["servers"]``; the servers that came up."""
+    running = []
+    for s in servers:
+        if s.name == "naiad" and not naiad_exe:
+            scn["servers"]["naiad"] = {"status": "unavailable", "error": why}
+            continue
+        st = env._start(s, model_names, check)
+        scn["servers"][s.name] = st
+        if st["status"] == "ok":
+            running.append(s)
+    return running
+
+
 def _median_rows(rows: list[dict]) -> dict:
     good = [r for r in rows if r.get("infer_per_s") is not None]
     out = {"repeats": len(rows), "ok_repeats": len(good)}
@@ -155,16 +171,8 @@ def run(ctx, env, repeats: int | None = None) -> dict:
     def check(s):
         models.check_add_sub(http_infer(s.base_url, req))
 
-    running = []
     try:
-        for s in servers:
-            if s.name == "naiad" and not naiad_exe:
-                scn["servers"]["naiad"] = {"status": "unavailable", "error": why}
-                continue
-            st = env._start(s, ["add_sub"], check)
-            scn["servers"][s.name] = st
-            if st["status"] == "ok":
-                running.append(s)
+        running = start_servers(env, scn, servers, naiad_exe, why, ["add_sub"], check)
         if not running:
             scn["error"] = "no server available"
             return scn
