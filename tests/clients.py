@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -255,14 +257,63 @@ async def infer_probe(client: aioclient.InferenceServerClient, model: str, value
                   sent=sent, done=time.monotonic())
 
 
-async def staggered(calls, gap: float = 0.03):
-    """Start the coroutines ``gap`` seconds apart (so they queue in that order); gather."""
+async def staggered(calls, gap: float = 0.03, *, gate_started: Path | None = None,
+                    pending: Callable[[], int] | None = None, wait_s: float = 30.0):
+    """Start the coroutines ``gap`` seconds apart (so they queue in that order); gather.
+
+    On a loaded machine a gap alone orders nothing; two things make it certain:
+    ``gate_started``, a file the first call's model writes as it starts executing (the
+    probe model's ``gate_dir`` parameter): the other calls start once it exists, so the
+    gate runs alone. ``pending``: reads how many requests wait in the model's queue; each
+    of the other calls then starts once the one before it is queued (the count rose) or
+    answered (refused), so that they reach the queue in the order given. Each wait is
+    bounded by ``wait_s``.
+    """
+    assert pending is None or gate_started is not None, "pending counts behind a gate"
+
+    async def until(done: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + wait_s
+        while not await asyncio.to_thread(done):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} within {wait_s} s")
+            await asyncio.sleep(0.005)
+
+    if gate_started is not None:
+        gate_started.unlink(missing_ok=True)
     tasks = []
-    for call in calls:
-        tasks.append(asyncio.ensure_future(call))
-        await asyncio.sleep(gap)
+    for k, call in enumerate(calls):
+        before = await asyncio.to_thread(pending) if k > 0 and pending is not None else 0
+        task = asyncio.ensure_future(call)
+        tasks.append(task)
+        if k == 0 and gate_started is not None:
+            await until(lambda task=task: gate_started.exists() or task.done(),
+                        f"the gate did not start ({gate_started})")
+            assert gate_started.exists(), task.result()
+        elif k > 0 and pending is not None:
+            await until(lambda task=task, before=before: task.done() or pending() > before,
+                        f"request {k} was neither queued nor answered")
+        else:
+            await asyncio.sleep(gap)
     return await asyncio.gather(*tasks)
 
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def scrape(server) -> dict[tuple[str, frozenset], float]:
+    """A server's metrics page as {(sample name, labels): value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics",
+                                timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if m:
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def metric(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)

@@ -681,6 +681,7 @@ def build_repository(repo: Path) -> Path:
 
 PROBE_MODEL = '''
 import itertools
+import os
 import threading
 import time
 
@@ -698,6 +699,11 @@ class TritonPythonModel:
         self.instance = args["model_instance_name"]
         params = json.loads(args["model_config"]).get("parameters", {})
         self.busy_s = float(params.get("busy_ms", {}).get("string_value", "0")) / 1000.0
+        # a gate (negative input) writes <gate_dir>/<model> as it starts: tests wait for it
+        self.gate_file = None
+        gate_dir = params.get("gate_dir", {}).get("string_value")
+        if gate_dir:
+            self.gate_file = os.path.join(gate_dir, args["model_name"])
 
     def execute(self, requests):
         with _LOCK:
@@ -708,6 +714,10 @@ class TritonPythonModel:
                 pass
         first = pb_utils.get_input_tensor_by_name(requests[0], "IN").as_numpy()
         if first.size and first.flat[0] < 0:
+            if self.gate_file:
+                with open(self.gate_file + ".tmp", "w") as f:
+                    f.write(str(exec_id))
+                os.replace(self.gate_file + ".tmp", self.gate_file)
             time.sleep(float(-first.flat[0]))
         total = 0
         for r in requests:

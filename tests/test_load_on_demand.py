@@ -10,40 +10,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import random
-import re
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import psutil
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from tests.clients import PROTOCOLS, call, index, triton_client, wait_for
+from tests.clients import PROTOCOLS, call, index, metric, scrape, triton_client, wait_for
 from tests.conftest import NaiadProcess
 from tests.many_models import MIB, PIN, add_onnx, add_python
 from tests.models import step, write_ensemble
 
 ON_DEMAND = ("--model-control-mode=explicit", "--model-load-on-demand=true")
-
-
-def scrape(server: NaiadProcess) -> dict[tuple[str, frozenset], float]:
-    """The metrics page as {(sample name, labels): value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics",
-                                timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
-        if m:
-            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-            out[(m.group(1), labels)] = float(m.group(3))
-    return out
-
-
-def metric(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def infer(protocol: str, server: NaiadProcess, model: str, x: np.ndarray) -> np.ndarray:

@@ -174,8 +174,10 @@ def test_concurrency_range_prints_what_perf_analyzer_prints(server, tmp_path, pr
     found = levels(out)
     for level, conc in zip(found, (1, 3)):
         # the server counted what the client counted, give or take the requests in flight
-        # at the two edges of each of the three windows
-        assert abs(level["server_count"] - level["client_count"]) <= 2 * 3 * conc
+        # at the two edges of each of the three windows and those that finish while the
+        # statistics are read at an edge (1% of the count, as for --workers below)
+        assert abs(level["server_count"] - level["client_count"]) <= \
+            2 * 3 * conc + 0.01 * level["client_count"]
         assert level["inference_count"] == level["server_count"]
     rows = list(csv.reader(csv_path.open()))
     assert rows[0] == PA_COLUMNS
