@@ -30,12 +30,16 @@ OFFSET = {offset}
 BALLAST = {ballast}
 INIT_SLEEP = {init_sleep}
 FAIL_IF = {fail_if!r}
+HOLD_UNTIL = {hold_until!r}
 
 
 class TritonPythonModel:
     def initialize(self, args):
         if INIT_SLEEP:
             time.sleep(INIT_SLEEP)
+        deadline = time.monotonic() + 60
+        while HOLD_UNTIL and not os.path.exists(HOLD_UNTIL) and time.monotonic() < deadline:
+            time.sleep(0.01)
         if FAIL_IF and os.path.exists(FAIL_IF):
             raise RuntimeError("initialize failed on purpose: " + FAIL_IF + " exists")
         self.ballast = np.full(BALLAST, 7, dtype=np.uint8)  # written: resident
@@ -75,11 +79,14 @@ PIN = 'parameters { key: "NAIAD_PINNED" value: { string_value: "true" } }'
 
 
 def add_python(repo: Path, name: str, offset: float, ballast: int = 8 * MIB,
-               init_sleep: float = 0.0, fail_if: str = "", extra: str = "") -> Path:
+               init_sleep: float = 0.0, fail_if: str = "", hold_until: str = "",
+               extra: str = "") -> Path:
     """OUT = IN + offset (sleeping IN[1] seconds when IN has two elements and IN[1] > 0);
-    holds ``ballast`` bytes; fails to initialize while the file ``fail_if`` exists."""
+    holds ``ballast`` bytes; fails to initialize while the file ``fail_if`` exists; its
+    initialize waits (up to 60 s) until the file ``hold_until`` exists."""
     source = BALLAST_PY.format(offset=float(offset), ballast=int(ballast),
-                               init_sleep=float(init_sleep), fail_if=str(fail_if))
+                               init_sleep=float(init_sleep), fail_if=str(fail_if),
+                               hold_until=str(hold_until))
     return write_model(repo, name, PY_CONFIG.format(name=name, extra=extra),
                        {"model.py": source})
 

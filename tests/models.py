@@ -31,6 +31,8 @@ OFFSET = {offset}
 INIT_SLEEP = {init_sleep}
 FAIL = {fail}
 EVENTS = {events!r}
+HOLD_UNTIL = {hold_until!r}
+MEET = {meet!r}
 
 
 def _event(text):
@@ -43,6 +45,16 @@ class TritonPythonModel:
     def initialize(self, args):
         if INIT_SLEEP:
             time.sleep(INIT_SLEEP)
+        deadline = time.monotonic() + 60
+        while HOLD_UNTIL and not os.path.exists(HOLD_UNTIL) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if MEET:  # (folder, n): wait until n initializes run at once, or fail
+            folder, n = MEET
+            open(os.path.join(folder, args["model_instance_name"]), "w").close()
+            while len(os.listdir(folder)) < n:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the other initializes did not run at the same time")
+                time.sleep(0.01)
         if FAIL:
             raise RuntimeError("initialize failed on purpose")
         self.instance = args["model_instance_name"]
@@ -74,8 +86,11 @@ instance_group [ {{ kind: KIND_CPU count: {count} }} ]
 '''
 
 def model_py(offset: float = 0.0, init_sleep: float = 0.0, fail: bool = False,
-             events: str = "") -> str:
-    return OFFSET_PY.format(offset=offset, init_sleep=init_sleep, fail=fail, events=events)
+             events: str = "", hold_until: str = "", meet: tuple[str, int] | None = None) -> str:
+    """OFFSET_PY; its initialize waits until the file ``hold_until`` exists, and with
+    ``meet=(folder, n)`` until n initializes (this one among them) run at once."""
+    return OFFSET_PY.format(offset=offset, init_sleep=init_sleep, fail=fail, events=events,
+                            hold_until=hold_until, meet=meet)
 
 def config_text(name: str, count: int = 1, extra: str = "") -> str:
     return OFFSET_CONFIG.format(name=name, count=count, extra=extra)
@@ -84,13 +99,15 @@ NO_INLINE = 'parameters { key: "NAIAD_INLINE_EXECUTION" value: { string_value: "
 
 def add_model(repo: Path, name: str, offset: float = 0.0, versions=(1,), count: int = 1,
               init_sleep: float = 0.0, fail: bool = False, events: str = "",
-              extra: str = "", inline: bool = True) -> Path:
+              extra: str = "", inline: bool = True, hold_until: str = "",
+              meet: tuple[str, int] | None = None) -> Path:
     """A test model; ``inline=False`` keeps its executions on its worker threads
     (models that sleep must not run on the submitting thread)."""
     if not inline:
         extra = f"{extra}\n{NO_INLINE}"
-    return write_model(repo, name, config_text(name, count, extra),
-                       {"model.py": model_py(offset, init_sleep, fail, events)}, versions)
+    source = model_py(offset, init_sleep, fail, events, hold_until, meet)
+    return write_model(repo, name, config_text(name, count, extra), {"model.py": source},
+                       versions)
 
 # ------------------------------------------------------------------------------------------
 # observability, shared memory, protocol extensions
@@ -714,10 +731,11 @@ class TritonPythonModel:
                 pass
         first = pb_utils.get_input_tensor_by_name(requests[0], "IN").as_numpy()
         if first.size and first.flat[0] < 0:
-            if self.gate_file:
-                with open(self.gate_file + ".tmp", "w") as f:
+            if self.gate_file:  # written whole, under a name of this execution's own first
+                part = f"{self.gate_file}.{exec_id}.part"
+                with open(part, "w") as f:
                     f.write(str(exec_id))
-                os.replace(self.gate_file + ".tmp", self.gate_file)
+                os.replace(part, self.gate_file)
             time.sleep(float(-first.flat[0]))
         total = 0
         for r in requests:
@@ -756,6 +774,12 @@ instance_group [ {{ count: {count} kind: KIND_CPU }} ]
 
 def write_probe(repo: Path, name: str, **kw) -> Path:
     return write_model(repo, name, probe_config(name, **kw), {"model.py": PROBE_MODEL})
+
+
+def gate_parameter(folder: Path) -> str:
+    """The probe model's ``gate_dir`` parameter (for ``extra``): a gate (negative input)
+    writes ``folder/<model>`` as it starts executing, so a test can wait for that."""
+    return f'parameters {{ key: "gate_dir" value: {{ string_value: "{folder}" }} }}'
 
 
 # a python model's instances in worker processes (append to a config)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import NaiadProcess, write_model
 
-from tests.clients import http_infer
-from tests.models import write_probe
+from tests.clients import http_infer, wait_for
+from tests.models import gate_parameter, write_probe
 
 NO_INLINE = 'parameters { key: "NAIAD_INLINE_EXECUTION" value: { string_value: "off" } }'
 
@@ -51,8 +51,10 @@ class TritonPythonModel:
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("cancel")
     log = repo.parent / "watch.log"
-    write_probe(repo, "batched", max_batch_size=1, extra=NO_INLINE)
-    write_probe(repo, "default_sched", max_batch_size=1, scheduling="", extra=NO_INLINE)
+    gates = tmp_path_factory.mktemp("gates")
+    write_probe(repo, "batched", max_batch_size=1, extra=NO_INLINE + "\n" + gate_parameter(gates))
+    write_probe(repo, "default_sched", max_batch_size=1, scheduling="",
+                extra=NO_INLINE + "\n" + gate_parameter(gates))
     write_model(repo, "watcher", f"""
         name: "watcher"
         backend: "python"
@@ -63,6 +65,7 @@ def server(tmp_path_factory):
         """, {"model.py": WATCHER})
     with NaiadProcess(repo) as s:
         s.watch_log = log
+        s.gates = gates
         yield s
 
 
@@ -97,9 +100,11 @@ def test_a_disconnected_clients_queued_request_never_executes(server, model):
     import threading
 
     before = _stats(server, model)
-    gate = threading.Thread(target=_infer, args=(server, model, -1.0))
-    gate.start()  # holds the only instance for 1 s
-    time.sleep(0.2)
+    started = server.gates / model
+    started.unlink(missing_ok=True)
+    gate = threading.Thread(target=_infer, args=(server, model, -2.0))
+    gate.start()  # holds the only instance for 2 s
+    wait_for(started.exists, what="the gate executing")
     _send_and_hang_up(server, model, _body(5.0), after=0.3)  # queued, then the client leaves
     gate.join()
     executions = before["execution_count"]

@@ -20,7 +20,7 @@ from conftest import NaiadProcess, write_model
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.clients import infer_probe, metric, run, scrape, staggered
-from tests.models import write_probe
+from tests.models import gate_parameter, write_probe
 
 NO_INLINE = 'parameters { key: "NAIAD_INLINE_EXECUTION" value: { string_value: "off" } }'
 BUSY = 'parameters { key: "busy_ms" value: { string_value: "3" } }'
@@ -74,10 +74,10 @@ def _linear_onnx(path):
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("dynbatch")
     gates = tmp_path_factory.mktemp("gates")
-    gate_dir = f'parameters {{ key: "gate_dir" value: {{ string_value: "{gates}" }} }}'
+    gate_dir = gate_parameter(gates)
     for name, (mbs, sched, dims, count, inline) in MODELS.items():
         write_probe(repo, name, max_batch_size=mbs, scheduling=sched, dims=dims, count=count,
-                    extra=gate_dir + ("" if inline else NO_INLINE))
+                    extra=gate_dir + ("" if inline else "\n" + NO_INLINE))
     # a model whose executions cost CPU time (inline execution stays allowed: it backs off)
     write_probe(repo, "load", max_batch_size=16, extra=BUSY)
     write_model(repo, "linear", """

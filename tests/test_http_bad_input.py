@@ -178,7 +178,10 @@ def peak_rss_growth(server, limit_mib: float):
 
 
 @contextlib.contextmanager
-def within(seconds: float):
+def within(seconds: float = 10):
+    """The exchange ended in ``seconds``: no hang, no work that grows with what the input
+    claims. The default leaves room for the stalls of a loaded 2-core CI machine; the
+    memory bounds (``peak_rss_growth``) are what show nothing was allocated for a claim."""
     t = time.monotonic()
     yield
     elapsed = time.monotonic() - t
@@ -368,7 +371,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_request(server, case):
     _, path, body, headers, status, triton, message = case
-    with within(5):
+    with within():
         r = requests.post(server.base + path, data=body, headers=headers or {}, timeout=10)
     check(r, status, triton, message)
     assert_healthy(server)
@@ -396,7 +399,7 @@ def test_huge_shape_small_body(server, kind):
     else:
         body, headers = _i("BYTES", ["a", "b"], [1, HUGE]), None
         path, message = BYTES, "2 elements given"
-    with peak_rss_growth(server, 20), within(2):
+    with peak_rss_growth(server, 20), within():
         r = requests.post(server.base + path, data=body, headers=headers or {}, timeout=10)
     check(r, 400, 400, message)
     assert_healthy(server)
@@ -430,7 +433,7 @@ def test_shape_beyond_numpy(server, dims):
 
 
 def test_deeply_nested_json(server):
-    with peak_rss_growth(server, 50), within(5):
+    with peak_rss_growth(server, 50), within():
         r = requests.post(server.base + P, data=b"[" * 100000, timeout=10)
     check(r, 400, 500, "failed to parse the request JSON")
     assert_healthy(server)
@@ -442,7 +445,7 @@ def test_deeply_nested_data(server, leaf):
     depth = 100000
     body = (b'{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1],"data":'
             + b"[" * depth + leaf + b"]" * depth + b"}]}")
-    with peak_rss_growth(server, 50), within(5):
+    with peak_rss_growth(server, 50), within():
         r = requests.post(server.base + P, data=body, timeout=10)
     check(r, 400, 500, "failed to parse the request JSON")
     assert_healthy(server)
@@ -498,7 +501,7 @@ def gzip_bomb(total_mib: int, lie: bool = False) -> bytes:
 def test_gzip_bomb(server, lie):
     bomb = gzip_bomb(1024, lie)
     assert len(bomb) < 2 << 20
-    with peak_rss_growth(server, 3 * LIMIT / 2**20 + 16), within(5):
+    with peak_rss_growth(server, 3 * LIMIT / 2**20 + 16), within():
         r = requests.post(server.base + P, data=bomb, headers={"Content-Encoding": "gzip"},
                           timeout=10)
     check(r, 413, 413, f"decompressed request body exceeds the limit of {LIMIT} bytes")
@@ -509,7 +512,7 @@ def test_gzip_bomb(server, lie):
 def test_deflate_bomb(server):
     c = zlib.compressobj(9, zlib.DEFLATED, 15)
     body = c.compress(b"\0" * (64 << 20)) + c.flush()
-    with peak_rss_growth(server, 3 * LIMIT / 2**20 + 16), within(5):
+    with peak_rss_growth(server, 3 * LIMIT / 2**20 + 16), within():
         r = requests.post(server.base + P, data=body, headers={"Content-Encoding": "deflate"},
                           timeout=10)
     check(r, 413, 413, "decompressed request body exceeds the limit")
@@ -543,7 +546,7 @@ def _raw_exchange(server, data: bytes, timeout: float = 5.0) -> bytes:
 @naiad_only
 def test_content_length_above_limit_refused_before_body(server):
     """413 as soon as the headers arrive: the body is never sent, so never read."""
-    with peak_rss_growth(server, 10), within(3):
+    with peak_rss_growth(server, 10), within():
         resp = _raw_exchange(server, (
             f"POST {P} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {LIMIT + 1}\r\n\r\n").encode())
@@ -554,7 +557,7 @@ def test_content_length_above_limit_refused_before_body(server):
 
 @naiad_only
 def test_body_above_limit_with_content_length(server):
-    with within(10):
+    with within():
         r = requests.post(server.base + P, data=b" " * (LIMIT + 1024), timeout=30)
     check(r, 413, 413, "exceeds the limit")
     assert_healthy(server)
@@ -566,7 +569,7 @@ def test_chunked_body_above_limit(server):
         for _ in range(LIMIT // (1 << 20) + 4):
             yield b" " * (1 << 20)
 
-    with peak_rss_growth(server, 3 * LIMIT / 2**20 + 16), within(10):
+    with peak_rss_growth(server, 3 * LIMIT / 2**20 + 16), within(20):
         r = requests.post(server.base + P, data=chunks(), timeout=30)
     check(r, 413, 413, "request body exceeds the limit")
     assert_healthy(server)

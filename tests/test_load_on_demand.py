@@ -12,6 +12,7 @@ import concurrent.futures
 import random
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -117,15 +118,26 @@ def test_ready_with_nothing_loaded_and_the_index_says_what_loads_on_demand(repo)
         assert not ready(server, "fast")
 
 
+def _all_waiting(server: NaiadProcess, model: str, count: int, release: Path) -> None:
+    """Once ``count`` requests wait for ``model``'s on-demand load, let the load finish
+    (``release``: the ``hold_until`` file of its initialize)."""
+    wait_for(lambda: metric(scrape(server), "naiad_cold_start_waiting_requests",
+                            model=model) == count, timeout=60, what=f"{count} waiting")
+    release.write_text("")
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_concurrent_first_requests_load_the_model_once(repo, protocol):
-    add_python(repo, "m", 5.0, init_sleep=1.0)
+def test_concurrent_first_requests_load_the_model_once(repo, tmp_path, protocol):
+    release = tmp_path / "release"
+    add_python(repo, "m", 5.0, hold_until=str(release))
     with NaiadProcess(repo, *ON_DEMAND) as server:
         def one(i: int) -> list[float]:
             return infer(protocol, server, "m", np.array([float(i)], np.float32)).tolist()
 
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(one, range(16)))
+            answers = pool.map(one, range(16))
+            _all_waiting(server, "m", 16, release)
+            answers = list(answers)
         assert answers == [[i + 5.0] for i in range(16)]
         samples = scrape(server)
         assert metric(samples, "naiad_model_loads", model="m", outcome="success") == 1
@@ -139,9 +151,9 @@ def test_concurrent_first_requests_load_the_model_once(repo, protocol):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_failing_lazy_load_fails_every_waiter_and_the_next_request_tries_again(
         repo, tmp_path, protocol):
-    marker = tmp_path / "broken"
+    marker, release = tmp_path / "broken", tmp_path / "release"
     marker.write_text("")
-    add_python(repo, "flaky", 3.0, init_sleep=0.5, fail_if=str(marker))
+    add_python(repo, "flaky", 3.0, fail_if=str(marker), hold_until=str(release))
     with NaiadProcess(repo, *ON_DEMAND) as server:
         def one(i: int) -> str:
             try:
@@ -151,7 +163,9 @@ def test_a_failing_lazy_load_fails_every_waiter_and_the_next_request_tries_again
             return "ok"
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            errors = list(pool.map(one, range(8)))
+            errors = pool.map(one, range(8))
+            _all_waiting(server, "flaky", 8, release)
+            errors = list(errors)
         status = "503" if protocol == "http" else "StatusCode.UNAVAILABLE"
         for text in errors:
             assert text.startswith(status), text
@@ -389,8 +403,9 @@ def test_idle_models_unload_and_pinned_ones_stay(repo):
         assert infer("grpc", server, "idle", one).tolist() == [2.0]
 
 
-def test_a_client_that_gives_up_while_its_model_loads_leaves_the_queue(repo):
-    add_python(repo, "sloth", 1.0, init_sleep=4.0)
+def test_a_client_that_gives_up_while_its_model_loads_leaves_the_queue(repo, tmp_path):
+    release = tmp_path / "release"
+    add_python(repo, "sloth", 1.0, hold_until=str(release))  # loads until released
     with NaiadProcess(repo, *ON_DEMAND) as server:
         module, client = triton_client("grpc", server)
         inp = module.InferInput("IN", [1], "FP32")
@@ -398,10 +413,12 @@ def test_a_client_that_gives_up_while_its_model_loads_leaves_the_queue(repo):
         with pytest.raises(InferenceServerException) as info:
             client.infer("sloth", [inp], client_timeout=0.5)
         assert "Deadline" in str(info.value) or "DEADLINE" in str(info.value)
-        # the server dropped it from the queue at once, though the load goes on
+        # the server dropped it from the queue, though the load goes on
         wait_for(lambda: metric(scrape(server), "naiad_cold_start_waiting_requests",
-                                model="sloth") == 0, timeout=3.0, what="queue empty")
+                                model="sloth") == 0, timeout=10, what="queue empty")
         assert not ready(server, "sloth")
+        assert entry(server, "sloth")[0].get("state") == "LOADING"
+        release.write_text("")
         assert client.infer("sloth", [inp]).as_numpy("OUT").tolist() == [2.0]
         client.close()
 

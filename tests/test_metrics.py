@@ -244,13 +244,16 @@ def test_cancelled_and_rejected_requests_are_counted_by_reason(tmp_path):
         async with Server(model_repository=str(tmp_path), exit_timeout_secs=5) as srv:
             x = np.ones((1, 4), np.float32)
             slow = asyncio.ensure_future(
-                srv.infer(make_request("echo", {"IN": x}, parameters={"sleep_ms": 400})))
-            await asyncio.sleep(0.1)  # the slow request holds the only instance
+                srv.infer(make_request("echo", {"IN": x}, parameters={"sleep_ms": 2000})))
+            await asyncio.sleep(0.5)  # the slow request holds the only instance
             waiting = asyncio.ensure_future(srv.infer(make_request("echo", {"IN": x})))
-            await asyncio.sleep(0.05)
-            text = srv.metrics.render().decode()
-            pending = value(text, "nv_inference_pending_request_count",
-                            model="echo", version="1")
+            for _ in range(500):  # until the waiting one is in the queue (at most 5 s)
+                text = srv.metrics.render().decode()
+                pending = value(text, "nv_inference_pending_request_count",
+                                model="echo", version="1")
+                if pending:
+                    break
+                await asyncio.sleep(0.01)
             waiting.cancel()
             await slow
             with pytest.raises(asyncio.CancelledError):

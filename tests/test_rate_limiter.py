@@ -78,6 +78,8 @@ def _max_overlap(intervals) -> int:
 
 
 SHARED = 'name: "R" count: 1'
+# executions that may overlap sleep 1.5 s: long enough that they start together even when a
+# loaded machine delays a request's arrival or an instance thread's wake-up
 
 
 @pytest.fixture(scope="module")
@@ -95,21 +97,21 @@ def test_instances_sharing_a_resource_never_execute_at_once(limited):
 
 
 def test_instances_without_resources_are_not_held_back(limited):
-    intervals = asyncio.run(_intervals(limited, [("free", 0.3)] * 2))
+    intervals = asyncio.run(_intervals(limited, [("free", 1.5)] * 2))
     assert _max_overlap(intervals) == 2
 
 
 def test_rate_limit_off_runs_the_same_instances_in_parallel(tmp_path):
     repo = _repo(tmp_path / "models", {"a": {"resources": SHARED}, "b": {"resources": SHARED}})
     with NaiadProcess(repo) as s:
-        intervals = asyncio.run(_intervals(s, [("a", 0.3)] * 2 + [("b", 0.3)] * 2))
+        intervals = asyncio.run(_intervals(s, [("a", 1.5)] * 2 + [("b", 1.5)] * 2))
     assert _max_overlap(intervals) == 4
 
 
 def test_rate_limit_resource_flag_sets_the_copies(tmp_path):
     repo = _repo(tmp_path / "models", {"a": {"resources": SHARED, "count": 3}})
     with NaiadProcess(repo, "--rate-limit=execution_count", "--rate-limit-resource=R:2") as s:
-        intervals = asyncio.run(_intervals(s, [("a", 0.3)] * 3))
+        intervals = asyncio.run(_intervals(s, [("a", 1.5)] * 3))
     assert _max_overlap(intervals) == 2
 
 
