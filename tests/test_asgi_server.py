@@ -17,6 +17,8 @@ import pytest
 from naiad.frontends.asgi_server import AsgiServer
 from naiad.frontends.http import bind_socket
 
+SLOW_STARTED = threading.Event()  # set when the app starts answering /slow
+
 
 async def echo_app(scope, receive, send):
     """Echoes method, path, query and body; /stream sends three chunks; /slow waits."""
@@ -32,6 +34,7 @@ async def echo_app(scope, receive, send):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
     if path == "/slow":
+        SLOW_STARTED.set()
         await asyncio.sleep(0.3)
     if path == "/boom":
         raise RuntimeError("boom")
@@ -244,9 +247,10 @@ def test_graceful_stop_finishes_request_in_flight():
     srv = Served()
     srv.__enter__()
     try:
+        SLOW_STARTED.clear()
         s = srv.connect()
         s.sendall(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
-        time.sleep(0.05)
+        assert SLOW_STARTED.wait(10)  # the request is in flight when the stop begins
         stopper = asyncio.run_coroutine_threadsafe(srv.server.stop(5), srv.loop)
         status, _, body = read_response(s)
         assert status == 200 and body.startswith(b"GET /slow")

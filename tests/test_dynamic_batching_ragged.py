@@ -77,7 +77,7 @@ def test_ragged_requests_share_one_execution_and_get_their_own_rows(server):
     widths = [3, 4, 5]
 
     async def one(client, i, width):
-        await asyncio.sleep(0.02 * i)  # arrive in this order, within the queue delay
+        await asyncio.sleep(0.02 * i)  # within the queue delay (a loaded machine may swap them)
         data = np.arange(width, dtype=np.float32).reshape(1, width) + 10 * i
         inp = aioclient.InferInput("INPUT", [1, width], "FP32")
         inp.set_data_from_numpy(data)
@@ -92,10 +92,13 @@ def test_ragged_requests_share_one_execution_and_get_their_own_rows(server):
             await client.close()
 
     results = asyncio.run(go())
-    accumulated = np.cumsum(widths)
-    for i, (data, out, idx, count) in enumerate(results):
+    # BATCH_ACCUMULATED_ELEMENT_COUNT: each request's end in the batch, in arrival order
+    arrival = sorted(range(len(widths)), key=lambda i: float(results[i][2].flat[0]))
+    accumulated = np.cumsum([widths[i] for i in arrival])
+    for position, i in enumerate(arrival):
+        data, out, idx, count = results[i]
         assert out.shape == data.shape and out.tolist() == data.tolist()  # scattered back
-        assert idx.tolist() == [[float(accumulated[i])]]  # BATCH_ACCUMULATED_ELEMENT_COUNT
+        assert idx.tolist() == [[float(accumulated[position])]]
         assert count.tolist() == [[12.0]]  # all three ran as one 12-element tensor
     with urllib.request.urlopen(f"{server.base}/v2/models/ragged/stats") as r:
         stats = json.load(r)["model_stats"][0]

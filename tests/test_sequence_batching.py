@@ -103,7 +103,7 @@ MODELS = {
     "oldest": dict(max_batch_size=4, strategy="oldest { max_candidate_sequences: 4 "
                                               "max_queue_delay_microseconds: 100000 }"),
     "single": dict(max_batch_size=1, idle_us=400000),
-    "idle": dict(max_batch_size=4, idle_us=300000),
+    "idle": dict(max_batch_size=4, idle_us=3000000),
     "strid": dict(max_batch_size=4, corrid="TYPE_STRING"),
     "nobatch": dict(max_batch_size=0),
     "zero_init": dict(initial='initial_state { data_type: TYPE_FP32 dims: [ 1 ] zero_data: true '
@@ -112,8 +112,10 @@ MODELS = {
                               'data_file: "start.bin" name: "from file" }'),
     "visible_state": dict(outputs_extra=', { name: "STATE_OUT" data_type: TYPE_FP32 '
                                         'dims: [ 1 ] }'),
-    "util": dict(max_batch_size=2, strategy="direct { max_queue_delay_microseconds: 400000 "
-                                           "minimum_slot_utilization: 1.0 }"),
+    # a 3 s delay: the sequences must outlive it (the default idle limit is 1 s)
+    "util": dict(max_batch_size=2, idle_us=20000000,
+                 strategy="direct { max_queue_delay_microseconds: 3000000 "
+                          "minimum_slot_utilization: 1.0 }"),
 }
 
 
@@ -330,7 +332,7 @@ def test_oldest_strategy_batches_at_most_one_request_per_sequence(server):
 def test_idle_sequences_are_released(server):
     assert _sync_infer(server, "idle", 1.0, 800, start=True).error is None
     assert _sync_infer(server, "idle", 1.0, 800).value() == 2.0
-    time.sleep(0.7)  # idle for longer than max_sequence_idle_microseconds (300 ms)
+    time.sleep(4.0)  # idle for longer than max_sequence_idle_microseconds (3 s)
     late = _sync_infer(server, "idle", 1.0, 800)
     assert late.status == "400" and "must specify the START flag" in late.error
     # the released sequence's state is gone: starting again begins from scratch
@@ -372,7 +374,7 @@ def test_minimum_slot_utilization_holds_a_batch_until_the_delay(server):
 
     alone, alone_s, pair, pair_s = asyncio.run(go())
     # one ready slot of two is below the minimum utilization: it waited out the delay
-    assert alone.error is None and alone_s > 0.3
+    assert alone.error is None and alone_s > 2.5
     # both slots ready: full utilization, sent at once, as one execution of two rows
     assert all(p.error is None and p.value("ROWS") == 2.0 for p in pair)
-    assert pair_s < 0.3
+    assert pair_s < 1.5
