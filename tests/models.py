@@ -732,7 +732,7 @@ class TritonPythonModel:
         first = pb_utils.get_input_tensor_by_name(requests[0], "IN").as_numpy()
         if first.size and first.flat[0] < 0:
             if self.gate_file:  # written whole, under a name of this execution's own first
-                part = f"{self.gate_file}.{exec_id}.part"
+                part = f"{self.gate_file}.{self.instance}.{exec_id}.part"
                 with open(part, "w") as f:
                     f.write(str(exec_id))
                 os.replace(part, self.gate_file)
