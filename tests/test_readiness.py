@@ -45,7 +45,7 @@ def test_a_slow_load_does_not_delay_other_models(repo, tmp_path):
 
 def test_startup_loads_in_parallel(repo, tmp_path):
     # each initialize waits until all four run at once: loads one after another would
-    # fail (after 60 s) and leave the models unready
+    # fail (after 60 s), and the server would not start
     (tmp_path / "meet").mkdir()
     for i in range(4):
         add_model(repo, f"s{i}", meet=(str(tmp_path / "meet"), 4))
