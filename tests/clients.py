@@ -317,3 +317,9 @@ def scrape(server) -> dict[tuple[str, frozenset], float]:
 
 def metric(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def pending_requests(server, model: str, version: str = "1") -> int:
+    """``nv_inference_pending_request_count``: requests in ``model``'s queue, not executing."""
+    return int(metric(scrape(server), "nv_inference_pending_request_count", model=model,
+                      version=version))

@@ -19,7 +19,7 @@ import tritonclient.http.aio as aioclient
 from conftest import NaiadProcess, write_model
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.clients import infer_probe, metric, run, scrape, staggered
+from tests.clients import infer_probe, metric, pending_requests, run, scrape, staggered
 from tests.models import gate_parameter, write_probe
 
 NO_INLINE = 'parameters { key: "NAIAD_INLINE_EXECUTION" value: { string_value: "off" } }'
@@ -107,11 +107,8 @@ def _behind_gate(server, model: str, ordered: bool = True) -> dict:
     """``staggered``'s keywords for calls led by a gate request to ``model``: the others go
     once the gate executes and (``ordered``) each once the one before it is queued or
     answered, so that the test sees the order it sent whatever the machine's load."""
-    def pending() -> int:
-        return int(metric(scrape(server), "nv_inference_pending_request_count",
-                          model=model, version="1"))
-
-    return {"gate_started": server.gates / model, "pending": pending if ordered else None}
+    return {"gate_started": server.gates / model,
+            "pending": (lambda: pending_requests(server, model)) if ordered else None}
 
 
 def test_concurrent_requests_are_batched_and_split_back(server):
@@ -298,12 +295,8 @@ def test_queue_timeout_rejects_the_request_at_its_deadline(server):
     # answered when its 1 s ran out, not when the busy instance freed up (4 s)
     assert 0.9 < late.latency < 3.0
     assert _stats(server, "timeout")["inference_stats"]["fail"]["count"] == before + 1
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as r:
-        metrics = r.read().decode()
-    rejected = [line for line in metrics.splitlines()
-                if line.startswith("nv_inference_request_failure{") and 'model="timeout"' in line
-                and 'reason="REJECTED"' in line]
-    assert rejected and float(rejected[0].split()[-1]) >= 1
+    assert metric(scrape(server), "nv_inference_request_failure", model="timeout",
+                  reason="REJECTED", version="1") >= 1
 
 
 def test_request_timeout_applies_only_where_the_policy_allows_overrides(server):

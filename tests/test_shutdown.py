@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.clients import call, infer, metric, scrape, wait_for
+from tests.clients import call, infer, pending_requests, wait_for
 from tests.conftest import NaiadProcess
 from tests.models import add_model
 
@@ -48,8 +48,7 @@ def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(repo, tmp_path
         for t in threads:
             t.start()
         _busy(events, 4)  # four executing, two waiting in the queue
-        wait_for(lambda: metric(scrape(server), "nv_inference_pending_request_count",
-                                model="slow", version="1") == 2, what="two queued")
+        wait_for(lambda: pending_requests(server, "slow") == 2, what="two queued")
         t0 = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: call(server.base, "GET", "/v2/health/ready")[0] == 400,

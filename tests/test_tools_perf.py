@@ -138,6 +138,15 @@ def levels(stdout: str) -> list[dict]:
     return out
 
 
+def assert_counts_agree(level: dict, concurrency: int) -> None:
+    """The server counted what perf's client counted, give or take the requests in flight
+    at the two edges of each of the three windows, and those that finish while the
+    statistics are read at an edge (with --workers, also while the parent's message reaches
+    the worker processes): at ~1-3k requests/s, some 1 % of the count."""
+    assert abs(level["server_count"] - level["client_count"]) <= \
+        2 * 3 * concurrency + 0.01 * level["client_count"], level
+
+
 def server_success(server, model: str) -> int:
     stats = requests.get(f"{server.base}/v2/models/{model}/stats", timeout=10).json()
     return sum(s["inference_stats"]["success"]["count"] for s in stats["model_stats"])
@@ -173,11 +182,7 @@ def test_concurrency_range_prints_what_perf_analyzer_prints(server, tmp_path, pr
     assert [s[0] for s in summary] == ["1", "3"]
     found = levels(out)
     for level, conc in zip(found, (1, 3)):
-        # the server counted what the client counted, give or take the requests in flight
-        # at the two edges of each of the three windows and those that finish while the
-        # statistics are read at an edge (1% of the count, as for --workers below)
-        assert abs(level["server_count"] - level["client_count"]) <= \
-            2 * 3 * conc + 0.01 * level["client_count"]
+        assert_counts_agree(level, conc)
         assert level["inference_count"] == level["server_count"]
     rows = list(csv.reader(csv_path.open()))
     assert rows[0] == PA_COLUMNS
@@ -351,13 +356,8 @@ def test_workers_split_the_load(server):
     r = perf("-m", "add_sub", "-u", server.http_url, "--workers", "2",
              "--concurrency-range", "2", *FAST)
     assert "  Using 2 load-generating processes\n" in r.stdout
-    level = levels(r.stdout)[0]
-    # besides the requests in flight at the windows' edges, each worker process opens and
-    # closes its windows when the parent's message reaches it, a few milliseconds after the
-    # parent read the server's statistics: at ~1-3k requests/s, some 1 % of the count. A
-    # worker whose requests went uncounted (or counted twice) would be ~50 % off.
-    assert abs(level["server_count"] - level["client_count"]) <= \
-        2 * 3 * 2 + 0.01 * level["client_count"]
+    # a worker whose requests went uncounted (or counted twice) would be ~50 % off
+    assert_counts_agree(levels(r.stdout)[0], 2)
 
 
 def test_model_errors_stop_the_run(server):

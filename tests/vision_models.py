@@ -24,7 +24,6 @@ VISION = ROOT / "examples" / "vision"
 GATEWAY = ROOT / "examples" / "gateway"
 
 pictures = example_script("vision", "pictures")
-setup_models = example_script("vision", "setup_models")
 
 SCENE, SCENE_SIZE = pictures.SCENE, pictures.SCENE_SIZE
 png, scene, text_image, page = pictures.png, pictures.scene, pictures.text_line, pictures.page
